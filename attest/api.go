@@ -1,0 +1,68 @@
+package attest
+
+// This file is the package's contract with pull/ and cmd/ (see
+// docs/ARCHITECTURE.md).
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+)
+
+// Attester produces evidence of the guest's state bound to reportData (the
+// 48-byte SHA-384 binding digest of DESIGN.md; each TEE uses it as DESIGN.md
+// says).
+type Attester interface {
+	// TEE is the kbs-types tee name: "tpm", "tdx", "snp", "sample", ...
+	TEE() string
+	// Evidence returns the primary_evidence JSON for reportData.
+	Evidence(ctx context.Context, reportData []byte) (json.RawMessage, error)
+}
+
+// AttesterOptions configure NewAttester.
+type AttesterOptions struct {
+	// TPM is a TPM device path or mssim://HOST:PORT; default /dev/tpmrm0.
+	TPM string
+	// TSMDir is the configfs-tsm report directory; default
+	// /sys/kernel/config/tsm/report.
+	TSMDir string
+}
+
+// NewAttester returns the attester of kind "auto", "tpm", "tsm" or "sample".
+// auto picks configfs-tsm, then a TPM, and never sample.
+func NewAttester(kind string, opts AttesterOptions) (Attester, error) {
+	return nil, errors.New("attest: not implemented")
+}
+
+// ClientOptions configure a KBS client.
+type ClientOptions struct {
+	// CACert is PEM (CA or leaf) the KBS's TLS must chain to; nil means the
+	// system roots. Plain http is refused unless the host is loopback or
+	// Insecure is set.
+	CACert   []byte
+	Insecure bool
+	// KeyType is the ephemeral tee key: "EC" (P-256, default) or "RSA".
+	KeyType string
+	// HTTPClient overrides the transport (tests); timeouts still apply.
+	HTTPClient *http.Client
+}
+
+// Client speaks Trustee's KBS protocol (RCAR, kbs-types 0.4.0). It
+// attests on first use and reuses the session and token; safe for
+// concurrent use. It implements decrypt.ResourceGetter.
+type Client struct {
+	_ struct{}
+}
+
+// NewClient returns a client of the KBS at baseURL ("https://kbs:8080").
+func NewClient(baseURL string, att Attester, opts ClientOptions) (*Client, error) {
+	return nil, errors.New("attest: not implemented")
+}
+
+// GetResource fetches a resource named "kbs:///repo/type/tag" (the host
+// part, if any, is ignored) and returns its plaintext. Failures wrap
+// errdefs.ErrDecrypt and carry the KBS's problem detail, on one line.
+func (c *Client) GetResource(ctx context.Context, uri string) ([]byte, error) {
+	return nil, errors.New("attest: not implemented")
+}

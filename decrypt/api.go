@@ -1,0 +1,75 @@
+package decrypt
+
+// This file is the package's contract with pull/ and cmd/ (see
+// docs/ARCHITECTURE.md).
+
+import (
+	"context"
+	"errors"
+	"io"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// ResourceGetter fetches a secret resource by URI ("kbs:///repo/type/tag").
+// attest.Client implements it (attestation happens on first use). Errors
+// from it wrap errdefs.ErrDecrypt.
+type ResourceGetter interface {
+	GetResource(ctx context.Context, uri string) ([]byte, error)
+}
+
+// Options say where private keys come from.
+type Options struct {
+	// Keys are --decryption-key values: PATH[:PASSWORD] or kbs:///… URIs,
+	// in the forms ocicrypt and skopeo accept (JWE RSA/EC private keys, PEM
+	// or DER, optionally password-protected; PKCS7 key plus certificate;
+	// OpenPGP private keys).
+	Keys []string
+	// KeyDir, if set, is a directory whose every regular file is a private
+	// key (no password), as the config file's key directory.
+	KeyDir string
+	// Resources serves kbs:// keys and the attestation-agent key provider.
+	// Nil means neither is available: such layers fail with ErrDecrypt.
+	Resources ResourceGetter
+}
+
+// Keyring holds private key material, in memory only. It never logs or
+// prints key material. Safe for concurrent use.
+type Keyring struct {
+	_ struct{}
+}
+
+// NewKeyring loads the keys of opts. A key that cannot be read or parsed is
+// an error wrapping errdefs.ErrInvalidConfig; a kbs:// key fetch failure
+// wraps errdefs.ErrDecrypt.
+func NewKeyring(ctx context.Context, opts Options) (*Keyring, error) {
+	return nil, errors.New("decrypt: not implemented")
+}
+
+// IsEncrypted reports whether mediaType is an ocicrypt encrypted layer type
+// (…+encrypted, OCI or Docker).
+func IsEncrypted(mediaType string) bool { return false }
+
+// PlainMediaType is mediaType without its +encrypted suffix.
+func PlainMediaType(mediaType string) string { return mediaType }
+
+// LayerKey is an unwrapped layer key: it can decrypt one layer's blob.
+type LayerKey struct {
+	_ struct{}
+}
+
+// Unwrap recovers the key of one encrypted layer from its annotations,
+// trying every key and provider the keyring has. It runs before the layer is
+// fetched. No usable key is an error wrapping errdefs.ErrDecrypt.
+func (k *Keyring) Unwrap(ctx context.Context, desc ocispec.Descriptor) (*LayerKey, error) {
+	return nil, errors.New("decrypt: not implemented")
+}
+
+// NewReader returns the plaintext of ciphertext, streaming: nothing is
+// buffered beyond a cipher block. The HMAC is only known at EOF; if it does
+// not match, the final Read returns an error wrapping errdefs.ErrIntegrity
+// instead of io.EOF, so a caller that reads to EOF before committing never
+// commits a forged layer.
+func (lk *LayerKey) NewReader(ciphertext io.Reader) (io.Reader, error) {
+	return nil, errors.New("decrypt: not implemented")
+}

@@ -1,0 +1,10 @@
+// Package decrypt owns encrypted layers: unwrapping layer keys from ocicrypt
+// annotations (JWE, PKCS7, PGP and the attestation-agent key provider) with
+// keys from local files or a Key Broker Service, and the streaming
+// AES_256_CTR_HMAC_SHA256 decryption of a layer blob. It is built on
+// github.com/containers/ocicrypt and knows nothing of registries.
+//
+// It also holds the wrap side of the attestation-agent key provider, which
+// `guest-puller keyprovider` serves to skopeo over ocicrypt's keyprovider
+// protocol.
+package decrypt

@@ -1,0 +1,131 @@
+package policy
+
+// This file is the package's contract with pull/ and verify/ (see
+// docs/ARCHITECTURE.md). Bodies are filled in by the policy work.
+
+import (
+	"context"
+	"crypto"
+	"errors"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/guest-puller/guest-puller/internal/errdefs"
+)
+
+// ReadFunc loads a file named in the policy (keyPath, keyPaths, ...): a local
+// path, or a kbs:///repo/type/tag resource when the caller supports it. The
+// policy package itself does no network I/O.
+type ReadFunc func(ctx context.Context, path string) ([]byte, error)
+
+// LoadOptions control how a policy file is read.
+type LoadOptions struct {
+	// BaseDir resolves relative key paths (the policy file's directory).
+	BaseDir string
+	// Read loads key files. Nil means local files only (os.ReadFile), and a
+	// kbs:// path is an error.
+	Read ReadFunc
+}
+
+// Policy is a parsed, validated containers-policy.json with the guest-puller
+// extensions (encrypted, sigstoreThreshold). It is immutable and safe for
+// concurrent use.
+type Policy struct {
+	_ struct{}
+}
+
+// Load parses and validates a policy. Every key it names is read and parsed
+// now, so a policy that loads cannot fail later for a missing key. Errors
+// wrap errdefs.ErrInvalidConfig.
+func Load(ctx context.Context, data []byte, opts LoadOptions) (*Policy, error) {
+	return nil, errors.New("policy: not implemented")
+}
+
+// Claim is what one signature asserts, once verify/ has checked it
+// cryptographically and checked that it covers the digest it was asked about.
+type Claim struct {
+	// DockerReference is the identity in the signed payload
+	// (critical.identity.docker-reference).
+	DockerReference string
+	// ManifestDigest is the signed digest (critical.image.docker-manifest-digest).
+	ManifestDigest v1.Hash
+	// KeyID identifies the key that verified it (GPG fingerprint, or the
+	// SHA-256 of the public key's DER for sigstore keys, hex).
+	KeyID string
+}
+
+// Evidence gives access to the signatures of one image. verify/ implements
+// it; it fetches lazily, so a policy that needs no signature touches no
+// signature store. An error (store unreachable, malformed signature store)
+// makes the requirement that asked fail: it is never an allow.
+type Evidence interface {
+	// Sigstore returns the claims of cosign-format signatures of the image
+	// that verify with pub.
+	Sigstore(ctx context.Context, pub crypto.PublicKey) ([]Claim, error)
+	// SimpleSigning returns the claims of GPG simple-signing signatures of
+	// the image that verify with a key of keyring (binary or armored
+	// OpenPGP public keys, possibly concatenated).
+	SimpleSigning(ctx context.Context, keyring []byte) ([]Claim, error)
+}
+
+// Image is what the decision is made over.
+type Image struct {
+	// Ref is the reference as the user asked for it (after normalization);
+	// scope lookup and signedIdentity use it.
+	Ref name.Reference
+	// ManifestDigest is the digest of the platform manifest; IndexDigest that
+	// of the index it came through, zero when none. A signature over either
+	// is accepted, as containers/image does.
+	ManifestDigest v1.Hash
+	IndexDigest    v1.Hash
+	// LayerMediaTypes are the manifest's layer media types, in order.
+	LayerMediaTypes []string
+	// Evidence gives the image's signatures. Nil means none can be found.
+	Evidence Evidence
+}
+
+// Decision is the outcome of Evaluate, with the reasons.
+type Decision struct {
+	Allowed bool
+	// Image is Ref.String() of the evaluated image.
+	Image string
+	// Scope is the scope that decided: the exact scope string of the policy
+	// file ("docker.io/library/busybox", "*.example.com", ...), "" for the
+	// docker transport's own default, or "default" for the global default.
+	Scope        string
+	Requirements []RequirementResult
+	Signatures   []SignatureResult
+}
+
+// RequirementResult is one requirement's verdict.
+type RequirementResult struct {
+	Type   string `json:"type"`
+	OK     bool   `json:"ok"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// SignatureResult is one key's view of the signatures found.
+type SignatureResult struct {
+	KeyName  string `json:"keyName"`
+	KeyID    string `json:"keyID"`
+	Verified bool   `json:"verified"`
+	Reason   string `json:"reason,omitempty"`
+}
+
+// Evaluate decides whether img may run. All requirements of the most
+// specific matching scope must hold. The returned error is non-nil only when
+// the decision could not be made at all (ctx canceled).
+func (p *Policy) Evaluate(ctx context.Context, img Image) (*Decision, error) {
+	return nil, errors.New("policy: not implemented")
+}
+
+// Err returns nil when d allows the image, and otherwise an error wrapping
+// errdefs.ErrRefused that names the image, the scope and the first unmet
+// requirement with its reason, on one line.
+func (d *Decision) Err() error {
+	if d.Allowed {
+		return nil
+	}
+	return errdefs.ErrRefused
+}

@@ -1,0 +1,78 @@
+package verify
+
+// This file is the package's contract with pull/ (see docs/ARCHITECTURE.md).
+
+import (
+	"context"
+	"crypto"
+	"errors"
+	"net/http"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/guest-puller/guest-puller/policy"
+)
+
+// RegistriesD is a parsed containers-registries.d directory: per-namespace
+// lookaside locations and use-sigstore-attachments.
+type RegistriesD struct {
+	_ struct{}
+}
+
+// LoadRegistriesD reads every *.yaml file of dir. A missing dir is an empty
+// configuration; a malformed file wraps errdefs.ErrInvalidConfig.
+func LoadRegistriesD(dir string) (*RegistriesD, error) {
+	return nil, errors.New("verify: not implemented")
+}
+
+// Options configure a Verifier.
+type Options struct {
+	// Remote are the registry options (auth, transport, retries) for
+	// fetching sigstore attachments and referrers, as used for the image.
+	Remote []remote.Option
+	// RegistriesD configures lookaside and attachments; nil means defaults
+	// (sigstore attachments on, no lookaside).
+	RegistriesD *RegistriesD
+	// HTTPClient fetches http(s) lookaside signatures; nil means a default
+	// client with timeouts.
+	HTTPClient *http.Client
+}
+
+// Verifier finds and checks signatures. Safe for concurrent use.
+type Verifier struct {
+	opts Options
+}
+
+// New returns a Verifier.
+func New(opts Options) *Verifier { return &Verifier{opts: opts} }
+
+// Target names the image whose signatures are wanted.
+type Target struct {
+	// Repo is the repository the image was actually fetched from (a mirror,
+	// possibly): cosign attachments and referrers are looked up there.
+	Repo name.Repository
+	// Identity is the reference as the user named it: lookaside paths are
+	// derived from it.
+	Identity name.Reference
+	// Digests are the digests a signature may cover: the platform manifest
+	// and, when the image came through an index, the index.
+	Digests []v1.Hash
+}
+
+// Evidence returns the lazily-fetched signatures of t. Fetching happens on
+// the first call of a method and is shared by later calls.
+func (v *Verifier) Evidence(t Target) policy.Evidence {
+	return &evidence{}
+}
+
+type evidence struct{}
+
+func (e *evidence) Sigstore(ctx context.Context, pub crypto.PublicKey) ([]policy.Claim, error) {
+	return nil, errors.New("verify: not implemented")
+}
+
+func (e *evidence) SimpleSigning(ctx context.Context, keyring []byte) ([]policy.Claim, error) {
+	return nil, errors.New("verify: not implemented")
+}
