@@ -1,0 +1,158 @@
+package registry
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/docker/cli/cli/config/configfile"
+	"github.com/docker/cli/cli/config/types"
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+
+	"github.com/guest-puller/guest-puller/internal/errdefs"
+)
+
+// Credentials say where registry credentials come from. At most one of
+// Creds and the auth file is consulted for a registry: Creds wins.
+type Credentials struct {
+	// Creds is USER[:PASS] for every registry of this pull (--creds).
+	Creds string
+	// AuthFile is the content of a docker config.json or containers
+	// auth.json (--auth-file, possibly a kbs:// resource the caller fetched).
+	// Nil means the default search: $REGISTRY_AUTH_FILE, then
+	// ~/.docker/config.json.
+	AuthFile []byte
+	// AuthFileName names AuthFile in errors.
+	AuthFileName string
+}
+
+// Keychain returns the keychain for c. Parse errors wrap
+// errdefs.ErrInvalidConfig; no credential content is ever put in an error.
+func (c Credentials) Keychain() (authn.Keychain, error) {
+	if c.Creds != "" {
+		user, pass, _ := strings.Cut(c.Creds, ":")
+		if user == "" {
+			return nil, fmt.Errorf("--creds: %w: user name is empty", errdefs.ErrInvalidConfig)
+		}
+		return staticKeychain{authn.FromConfig(authn.AuthConfig{Username: user, Password: pass})}, nil
+	}
+	data, src := c.AuthFile, c.AuthFileName
+	if data == nil {
+		var err error
+		data, src, err = defaultAuthFile()
+		if err != nil {
+			return nil, err
+		}
+		if data == nil {
+			return authn.NewMultiKeychain(), nil // anonymous
+		}
+	}
+	cf, err := parseAuthFile(data)
+	if err != nil {
+		return nil, fmt.Errorf("auth file %s: %w: not a docker config.json or containers auth.json", src, errdefs.ErrInvalidConfig)
+	}
+	return &fileKeychain{cf: cf}, nil
+}
+
+type staticKeychain struct{ a authn.Authenticator }
+
+func (k staticKeychain) Resolve(authn.Resource) (authn.Authenticator, error) { return k.a, nil }
+
+func defaultAuthFile() ([]byte, string, error) {
+	var paths []string
+	if p := os.Getenv("REGISTRY_AUTH_FILE"); p != "" {
+		paths = append(paths, p)
+	}
+	if dir := os.Getenv("DOCKER_CONFIG"); dir != "" {
+		paths = append(paths, filepath.Join(dir, "config.json"))
+	} else if home, err := os.UserHomeDir(); err == nil {
+		paths = append(paths, filepath.Join(home, ".docker", "config.json"))
+	}
+	for _, p := range paths {
+		data, err := os.ReadFile(p)
+		if os.IsNotExist(err) {
+			continue
+		}
+		if err != nil {
+			return nil, p, fmt.Errorf("auth file %s: %w", p, err)
+		}
+		return data, p, nil
+	}
+	return nil, "", nil
+}
+
+func parseAuthFile(data []byte) (*configfile.ConfigFile, error) {
+	cf := configfile.New("")
+	if err := cf.LoadFromReader(bytes.NewReader(data)); err != nil {
+		return nil, err
+	}
+	return cf, nil
+}
+
+// fileKeychain resolves credentials from an auth file the way
+// containers-auth.json(5) does: the most specific key wins, from
+// host/namespace/repo up to the host, and credential helpers
+// (credHelpers, credsStore) are run as docker does.
+type fileKeychain struct {
+	cf *configfile.ConfigFile
+}
+
+func (k *fileKeychain) Resolve(target authn.Resource) (authn.Authenticator, error) {
+	return k.ResolveContext(context.Background(), target)
+}
+
+func (k *fileKeychain) ResolveContext(_ context.Context, target authn.Resource) (authn.Authenticator, error) {
+	for _, key := range authKeys(target) {
+		// Repository keys only exist in auth.json's "auths"; helpers are
+		// keyed by host.
+		if strings.Contains(key, "/") && !strings.HasPrefix(key, "https://") {
+			if ac, ok := k.cf.AuthConfigs[key]; ok {
+				return fromDocker(ac), nil
+			}
+			continue
+		}
+		ac, err := k.cf.GetAuthConfig(key)
+		if err != nil {
+			return nil, fmt.Errorf("credentials for %s: %w", target.RegistryStr(), err)
+		}
+		ac.ServerAddress = ""
+		if ac != (types.AuthConfig{}) {
+			return fromDocker(ac), nil
+		}
+	}
+	return authn.Anonymous, nil
+}
+
+func fromDocker(ac types.AuthConfig) authn.Authenticator {
+	return authn.FromConfig(authn.AuthConfig{
+		Username:      ac.Username,
+		Password:      ac.Password,
+		Auth:          ac.Auth,
+		IdentityToken: ac.IdentityToken,
+		RegistryToken: ac.RegistryToken,
+	})
+}
+
+// authKeys lists the auth file keys to try for target, most specific first.
+func authKeys(target authn.Resource) []string {
+	reg := target.RegistryStr()
+	if reg == name.DefaultRegistry {
+		reg = "docker.io"
+	}
+	var keys []string
+	if repo, ok := target.(name.Repository); ok {
+		path := reg + "/" + repo.RepositoryStr()
+		for p := path; strings.Contains(p, "/"); p = p[:strings.LastIndex(p, "/")] {
+			keys = append(keys, p)
+		}
+	}
+	if reg == "docker.io" {
+		// Docker writes the historical v1 URL, podman writes docker.io.
+		return append(keys, reg, name.DefaultRegistry, authn.DefaultAuthKey)
+	}
+	return append(keys, reg)
+}

@@ -1,0 +1,390 @@
+package registry
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/containerd/platforms"
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	ispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/guest-puller/guest-puller/internal/errdefs"
+)
+
+const (
+	// maxManifestSize bounds what a registry can make us read for a
+	// manifest or index (containers/image uses the same limit).
+	maxManifestSize = 4 << 20
+	// maxConfigSize bounds an image configuration blob.
+	maxConfigSize = 32 << 20
+)
+
+// Options configure a Client.
+type Options struct {
+	Credentials Credentials
+	// Insecure lists registries (host[:port]) that may be reached over plain
+	// http or with a certificate that does not verify.
+	Insecure []string
+	// Conf is the registries.conf (mirrors, blocked, insecure); nil for none.
+	Conf *Conf
+	// Platform selects from an index, OS/ARCH[/VARIANT]; "" means the
+	// running platform.
+	Platform string
+	// UserAgent is sent with every request.
+	UserAgent string
+	// Transport replaces the network transports (tests). It then serves
+	// both secure and insecure hosts.
+	Transport http.RoundTripper
+	// BlobRetries bounds the attempts to resume one blob without progress.
+	BlobRetries int
+}
+
+// Client reads images from registries. It is safe for concurrent use.
+type Client struct {
+	keychain authn.Keychain
+	conf     *Conf
+	insecure map[string]bool
+	platform ispec.Platform
+	match    platforms.MatchComparer
+	rt       http.RoundTripper
+	ua       string
+	retries  int
+
+	mu    sync.Mutex
+	auths map[string]*repoTransport // by repository and scope
+}
+
+type repoTransport struct {
+	once sync.Once
+	rt   http.RoundTripper
+	err  error
+}
+
+// New returns a Client. Bad options wrap errdefs.ErrInvalidConfig.
+func New(opts Options) (*Client, error) {
+	kc, err := opts.Credentials.Keychain()
+	if err != nil {
+		return nil, err
+	}
+	p := platforms.DefaultSpec()
+	if opts.Platform != "" {
+		if p, err = platforms.Parse(opts.Platform); err != nil {
+			return nil, fmt.Errorf("--platform %q: %w: %v", opts.Platform, errdefs.ErrInvalidConfig, err)
+		}
+	}
+	p = platforms.Normalize(p)
+	c := &Client{
+		keychain: kc,
+		conf:     opts.Conf,
+		insecure: map[string]bool{},
+		platform: p,
+		match:    platforms.Only(p),
+		ua:       opts.UserAgent,
+		retries:  opts.BlobRetries,
+		auths:    map[string]*repoTransport{},
+	}
+	if c.retries <= 0 {
+		c.retries = 5
+	}
+	for _, h := range opts.Insecure {
+		if _, err := name.NewRegistry(h, name.StrictValidation); err != nil {
+			return nil, fmt.Errorf("--insecure-registry %q: %w: %v", h, errdefs.ErrInvalidConfig, err)
+		}
+		c.insecure[h] = true
+	}
+	for _, h := range opts.Conf.InsecureHosts() {
+		c.insecure[h] = true
+	}
+	secure, insecure := opts.Transport, opts.Transport
+	if opts.Transport == nil {
+		secure, insecure = newBaseTransport(false), newBaseTransport(true)
+	}
+	c.rt = &schemeGuard{secure: secure, insecure: insecure, allowed: c.isInsecure}
+	return c, nil
+}
+
+// Platform is the platform the client selects from indexes.
+func (c *Client) Platform() ispec.Platform { return c.platform }
+
+func (c *Client) isInsecure(host string) bool {
+	return c.insecure[host] || c.conf.insecureWildcard(host)
+}
+
+// Image is a resolved, digest-pinned image: its manifest and configuration,
+// both checked against their digests.
+type Image struct {
+	// Ref is the reference as asked for.
+	Ref name.Reference
+	// Source is where the image was found (a mirror, possibly); its blobs
+	// are read from Source.Ref's repository.
+	Source Source
+	// Digest is the platform manifest's digest; IndexDigest is that of the
+	// index it was selected from, zero when the reference named a manifest.
+	Digest      v1.Hash
+	IndexDigest v1.Hash
+	MediaType   types.MediaType
+	Manifest    *v1.Manifest
+	RawManifest []byte
+	// RawConfig is the image configuration blob.
+	RawConfig []byte
+}
+
+// Repo is the repository blobs and signatures are read from.
+func (img *Image) Repo() name.Repository { return img.Source.Ref.Context() }
+
+// Resolve finds ref at its first working source (mirrors in order, then
+// the primary location) and returns its platform manifest and config.
+func (c *Client) Resolve(ctx context.Context, ref name.Reference) (*Image, error) {
+	sources, err := c.conf.Sources(ref, c.nameOpts(ref.Context().RegistryStr())...)
+	if err != nil {
+		return nil, err
+	}
+	var errs []string
+	for _, src := range sources {
+		src.Ref = c.pinScheme(src.Ref, src.Insecure)
+		img, err := c.resolveAt(ctx, ref, src)
+		if err == nil {
+			return img, nil
+		}
+		// An integrity failure or a refusal is the answer, not a reason to
+		// try a mirror that may be more willing.
+		if errors.Is(err, errdefs.ErrIntegrity) || errors.Is(err, errdefs.ErrInvalidConfig) || ctx.Err() != nil || len(sources) == 1 {
+			return nil, err
+		}
+		errs = append(errs, fmt.Sprintf("%s: %v", src.Ref.Context().RegistryStr(), err))
+	}
+	return nil, fmt.Errorf("%s: no source has the image: %s", Familiar(ref), strings.Join(errs, "; "))
+}
+
+func (c *Client) nameOpts(host string) []name.Option {
+	if c.isInsecure(host) {
+		return []name.Option{name.Insecure}
+	}
+	return nil
+}
+
+// pinScheme re-parses ref so that go-containerregistry uses plain http
+// exactly for the registries allowed to speak it.
+func (c *Client) pinScheme(ref name.Reference, insecure bool) name.Reference {
+	host := ref.Context().RegistryStr()
+	if !insecure && !c.isInsecure(host) {
+		return ref
+	}
+	r, err := name.ParseReference(ref.String(), name.Insecure)
+	if err != nil {
+		return ref
+	}
+	return r
+}
+
+func (c *Client) resolveAt(ctx context.Context, ref name.Reference, src Source) (*Image, error) {
+	opts, err := c.RemoteOptions(ctx, src.Ref.Context())
+	if err != nil {
+		return nil, err
+	}
+	raw, mt, dgst, err := c.manifest(ctx, src.Ref, opts)
+	if err != nil {
+		return nil, err
+	}
+	img := &Image{Ref: ref, Source: src}
+	if mt.IsIndex() {
+		idx, err := v1.ParseIndexManifest(bytes.NewReader(raw))
+		if err != nil {
+			return nil, fmt.Errorf("%s: index %s: %w", Familiar(ref), dgst, err)
+		}
+		child, err := c.selectPlatform(idx)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", Familiar(ref), err)
+		}
+		img.IndexDigest = dgst
+		childRef := src.Ref.Context().Digest(child.Digest.String())
+		if raw, mt, dgst, err = c.manifest(ctx, childRef, opts); err != nil {
+			return nil, err
+		}
+		if mt.IsIndex() {
+			return nil, fmt.Errorf("%s: index entry %s is itself an index", Familiar(ref), child.Digest)
+		}
+	}
+	switch mt {
+	case types.OCIManifestSchema1, types.DockerManifestSchema2:
+	case types.DockerManifestSchema1, types.DockerManifestSchema1Signed:
+		return nil, fmt.Errorf("%s: Docker schema 1 manifests are not supported", Familiar(ref))
+	default:
+		return nil, fmt.Errorf("%s: unsupported manifest media type %q", Familiar(ref), mt)
+	}
+	m, err := v1.ParseManifest(bytes.NewReader(raw))
+	if err != nil {
+		return nil, fmt.Errorf("%s: manifest %s: %w", Familiar(ref), dgst, err)
+	}
+	img.Digest, img.MediaType, img.Manifest, img.RawManifest = dgst, mt, m, raw
+	if m.Config.Size > maxConfigSize {
+		return nil, fmt.Errorf("%s: config %s is %d bytes, more than the %d allowed", Familiar(ref), m.Config.Digest, m.Config.Size, maxConfigSize)
+	}
+	rc, err := c.Blob(ctx, img.Repo(), m.Config)
+	if err != nil {
+		return nil, fmt.Errorf("%s: config: %w", Familiar(ref), err)
+	}
+	defer rc.Close()
+	img.RawConfig, err = readVerified(rc, m.Config.Digest, m.Config.Size)
+	if err != nil {
+		return nil, fmt.Errorf("%s: config %s: %w", Familiar(ref), m.Config.Digest, err)
+	}
+	return img, nil
+}
+
+// manifest fetches the manifest or index at ref and checks it against the
+// digest when ref names one.
+func (c *Client) manifest(ctx context.Context, ref name.Reference, opts []remote.Option) ([]byte, types.MediaType, v1.Hash, error) {
+	desc, err := remote.Get(ref, opts...)
+	if err != nil {
+		return nil, "", v1.Hash{}, describe(ref, err)
+	}
+	if len(desc.Manifest) > maxManifestSize {
+		return nil, "", v1.Hash{}, fmt.Errorf("%s: manifest is larger than %d bytes", ref, maxManifestSize)
+	}
+	sum := sha256.Sum256(desc.Manifest)
+	got := v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}
+	if d, ok := ref.(name.Digest); ok && d.DigestStr() != got.String() {
+		return nil, "", v1.Hash{}, fmt.Errorf("%s: %w: manifest digest is %s", ref, errdefs.ErrIntegrity, got)
+	}
+	mt := desc.MediaType
+	if mt == "" {
+		// An OCI manifest may leave mediaType out; sniff it.
+		var probe struct {
+			MediaType types.MediaType `json:"mediaType"`
+			Manifests []any           `json:"manifests"`
+		}
+		_ = json.Unmarshal(desc.Manifest, &probe)
+		mt = types.OCIManifestSchema1
+		if probe.Manifests != nil {
+			mt = types.OCIImageIndex
+		}
+	}
+	return desc.Manifest, mt, got, nil
+}
+
+// selectPlatform picks the index entry that best matches the client's
+// platform; entries without a platform (attestations, signatures) are
+// never picked.
+func (c *Client) selectPlatform(idx *v1.IndexManifest) (v1.Descriptor, error) {
+	var best *v1.Descriptor
+	var bestP ispec.Platform
+	var avail []string
+	for i := range idx.Manifests {
+		d := &idx.Manifests[i]
+		if d.Platform == nil || !d.MediaType.IsImage() && d.MediaType != "" {
+			continue
+		}
+		p := ispec.Platform{OS: d.Platform.OS, Architecture: d.Platform.Architecture, Variant: d.Platform.Variant, OSVersion: d.Platform.OSVersion}
+		avail = append(avail, platforms.Format(p))
+		if !c.match.Match(p) {
+			continue
+		}
+		if best == nil || c.match.Less(p, bestP) {
+			best, bestP = d, p
+		}
+	}
+	if best == nil {
+		return v1.Descriptor{}, fmt.Errorf("no manifest for platform %s in the index (it has: %s)", platforms.Format(c.platform), strings.Join(avail, ", "))
+	}
+	return *best, nil
+}
+
+// RemoteOptions are the go-containerregistry options for reading repo, with
+// authentication done once and shared by every later request to it.
+func (c *Client) RemoteOptions(ctx context.Context, repo name.Repository) ([]remote.Option, error) {
+	rt, err := c.transportFor(ctx, repo)
+	if err != nil {
+		return nil, err
+	}
+	return []remote.Option{
+		remote.WithContext(ctx),
+		remote.WithTransport(rt),
+		remote.WithRetryBackoff(remote.Backoff{Duration: 250 * time.Millisecond, Factor: 2, Jitter: 0.2, Steps: 5}),
+		remote.WithRetryStatusCodes(http.StatusRequestTimeout, http.StatusTooManyRequests, http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout),
+		remote.WithUserAgent(c.ua),
+	}, nil
+}
+
+func (c *Client) transportFor(ctx context.Context, repo name.Repository) (http.RoundTripper, error) {
+	key := repo.String()
+	c.mu.Lock()
+	t, ok := c.auths[key]
+	if !ok {
+		t = &repoTransport{}
+		c.auths[key] = t
+	}
+	c.mu.Unlock()
+	t.once.Do(func() {
+		auth, err := authn.Resolve(ctx, c.keychain, repo)
+		if err != nil {
+			t.err = fmt.Errorf("credentials for %s: %w", repo.RegistryStr(), err)
+			return
+		}
+		var rt http.RoundTripper = c.rt
+		if c.ua != "" {
+			rt = transport.NewUserAgent(rt, c.ua)
+		}
+		rt = transport.NewRetry(rt,
+			transport.WithRetryBackoff(transport.Backoff{Duration: 250 * time.Millisecond, Factor: 2, Jitter: 0.2, Steps: 4}),
+			transport.WithRetryStatusCodes(http.StatusTooManyRequests, http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout))
+		t.rt, t.err = transport.NewWithContext(ctx, repo.Registry, auth, rt, []string{repo.Scope(transport.PullScope)})
+		if t.err != nil {
+			t.err = describe(repo, t.err)
+		}
+	})
+	if t.err != nil {
+		// Do not pin a failure: the next pull may succeed.
+		c.mu.Lock()
+		if c.auths[key] == t {
+			delete(c.auths, key)
+		}
+		c.mu.Unlock()
+	}
+	return t.rt, t.err
+}
+
+// describe turns registry errors into one line a user can act on.
+func describe(what fmt.Stringer, err error) error {
+	var terr *transport.Error
+	if errors.As(err, &terr) {
+		switch terr.StatusCode {
+		case http.StatusUnauthorized, http.StatusForbidden:
+			return fmt.Errorf("%s: authentication failed (%d %s): check --creds or --auth-file", what, terr.StatusCode, http.StatusText(terr.StatusCode))
+		case http.StatusNotFound:
+			return fmt.Errorf("%s: not found in the registry", what)
+		}
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+// readVerified reads a small blob whole and checks its digest and size.
+func readVerified(r io.Reader, want v1.Hash, size int64) ([]byte, error) {
+	if want.Algorithm != "sha256" {
+		return nil, fmt.Errorf("%w: unsupported digest algorithm %q", errdefs.ErrIntegrity, want.Algorithm)
+	}
+	data, err := io.ReadAll(io.LimitReader(r, size+1))
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(data)
+	if got := hex.EncodeToString(sum[:]); got != want.Hex || int64(len(data)) != size {
+		return nil, fmt.Errorf("%w: content has digest sha256:%s and %d bytes, want %s and %d", errdefs.ErrIntegrity, got, len(data), want, size)
+	}
+	return data, nil
+}
