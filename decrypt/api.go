@@ -5,9 +5,11 @@ package decrypt
 
 import (
 	"context"
-	"errors"
 	"io"
 
+	"github.com/containers/ocicrypt/blockcipher"
+	"github.com/containers/ocicrypt/config"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
@@ -24,6 +26,9 @@ type Options struct {
 	// in the forms ocicrypt and skopeo accept (JWE RSA/EC private keys, PEM
 	// or DER, optionally password-protected; PKCS7 key plus certificate;
 	// OpenPGP private keys).
+	//
+	// PASSWORD is skopeo's: pass=P, file=PATH, fd=N or the password itself.
+	// "provider:attestation-agent" is accepted and requires Resources.
 	Keys []string
 	// KeyDir, if set, is a directory whose every regular file is a private
 	// key (no password), as the config file's key directory.
@@ -36,40 +41,61 @@ type Options struct {
 // Keyring holds private key material, in memory only. It never logs or
 // prints key material. Safe for concurrent use.
 type Keyring struct {
-	_ struct{}
+	keys      *keySet
+	dc        *config.DecryptConfig // read-only after NewKeyring
+	schemes   []scheme
+	resources ResourceGetter
+	keks      kekCache
 }
 
 // NewKeyring loads the keys of opts. A key that cannot be read or parsed is
 // an error wrapping errdefs.ErrInvalidConfig; a kbs:// key fetch failure
 // wraps errdefs.ErrDecrypt.
 func NewKeyring(ctx context.Context, opts Options) (*Keyring, error) {
-	return nil, errors.New("decrypt: not implemented")
+	return newKeyring(ctx, opts)
 }
 
 // IsEncrypted reports whether mediaType is an ocicrypt encrypted layer type
 // (…+encrypted, OCI or Docker).
-func IsEncrypted(mediaType string) bool { return false }
+func IsEncrypted(mediaType string) bool { return isEncrypted(mediaType) }
 
 // PlainMediaType is mediaType without its +encrypted suffix.
-func PlainMediaType(mediaType string) string { return mediaType }
+func PlainMediaType(mediaType string) string { return plainMediaType(mediaType) }
 
 // LayerKey is an unwrapped layer key: it can decrypt one layer's blob.
 type LayerKey struct {
-	_ struct{}
+	layer digest.Digest
+	opts  blockcipher.LayerBlockCipherOptions
 }
 
 // Unwrap recovers the key of one encrypted layer from its annotations,
 // trying every key and provider the keyring has. It runs before the layer is
 // fetched. No usable key is an error wrapping errdefs.ErrDecrypt.
 func (k *Keyring) Unwrap(ctx context.Context, desc ocispec.Descriptor) (*LayerKey, error) {
-	return nil, errors.New("decrypt: not implemented")
+	return k.unwrap(ctx, desc)
 }
 
 // NewReader returns the plaintext of ciphertext, streaming: nothing is
-// buffered beyond a cipher block. The HMAC is only known at EOF; if it does
+// buffered beyond ocicrypt's 10 KiB read-ahead. The HMAC is only known at EOF; if it does
 // not match, the final Read returns an error wrapping errdefs.ErrIntegrity
 // instead of io.EOF, so a caller that reads to EOF before committing never
 // commits a forged layer.
+//
+// When the wrapped key options record the digest of the unencrypted blob
+// (ocicrypt always does), the final Read also checks it, with the same
+// ErrIntegrity on mismatch. Errors of ciphertext itself are returned as is.
+// Each call returns an independent reader.
 func (lk *LayerKey) NewReader(ciphertext io.Reader) (io.Reader, error) {
-	return nil, errors.New("decrypt: not implemented")
+	return lk.newReader(ciphertext)
 }
+
+// PlainDigest is the digest of the unencrypted (still compressed) blob as
+// recorded by the encrypter in the wrapped key options, or "" if it recorded
+// none.
+func (lk *LayerKey) PlainDigest() digest.Digest { return lk.opts.Private.Digest }
+
+// String names the layer only: a LayerKey must never print its key.
+func (lk *LayerKey) String() string { return "decrypt.LayerKey(" + lk.layer.String() + ")" }
+
+// GoString keeps %#v from printing the key.
+func (lk *LayerKey) GoString() string { return lk.String() }
