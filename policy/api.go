@@ -1,17 +1,15 @@
 package policy
 
 // This file is the package's contract with pull/ and verify/ (see
-// docs/ARCHITECTURE.md). Bodies are filled in by the policy work.
+// docs/ARCHITECTURE.md).
 
 import (
 	"context"
 	"crypto"
-	"errors"
+	"fmt"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-
-	"github.com/guest-puller/guest-puller/internal/errdefs"
 )
 
 // ReadFunc loads a file named in the policy (keyPath, keyPaths, ...): a local
@@ -32,14 +30,29 @@ type LoadOptions struct {
 // extensions (encrypted, sigstoreThreshold). It is immutable and safe for
 // concurrent use.
 type Policy struct {
-	_ struct{}
+	def    []requirement
+	docker map[string][]requirement // scope → requirements; "" is the transport default
 }
 
 // Load parses and validates a policy. Every key it names is read and parsed
 // now, so a policy that loads cannot fail later for a missing key. Errors
 // wrap errdefs.ErrInvalidConfig.
+//
+// Besides containers-policy.json(5) as containers/image reads it, Load
+// refuses a few things containers/image lets pass but that can only be
+// mistakes: unknown transport names, docker scopes that can never match
+// (not fully expanded, such as "busybox"), JSON nulls, empty strings and
+// empty key lists, and the same public key twice in one sigstoreThreshold.
 func Load(ctx context.Context, data []byte, opts LoadOptions) (*Policy, error) {
-	return nil, errors.New("policy: not implemented")
+	p, err := load(ctx, data, opts)
+	if err != nil {
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			// A canceled key read says nothing about the file.
+			return nil, fmt.Errorf("policy: %w", ctxErr)
+		}
+		return nil, err
+	}
+	return p, nil
 }
 
 // Claim is what one signature asserts, once verify/ has checked it
@@ -92,7 +105,9 @@ type Decision struct {
 	Image string
 	// Scope is the scope that decided: the exact scope string of the policy
 	// file ("docker.io/library/busybox", "*.example.com", ...), "" for the
-	// docker transport's own default, or "default" for the global default.
+	// docker transport's own default (ScopeTransportDefault), or "default"
+	// for the global default (ScopeGlobalDefault). No docker scope of a
+	// policy that loads can be spelled "default".
 	Scope        string
 	Requirements []RequirementResult
 	Signatures   []SignatureResult
@@ -105,7 +120,11 @@ type RequirementResult struct {
 	Reason string `json:"reason,omitempty"`
 }
 
-// SignatureResult is one key's view of the signatures found.
+// SignatureResult is one key's view of the signatures found. KeyName is
+// the threshold key's name, the keyPath (as written in the policy) or
+// "keyData[i]" for inline keys (i counting within the requirement's
+// keyData/keyDatas). KeyID is the SHA-256 of a sigstore key's DER, or the
+// GPG fingerprint(s) of a keyring (the signing key's own when verified).
 type SignatureResult struct {
 	KeyName  string `json:"keyName"`
 	KeyID    string `json:"keyID"`
@@ -115,17 +134,19 @@ type SignatureResult struct {
 
 // Evaluate decides whether img may run. All requirements of the most
 // specific matching scope must hold. The returned error is non-nil only when
-// the decision could not be made at all (ctx canceled).
+// the decision could not be made at all: ctx canceled, or img.Ref missing or
+// not a valid docker reference (that error wraps errdefs.ErrInvalidConfig).
+//
+// Every requirement is evaluated, even after one failed, so that the
+// Decision explains all of them. An Evidence error fails the requirement
+// that asked, with the error in its Reason.
 func (p *Policy) Evaluate(ctx context.Context, img Image) (*Decision, error) {
-	return nil, errors.New("policy: not implemented")
+	return p.evaluate(ctx, img)
 }
 
 // Err returns nil when d allows the image, and otherwise an error wrapping
 // errdefs.ErrRefused that names the image, the scope and the first unmet
 // requirement with its reason, on one line.
 func (d *Decision) Err() error {
-	if d.Allowed {
-		return nil
-	}
-	return errdefs.ErrRefused
+	return d.err()
 }

@@ -1,0 +1,366 @@
+package policy
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"strings"
+	"unicode"
+
+	"github.com/distribution/reference"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/guest-puller/guest-puller/internal/errdefs"
+)
+
+// evaluation is the state of one Evaluate call. Claims are remembered per
+// key, so a key that several requirements name is looked up once.
+type evaluation struct {
+	img      Image
+	intended reference.Named
+	sigstore map[string]lookup   // by publicKey.id
+	gpg      map[[32]byte]lookup // by SHA-256 of the keyring
+}
+
+type lookup struct {
+	claims []Claim
+	err    error
+}
+
+// dockerReference converts the image reference into containers/image's
+// form: docker.io rather than go-containerregistry's index.docker.io,
+// checked against the docker reference grammar.
+func dockerReference(ref name.Reference) (reference.Named, error) {
+	repo := ref.Context()
+	host := repo.RegistryStr()
+	if host == name.DefaultRegistry {
+		host = "docker.io"
+	}
+	s := host + "/" + repo.RepositoryStr()
+	switch r := ref.(type) {
+	case name.Tag:
+		s += ":" + r.TagStr()
+	case name.Digest:
+		s += "@" + r.DigestStr()
+	default:
+		return nil, fmt.Errorf("reference %s has neither a tag nor a digest", ref)
+	}
+	named, err := reference.ParseNamed(s)
+	if err != nil {
+		return nil, fmt.Errorf("reference %s: %w", ref, err)
+	}
+	return named, nil
+}
+
+// lookup returns the most specific scope of the docker transport that
+// covers ref, and its requirements.
+func (p *Policy) lookup(ref reference.Named) (string, []requirement) {
+	for _, scope := range dockerScopes(ref) {
+		if reqs, ok := p.docker[scope]; ok {
+			return scope, reqs
+		}
+	}
+	if reqs, ok := p.docker[ScopeTransportDefault]; ok {
+		return ScopeTransportDefault, reqs
+	}
+	return ScopeGlobalDefault, p.def
+}
+
+func (p *Policy) evaluate(ctx context.Context, img Image) (*Decision, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if img.Ref == nil {
+		return nil, fmt.Errorf("policy: %w: no image reference to decide on", errdefs.ErrInvalidConfig)
+	}
+	intended, err := dockerReference(img.Ref)
+	if err != nil {
+		return nil, fmt.Errorf("policy: %w: %w", errdefs.ErrInvalidConfig, err)
+	}
+	scope, reqs := p.lookup(intended)
+	ev := &evaluation{
+		img:      img,
+		intended: intended,
+		sigstore: map[string]lookup{},
+		gpg:      map[[32]byte]lookup{},
+	}
+	d := &Decision{Allowed: true, Image: img.Ref.String(), Scope: scope}
+	for _, r := range reqs {
+		res, sigs := r.evaluate(ctx, ev)
+		// A canceled lookup is not a verdict on the image.
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		d.Allowed = d.Allowed && res.OK
+		d.Requirements = append(d.Requirements, res)
+		d.Signatures = append(d.Signatures, sigs...)
+	}
+	return d, nil
+}
+
+func (d *Decision) err() error {
+	if d.Allowed {
+		return nil
+	}
+	for _, r := range d.Requirements {
+		if !r.OK {
+			return fmt.Errorf("image %s: %w: %s: %s: %s", oneLine(d.Image), errdefs.ErrRefused, scopeLabel(d.Scope), r.Type, oneLine(r.Reason))
+		}
+	}
+	return fmt.Errorf("image %s: %w: %s", oneLine(d.Image), errdefs.ErrRefused, scopeLabel(d.Scope))
+}
+
+func scopeLabel(scope string) string {
+	switch scope {
+	case ScopeTransportDefault:
+		return `docker transport default scope ""`
+	case ScopeGlobalDefault:
+		return "global default"
+	default:
+		return fmt.Sprintf("scope %q", scope)
+	}
+}
+
+// oneLine keeps error text on one line: reasons can carry text from
+// signatures and signature stores, which the registry controls.
+func oneLine(s string) string {
+	return strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, s)
+}
+
+// digestMatches reports whether a signature over d covers the image: d is
+// its manifest's digest, or its index's.
+func (ev *evaluation) digestMatches(d v1.Hash) bool {
+	if d == (v1.Hash{}) {
+		return false
+	}
+	return d == ev.img.ManifestDigest || (ev.img.IndexDigest != (v1.Hash{}) && d == ev.img.IndexDigest)
+}
+
+// accept finds a claim that is about this image (digest) and claims an
+// identity id accepts for it; otherwise it says why none is.
+func (ev *evaluation) accept(claims []Claim, id identityMatcher, keyID string) (Claim, string, bool) {
+	if len(claims) == 0 {
+		return Claim{}, "no signature verifies with this key", false
+	}
+	reason := ""
+	for _, c := range claims {
+		var why string
+		switch {
+		case keyID != "" && c.KeyID != "" && c.KeyID != keyID:
+			why = fmt.Sprintf("signature was verified by key %s, not this key", c.KeyID)
+		case !ev.digestMatches(c.ManifestDigest):
+			why = fmt.Sprintf("signature is for digest %s, not the image's %s", c.ManifestDigest, ev.img.ManifestDigest)
+		case !id.matches(ev.intended, c.DockerReference):
+			why = fmt.Sprintf("signed identity %q is not accepted by %s for %s", c.DockerReference, id, ev.intended)
+		default:
+			return c, "", true
+		}
+		if reason == "" {
+			reason = why
+		}
+	}
+	return Claim{}, reason, false
+}
+
+func (ev *evaluation) sigstoreClaims(ctx context.Context, k publicKey) ([]Claim, error) {
+	if ev.img.Evidence == nil {
+		return nil, nil
+	}
+	if l, ok := ev.sigstore[k.id]; ok {
+		return l.claims, l.err
+	}
+	claims, err := ev.img.Evidence.Sigstore(ctx, k.pub)
+	ev.sigstore[k.id] = lookup{claims, err}
+	return claims, err
+}
+
+func (ev *evaluation) gpgClaims(ctx context.Context, kr gpgKeyring) ([]Claim, error) {
+	if ev.img.Evidence == nil {
+		return nil, nil
+	}
+	sum := sha256.Sum256(kr.data)
+	if l, ok := ev.gpg[sum]; ok {
+		return l.claims, l.err
+	}
+	claims, err := ev.img.Evidence.SimpleSigning(ctx, kr.data)
+	ev.gpg[sum] = lookup{claims, err}
+	return claims, err
+}
+
+// keyCheck is the outcome of checking the claims of several keys.
+type keyCheck struct {
+	results  []SignatureResult
+	verified []string // names of the keys with an accepted signature
+	claims   int      // claims found, accepted or not
+	err      error    // the first lookup failure
+}
+
+// failure explains why no key verified, given what was looked up.
+func (c keyCheck) failure(ev *evaluation) string {
+	switch {
+	case c.err != nil:
+		return "signature lookup failed: " + c.err.Error()
+	case ev.img.Evidence == nil, c.claims == 0:
+		return "a signature was required, but no signature by the policy's keys exists"
+	}
+	var reasons []string
+	for _, r := range c.results {
+		if !r.Verified {
+			reasons = append(reasons, r.KeyName+": "+r.Reason)
+		}
+	}
+	return "no signature is accepted: " + strings.Join(reasons, "; ")
+}
+
+// checkSigstore checks every key, even after one verified, so that the
+// report lists them all.
+func (ev *evaluation) checkSigstore(ctx context.Context, keys []publicKey, id identityMatcher) keyCheck {
+	var c keyCheck
+	for _, k := range keys {
+		res := SignatureResult{KeyName: k.name, KeyID: k.id}
+		claims, err := ev.sigstoreClaims(ctx, k)
+		if err != nil {
+			res.Reason = "signature lookup failed: " + err.Error()
+			if c.err == nil {
+				c.err = err
+			}
+		} else {
+			c.claims += len(claims)
+			_, why, ok := ev.accept(claims, id, k.id)
+			res.Verified, res.Reason = ok, why
+			if ok {
+				c.verified = append(c.verified, k.name)
+			}
+		}
+		c.results = append(c.results, res)
+	}
+	return c
+}
+
+func (acceptAnything) evaluate(context.Context, *evaluation) (RequirementResult, []SignatureResult) {
+	return RequirementResult{Type: TypeInsecureAcceptAnything, OK: true, Reason: "accepts any image"}, nil
+}
+
+func (reject) evaluate(context.Context, *evaluation) (RequirementResult, []SignatureResult) {
+	return RequirementResult{Type: TypeReject, Reason: "the policy rejects every image in this scope"}, nil
+}
+
+func (signedBaseLayer) evaluate(context.Context, *evaluation) (RequirementResult, []SignatureResult) {
+	return RequirementResult{Type: TypeSignedBaseLayer, Reason: "signedBaseLayer is not implemented (as in containers/image)"}, nil
+}
+
+func (r *signedBy) evaluate(ctx context.Context, ev *evaluation) (RequirementResult, []SignatureResult) {
+	res := RequirementResult{Type: TypeSignedBy}
+	if r.keyType != "GPGKeys" {
+		res.Reason = fmt.Sprintf("keyType %q is not implemented (as in containers/image)", r.keyType)
+		return res, nil
+	}
+	var c keyCheck
+	for _, kr := range r.keyrings {
+		sr := SignatureResult{KeyName: kr.name, KeyID: strings.Join(kr.fingerprints, ",")}
+		claims, err := ev.gpgClaims(ctx, kr)
+		if err != nil {
+			sr.Reason = "signature lookup failed: " + err.Error()
+			if c.err == nil {
+				c.err = err
+			}
+		} else {
+			c.claims += len(claims)
+			// A keyring holds several keys, so the claim's own key
+			// (possibly a subkey) cannot be checked against it.
+			claim, why, ok := ev.accept(claims, r.identity, "")
+			sr.Verified, sr.Reason = ok, why
+			if ok {
+				if claim.KeyID != "" {
+					sr.KeyID = claim.KeyID
+				}
+				c.verified = append(c.verified, kr.name)
+			}
+		}
+		c.results = append(c.results, sr)
+	}
+	if c.err == nil && len(c.verified) > 0 {
+		res.OK, res.Reason = true, "signed by a key of "+strings.Join(c.verified, ", ")
+	} else {
+		res.Reason = c.failure(ev)
+	}
+	return res, c.results
+}
+
+func (r *sigstoreSigned) evaluate(ctx context.Context, ev *evaluation) (RequirementResult, []SignatureResult) {
+	res := RequirementResult{Type: TypeSigstoreSigned}
+	if r.keyless != "" {
+		res.Reason = fmt.Sprintf("keyless sigstore verification is not supported (%s)", r.keyless)
+		return res, nil
+	}
+	c := ev.checkSigstore(ctx, r.keys, r.identity)
+	if c.err == nil && len(c.verified) > 0 {
+		res.OK, res.Reason = true, "signed by "+strings.Join(c.verified, ", ")
+	} else {
+		res.Reason = c.failure(ev)
+	}
+	return res, c.results
+}
+
+func (r *sigstoreThreshold) evaluate(ctx context.Context, ev *evaluation) (RequirementResult, []SignatureResult) {
+	res := RequirementResult{Type: TypeSigstoreThreshold}
+	c := ev.checkSigstore(ctx, r.keys, r.identity)
+	// Keys are distinct (Load refuses the same key twice), and each
+	// counts once however many signatures it made.
+	signed := fmt.Sprintf("%d of %d keys signed", len(c.verified), len(r.keys))
+	if len(c.verified) > 0 {
+		signed += " (" + strings.Join(c.verified, ", ") + ")"
+	}
+	switch {
+	case c.err != nil:
+		res.Reason = c.failure(ev)
+	case len(c.verified) >= r.threshold:
+		res.OK, res.Reason = true, fmt.Sprintf("%s, %d needed", signed, r.threshold)
+	default:
+		res.Reason = fmt.Sprintf("%s, %d needed", signed, r.threshold)
+	}
+	return res, c.results
+}
+
+// isEncrypted reports an ocicrypt media type (…tar+gzip+encrypted etc).
+func isEncrypted(mediaType string) bool {
+	return strings.HasSuffix(mediaType, "+encrypted")
+}
+
+func (r encrypted) evaluate(_ context.Context, ev *evaluation) (RequirementResult, []SignatureResult) {
+	return r.check(ev.img.LayerMediaTypes), nil
+}
+
+func (r encrypted) check(layers []string) RequirementResult {
+	res := RequirementResult{Type: TypeEncrypted}
+	n := len(layers)
+	if n == 0 {
+		// Nothing is encrypted in an image without layers: fail closed.
+		res.Reason = "the image has no layers"
+		return res
+	}
+	count := 0
+	firstPlain := -1
+	for i, mt := range layers {
+		if isEncrypted(mt) {
+			count++
+		} else if firstPlain < 0 {
+			firstPlain = i
+		}
+	}
+	switch {
+	case !r.any && firstPlain >= 0:
+		res.Reason = fmt.Sprintf("layer %d of %d is not encrypted (%s)", firstPlain+1, n, layers[firstPlain])
+	case r.any && count == 0:
+		res.Reason = fmt.Sprintf("none of the %d layers is encrypted", n)
+	default:
+		res.OK, res.Reason = true, fmt.Sprintf("%d of %d layers are encrypted", count, n)
+	}
+	return res
+}

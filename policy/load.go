@@ -1,0 +1,66 @@
+package policy
+
+import (
+	"context"
+	"fmt"
+)
+
+func load(ctx context.Context, data []byte, opts LoadOptions) (*Policy, error) {
+	top, err := readObject(data, "")
+	if err != nil {
+		return nil, err
+	}
+	// Claim both members first, so that a misspelt top-level field is
+	// reported before any key file is read.
+	rawDefault, hasDefault := top.raw("default")
+	rawTransports, hasTransports := top.raw("transports")
+	if err := top.done(); err != nil {
+		return nil, err
+	}
+	if !hasDefault {
+		return nil, invalidf("", `missing field "default"`)
+	}
+
+	l := newLoader(ctx, opts)
+	p := &Policy{docker: map[string][]requirement{}}
+	if p.def, err = parseRequirements(l, rawDefault, "default"); err != nil {
+		return nil, err
+	}
+	if !hasTransports {
+		return p, nil
+	}
+	transports, err := readObject(rawTransports, "transports")
+	if err != nil {
+		return nil, err
+	}
+	for _, transport := range transports.names {
+		validate, known := transportScopeValidators[transport]
+		if !known {
+			return nil, invalidf("transports", "unknown transport %q", transport)
+		}
+		raw, _ := transports.raw(transport)
+		scopes, err := readObject(raw, transports.field(transport))
+		if err != nil {
+			return nil, err
+		}
+		for _, scope := range scopes.names {
+			at := fmt.Sprintf("%s[%q]", scopes.at, scope)
+			if scope != "" {
+				if err := validate(scope); err != nil {
+					return nil, invalidf(at, "invalid %s scope: %w", transport, err)
+				}
+			}
+			raw, _ := scopes.raw(scope)
+			reqs, err := parseRequirements(l, raw, at)
+			if err != nil {
+				return nil, err
+			}
+			// Other transports are validated in full, keys included, but
+			// guest-puller only pulls from registries.
+			if transport == "docker" {
+				p.docker[scope] = reqs
+			}
+		}
+	}
+	return p, nil
+}
