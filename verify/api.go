@@ -3,9 +3,6 @@ package verify
 // This file is the package's contract with pull/ (see docs/ARCHITECTURE.md).
 
 import (
-	"context"
-	"crypto"
-	"errors"
 	"net/http"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -16,15 +13,17 @@ import (
 )
 
 // RegistriesD is a parsed containers-registries.d directory: per-namespace
-// lookaside locations and use-sigstore-attachments.
+// lookaside locations and use-sigstore-attachments. It is immutable; a nil
+// *RegistriesD is the default configuration (attachments on, no lookaside).
 type RegistriesD struct {
-	_ struct{}
+	defaultDocker *namespace
+	docker        map[string]namespace
 }
 
 // LoadRegistriesD reads every *.yaml file of dir. A missing dir is an empty
 // configuration; a malformed file wraps errdefs.ErrInvalidConfig.
 func LoadRegistriesD(dir string) (*RegistriesD, error) {
-	return nil, errors.New("verify: not implemented")
+	return loadRegistriesD(dir)
 }
 
 // Options configure a Verifier.
@@ -46,12 +45,18 @@ type Verifier struct {
 }
 
 // New returns a Verifier.
-func New(opts Options) *Verifier { return &Verifier{opts: opts} }
+func New(opts Options) *Verifier {
+	if opts.HTTPClient == nil {
+		opts.HTTPClient = &http.Client{Timeout: defaultHTTPTimeout}
+	}
+	return &Verifier{opts: opts}
+}
 
 // Target names the image whose signatures are wanted.
 type Target struct {
 	// Repo is the repository the image was actually fetched from (a mirror,
 	// possibly): cosign attachments and referrers are looked up there.
+	// The zero Repository means Identity's repository.
 	Repo name.Repository
 	// Identity is the reference as the user named it: lookaside paths are
 	// derived from it.
@@ -64,15 +69,13 @@ type Target struct {
 // Evidence returns the lazily-fetched signatures of t. Fetching happens on
 // the first call of a method and is shared by later calls.
 func (v *Verifier) Evidence(t Target) policy.Evidence {
-	return &evidence{}
-}
-
-type evidence struct{}
-
-func (e *evidence) Sigstore(ctx context.Context, pub crypto.PublicKey) ([]policy.Claim, error) {
-	return nil, errors.New("verify: not implemented")
-}
-
-func (e *evidence) SimpleSigning(ctx context.Context, keyring []byte) ([]policy.Claim, error) {
-	return nil, errors.New("verify: not implemented")
+	if t.Repo.RepositoryStr() == "" && t.Identity != nil {
+		t.Repo = t.Identity.Context()
+	}
+	return &evidence{
+		v:        v,
+		t:        t,
+		sigstore: newOnce[[]rawSigstore](),
+		simple:   newOnce[[]rawSimple](),
+	}
 }
