@@ -1,0 +1,291 @@
+package verify
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/sigstore/sigstore/pkg/cryptoutils"
+)
+
+// cosignPath is where the project's setup installs cosign (go install).
+const cosignPath = "/root/go/bin/cosign"
+
+// tool returns the path of a command the tests need, failing the test when
+// it is not installed: a missing tool is a broken test environment, not a
+// reason to skip.
+func tool(t *testing.T, name string) string {
+	t.Helper()
+	if name == "cosign" {
+		if _, err := os.Stat(cosignPath); err == nil {
+			return cosignPath
+		}
+	}
+	p, err := exec.LookPath(name)
+	if err != nil {
+		t.Fatalf("%s is not installed (scripts/setup installs it): %v", name, err)
+	}
+	return p
+}
+
+// run runs a command and returns its stdout; a failure fails the test with
+// the command's output.
+func run(t *testing.T, env []string, name string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(tool(t, name), args...)
+	cmd.Env = append(os.Environ(), env...)
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%s %s: %v\n%s%s", name, strings.Join(args, " "), err, stdout.String(), stderr.String())
+	}
+	return stdout.String()
+}
+
+// startRegistry serves go-containerregistry's registry on a loopback port
+// and returns its host:port.
+func startRegistry(t *testing.T, referrersAPI bool) string {
+	t.Helper()
+	srv := httptest.NewServer(registry.New(
+		registry.Logger(log.New(io.Discard, "", 0)),
+		registry.WithReferrersSupport(referrersAPI),
+	))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+// closedAddr returns a loopback host:port nothing listens on.
+func closedAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+// buildImage makes a one-layer OCI image with umoci whose content (and so
+// digest) is unique to content, and returns its layout reference for skopeo.
+func buildImage(t *testing.T, content string) string {
+	t.Helper()
+	dir := t.TempDir()
+	layout := filepath.Join(dir, "layout")
+	run(t, nil, "umoci", "init", "--layout", layout)
+	run(t, nil, "umoci", "new", "--image", layout+":img")
+	f := filepath.Join(dir, "file")
+	if err := os.WriteFile(f, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	run(t, nil, "umoci", "insert", "--image", layout+":img", f, "/file")
+	return "oci:" + layout + ":img"
+}
+
+// push copies an image to docker://dst with skopeo (plus extra flags) and
+// returns the pushed manifest digest.
+func push(t *testing.T, src, dst string, extra ...string) v1.Hash {
+	t.Helper()
+	digestFile := filepath.Join(t.TempDir(), "digest")
+	args := append([]string{"copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false", "--digestfile", digestFile}, extra...)
+	run(t, nil, "skopeo", append(args, src, "docker://"+dst)...)
+	b, err := os.ReadFile(digestFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := v1.NewHash(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// cosignKey is a key pair cosign signs with.
+type cosignKey struct {
+	key string // cosign's encrypted private key file (empty password)
+	pub crypto.PublicKey
+}
+
+// cosignEnv keeps cosign's state out of the real home and never asks for
+// a password.
+func cosignEnv(t *testing.T) []string {
+	return []string{"COSIGN_PASSWORD=", "HOME=" + t.TempDir(), "SIGSTORE_NO_CACHE=true"}
+}
+
+// generateCosignKey makes a P-256 key pair with cosign generate-key-pair.
+func generateCosignKey(t *testing.T) cosignKey {
+	t.Helper()
+	dir := t.TempDir()
+	cmd := exec.Command(tool(t, "cosign"), "generate-key-pair")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), cosignEnv(t)...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("cosign generate-key-pair: %v\n%s", err, out)
+	}
+	return cosignKey{key: filepath.Join(dir, "cosign.key"), pub: readPublicKey(t, filepath.Join(dir, "cosign.pub"))}
+}
+
+// importCosignKey makes a key of the given kind (p384, ed25519, rsa) and
+// converts it to cosign's format with cosign import-key-pair.
+func importCosignKey(t *testing.T, kind string) cosignKey {
+	t.Helper()
+	var priv crypto.Signer
+	var err error
+	switch kind {
+	case "p384":
+		priv, err = ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	case "ed25519":
+		_, priv, err = ed25519.GenerateKey(rand.Reader)
+	case "rsa":
+		priv, err = rsa.GenerateKey(rand.Reader, 2048)
+	default:
+		t.Fatalf("unknown key kind %q", kind)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	pemFile := filepath.Join(dir, kind+".pem")
+	if err := os.WriteFile(pemFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run(t, cosignEnv(t), "cosign", "import-key-pair", "--key", pemFile, "--output-key-prefix", filepath.Join(dir, kind))
+	return cosignKey{key: filepath.Join(dir, kind+".key"), pub: readPublicKey(t, filepath.Join(dir, kind+".pub"))}
+}
+
+func readPublicKey(t *testing.T, path string) crypto.PublicKey {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := cryptoutils.UnmarshalPEMToPublicKey(b)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return pub
+}
+
+// cosignSign signs ref (repo@digest) with cosign, offline: no
+// transparency log upload.
+func cosignSign(t *testing.T, k cosignKey, ref string, env []string, extra ...string) {
+	t.Helper()
+	args := append([]string{"sign", "--key", k.key, "--tlog-upload=false", "--yes",
+		"--allow-insecure-registry", "--allow-http-registry"}, extra...)
+	run(t, append(cosignEnv(t), env...), "cosign", append(args, ref)...)
+}
+
+// gpgHome is a throw-away GnuPG home with its agent stopped at cleanup.
+type gpgHome struct {
+	dir string
+}
+
+func newGPGHome(t *testing.T) *gpgHome {
+	t.Helper()
+	tool(t, "gpg")
+	// Short path: gpg-agent's socket lives here and unix socket paths are
+	// limited to about 100 bytes, more than t.TempDir can guarantee.
+	dir, err := os.MkdirTemp("", "gpg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &gpgHome{dir: dir}
+	t.Cleanup(func() {
+		kill := exec.Command("gpgconf", "--kill", "all")
+		kill.Env = append(os.Environ(), h.env()...)
+		if out, err := kill.CombinedOutput(); err != nil {
+			t.Errorf("stopping gpg-agent: %v: %s", err, out)
+		}
+		os.RemoveAll(dir)
+	})
+	return h
+}
+
+func (h *gpgHome) env() []string { return []string{"GNUPGHOME=" + h.dir} }
+
+// newKey generates a signing key without passphrase and returns its
+// fingerprint.
+func (h *gpgHome) newKey(t *testing.T, uid string) string {
+	t.Helper()
+	run(t, h.env(), "gpg", "--batch", "--passphrase", "", "--quick-gen-key", uid, "default", "default", "never")
+	out := run(t, h.env(), "gpg", "--with-colons", "--list-secret-keys", uid)
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Split(line, ":"); f[0] == "fpr" {
+			return f[9]
+		}
+	}
+	t.Fatalf("no fingerprint for %s in\n%s", uid, out)
+	return ""
+}
+
+// export returns the public key of fpr, armored or binary.
+func (h *gpgHome) export(t *testing.T, fpr string, armored bool) []byte {
+	t.Helper()
+	args := []string{"--export"}
+	if armored {
+		args = append(args, "--armor")
+	}
+	return []byte(run(t, h.env(), "gpg", append(args, fpr)...))
+}
+
+// countingTransport counts the HTTP requests made through it.
+type countingTransport struct {
+	n    atomic.Int64
+	base http.RoundTripper
+}
+
+func (c *countingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	c.n.Add(1)
+	return c.base.RoundTrip(req)
+}
+
+func mustRepo(t *testing.T, s string) name.Repository {
+	t.Helper()
+	r, err := name.NewRepository(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func mustRef(t *testing.T, s string) name.Reference {
+	t.Helper()
+	r, err := name.ParseReference(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
