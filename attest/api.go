@@ -6,7 +6,6 @@ package attest
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"net/http"
 )
 
@@ -30,9 +29,10 @@ type AttesterOptions struct {
 }
 
 // NewAttester returns the attester of kind "auto", "tpm", "tsm" or "sample".
-// auto picks configfs-tsm, then a TPM, and never sample.
+// auto picks configfs-tsm, then a TPM, and never sample. An unknown kind is
+// an error wrapping errdefs.ErrInvalidConfig.
 func NewAttester(kind string, opts AttesterOptions) (Attester, error) {
-	return nil, errors.New("attest: not implemented")
+	return newAttester(kind, opts, tsmOps{})
 }
 
 // ClientOptions configure a KBS client.
@@ -46,23 +46,4 @@ type ClientOptions struct {
 	KeyType string
 	// HTTPClient overrides the transport (tests); timeouts still apply.
 	HTTPClient *http.Client
-}
-
-// Client speaks Trustee's KBS protocol (RCAR, kbs-types 0.4.0). It
-// attests on first use and reuses the session and token; safe for
-// concurrent use. It implements decrypt.ResourceGetter.
-type Client struct {
-	_ struct{}
-}
-
-// NewClient returns a client of the KBS at baseURL ("https://kbs:8080").
-func NewClient(baseURL string, att Attester, opts ClientOptions) (*Client, error) {
-	return nil, errors.New("attest: not implemented")
-}
-
-// GetResource fetches a resource named "kbs:///repo/type/tag" (the host
-// part, if any, is ignored) and returns its plaintext. Failures wrap
-// errdefs.ErrDecrypt and carry the KBS's problem detail, on one line.
-func (c *Client) GetResource(ctx context.Context, uri string) ([]byte, error) {
-	return nil, errors.New("attest: not implemented")
 }

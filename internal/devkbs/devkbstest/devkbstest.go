@@ -1,0 +1,218 @@
+// Package devkbstest starts the real parts that KBS tests need: a swtpm
+// TPM simulator and the dev-kbs binary, each on a loopback port picked at
+// run time and stopped when the test ends. A missing tool fails the test; it
+// never skips it.
+package devkbstest
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+const startTimeout = 20 * time.Second
+
+// Swtpm is a running swtpm.
+type Swtpm struct {
+	// URI is the command port as mssim://127.0.0.1:PORT.
+	URI  string
+	stop func()
+}
+
+// Stop kills swtpm and waits for it; the test's cleanup does the same for
+// a TPM not stopped before.
+func (s *Swtpm) Stop() { s.stop() }
+
+// StartSwtpm starts swtpm with a fresh state directory.
+func StartSwtpm(t testing.TB) *Swtpm {
+	t.Helper()
+	return StartSwtpmWithState(t, StateDir(t))
+}
+
+// StateDir returns a fresh directory for swtpm state, removed when the test
+// ends. (t.TempDir's name follows the test's, and swtpm cannot take a path
+// with a comma, as a subtest name may have.)
+func StateDir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "swtpm-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// StartSwtpmWithState starts swtpm on stateDir, so a test can restart a TPM
+// and find its persistent objects again.
+func StartSwtpmWithState(t testing.TB, stateDir string) *Swtpm {
+	t.Helper()
+	if strings.Contains(stateDir, ",") {
+		t.Fatalf("swtpm state directory %q: swtpm options cannot hold a comma", stateDir)
+	}
+	bin, err := exec.LookPath("swtpm")
+	if err != nil {
+		t.Fatalf("swtpm is required (apt-get install swtpm): %v", err)
+	}
+	// The ports are free when picked but not reserved; a start that loses
+	// the race exits at once and is retried on new ports.
+	var lastErr error
+	for attempt := 0; attempt < 5; attempt++ {
+		cmdPort, ctrlPort := freePorts(t)
+		cmd := exec.Command(bin, "socket", "--tpm2",
+			"--tpmstate", "dir="+stateDir,
+			"--server", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", cmdPort),
+			"--ctrl", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", ctrlPort),
+			"--flags", "not-need-init,startup-clear",
+			"--log", "file="+filepath.Join(stateDir, "swtpm.log"))
+		var stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stderr, &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatalf("start swtpm: %v", err)
+		}
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		addr := fmt.Sprintf("127.0.0.1:%d", cmdPort)
+		if err := waitListening(addr, exited); err != nil {
+			cmd.Process.Kill()
+			log, _ := os.ReadFile(filepath.Join(stateDir, "swtpm.log"))
+			lastErr = fmt.Errorf("%v: %s %s", err, bytes.TrimSpace(stderr.Bytes()), bytes.TrimSpace(log))
+			continue
+		}
+		var once sync.Once
+		stop := func() {
+			once.Do(func() {
+				cmd.Process.Kill()
+				<-exited
+			})
+		}
+		t.Cleanup(stop)
+		return &Swtpm{URI: "mssim://" + addr, stop: stop}
+	}
+	t.Fatalf("swtpm did not start: %v", lastErr)
+	return nil
+}
+
+// freePorts picks two distinct free loopback ports.
+func freePorts(t testing.TB) (int, int) {
+	t.Helper()
+	var ports [2]int
+	for i := range ports {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("pick a port: %v", err)
+		}
+		defer l.Close()
+		ports[i] = l.Addr().(*net.TCPAddr).Port
+	}
+	return ports[0], ports[1]
+}
+
+func waitListening(addr string, exited <-chan error) error {
+	deadline := time.Now().Add(startTimeout)
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-exited:
+			return fmt.Errorf("exited early: %v", err)
+		default:
+		}
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			c.Close()
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("nothing listening on %s after %v", addr, startTimeout)
+}
+
+// BuildDevKBS compiles cmd/dev-kbs into a temporary directory and returns
+// the binary's path.
+func BuildDevKBS(t testing.TB) string {
+	t.Helper()
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("the go command is required to build dev-kbs: %v", err)
+	}
+	out := filepath.Join(t.TempDir(), "dev-kbs")
+	cmd := exec.Command(gobin, "build", "-o", out, "github.com/guest-puller/guest-puller/cmd/dev-kbs")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build dev-kbs: %v\n%s", err, b)
+	}
+	return out
+}
+
+// DevKBS is a running dev-kbs process.
+type DevKBS struct {
+	// URL is the base URL, http(s)://127.0.0.1:PORT.
+	URL string
+	log *logBuffer
+}
+
+// Log returns what dev-kbs has logged so far.
+func (k *DevKBS) Log() string { return k.log.String() }
+
+// StartDevKBS runs the dev-kbs binary with args plus --listen
+// 127.0.0.1:0 and returns once it serves. It is killed when the test ends.
+func StartDevKBS(t testing.TB, bin string, args ...string) *DevKBS {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, bin, append([]string{"--listen", "127.0.0.1:0"}, args...)...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatalf("start dev-kbs: %v", err)
+	}
+	log := &logBuffer{}
+	ready := make(chan string, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			line := sc.Text()
+			log.add(line)
+			if _, rest, ok := strings.Cut(line, "dev-kbs listening on "); ok && rest != "" {
+				select {
+				case ready <- strings.Fields(rest)[0]:
+				default:
+				}
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		cmd.Wait()
+	})
+	select {
+	case url := <-ready:
+		return &DevKBS{URL: url, log: log}
+	case <-done:
+		t.Fatalf("dev-kbs exited before serving:\n%s", log)
+	case <-time.After(startTimeout):
+		t.Fatalf("dev-kbs did not start within %v:\n%s", startTimeout, log)
+	}
+	return nil
+}
+
+// WriteFile writes data to name in a fresh temporary directory and returns
+// the path.
+func WriteFile(t testing.TB, name string, data []byte) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
