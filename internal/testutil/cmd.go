@@ -1,0 +1,123 @@
+package testutil
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// BuildCommands builds the module's commands (package paths relative to the
+// module root, e.g. "./cmd/guest-puller") into dir and returns their paths
+// by base name. Call it from TestMain.
+func BuildCommands(dir string, pkgs ...string) (map[string]string, error) {
+	_, file, _, _ := runtime.Caller(0)
+	root := filepath.Join(filepath.Dir(file), "..", "..")
+	out := map[string]string{}
+	for _, p := range pkgs {
+		bin := filepath.Join(dir, filepath.Base(p))
+		cmd := exec.Command("go", "build", "-o", bin, p)
+		cmd.Dir = root
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("go build %s: %v\n%s", p, err, b)
+		}
+		out[filepath.Base(p)] = bin
+	}
+	return out, nil
+}
+
+// Result is what a command did.
+type Result struct {
+	Stdout, Stderr string
+	Code           int
+}
+
+// Exec runs bin with args and env, and returns its output and exit code;
+// it fails the test only if the command could not run at all.
+func Exec(t testing.TB, env []string, bin string, args ...string) Result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	res := Result{Stdout: stdout.String(), Stderr: stderr.String()}
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee):
+		res.Code = ee.ExitCode()
+	default:
+		t.Fatalf("%s %s: %v", bin, strings.Join(args, " "), err)
+	}
+	return res
+}
+
+// UnmountUnder lazily unmounts every mount at or below dir, deepest first.
+// Register it with t.Cleanup after creating dir so it runs before dir is
+// removed.
+func UnmountUnder(t testing.TB, dir string) {
+	t.Helper()
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		t.Errorf("mountinfo: %v", err)
+		return
+	}
+	defer f.Close()
+	var mounts []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 {
+			continue
+		}
+		mp := unescapeMount(fields[4])
+		if mp == dir || strings.HasPrefix(mp, dir+"/") {
+			mounts = append(mounts, mp)
+		}
+	}
+	sort.Slice(mounts, func(i, j int) bool { return len(mounts[i]) > len(mounts[j]) })
+	for _, mp := range mounts {
+		if err := unix.Unmount(mp, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+			t.Errorf("unmount %s: %v", mp, err)
+		}
+	}
+}
+
+// Mounts lists the mount points at or below dir.
+func Mounts(t testing.TB, dir string) []string {
+	t.Helper()
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, line := range strings.Split(string(data), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) < 5 {
+			continue
+		}
+		mp := unescapeMount(fields[4])
+		if mp == dir || strings.HasPrefix(mp, dir+"/") {
+			out = append(out, mp)
+		}
+	}
+	return out
+}
+
+func unescapeMount(s string) string {
+	return strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`).Replace(s)
+}

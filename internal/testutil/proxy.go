@@ -1,0 +1,146 @@
+package testutil
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Proxy is a reverse proxy in front of a registry that counts blob
+// downloads and can break connections in the middle of a blob.
+type Proxy struct {
+	// Host is 127.0.0.1:PORT of the proxy.
+	Host string
+
+	mu        sync.Mutex
+	opts      ProxyOptions
+	fullGets  map[string]int // blob digest → GETs without Range
+	rangeGets map[string]int // blob digest → GETs with Range
+}
+
+// ProxyOptions say how a Proxy misbehaves.
+type ProxyOptions struct {
+	// DropFirst cuts the first full GET of every blob after half of its
+	// bytes.
+	DropFirst bool
+	// BytesPerSecond, if set, slows every blob download down to it.
+	BytesPerSecond int
+}
+
+// StartProxy proxies to the registry at host (plain http).
+func StartProxy(t testing.TB, host string, opts ProxyOptions) *Proxy {
+	t.Helper()
+	target, _ := url.Parse("http://" + host)
+	rp := httputil.NewSingleHostReverseProxy(target)
+	p := &Proxy{opts: opts, fullGets: map[string]int{}, rangeGets: map[string]int{}}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		i := strings.Index(r.URL.Path, "/blobs/")
+		if r.Method != http.MethodGet || i < 0 {
+			rp.ServeHTTP(w, r)
+			return
+		}
+		dgst := r.URL.Path[i+len("/blobs/"):]
+		p.mu.Lock()
+		ranged := r.Header.Get("Range") != ""
+		if ranged {
+			p.rangeGets[dgst]++
+		} else {
+			p.fullGets[dgst]++
+		}
+		drop := p.opts.DropFirst && !ranged && p.fullGets[dgst] == 1
+		p.mu.Unlock()
+		if !drop && p.opts.BytesPerSecond == 0 {
+			rp.ServeHTTP(w, r)
+			return
+		}
+		p.serveBlob(w, r, target, drop)
+	}))
+	t.Cleanup(srv.Close)
+	p.Host = strings.TrimPrefix(srv.URL, "http://")
+	return p
+}
+
+// serveBlob relays a blob, slowly if asked to; with drop it relays the
+// first half, then closes the connection without finishing the response.
+func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, target *url.URL, drop bool) {
+	out := r.Clone(r.Context())
+	out.RequestURI = ""
+	out.URL.Scheme, out.URL.Host, out.Host = target.Scheme, target.Host, target.Host
+	resp, err := http.DefaultTransport.RoundTrip(out)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadGateway)
+		return
+	}
+	defer resp.Body.Close()
+	for k, v := range resp.Header {
+		w.Header()[k] = v
+	}
+	w.WriteHeader(resp.StatusCode)
+	n := resp.ContentLength
+	if drop {
+		n /= 2
+	}
+	var body io.Reader = io.LimitReader(resp.Body, n)
+	if n < 0 {
+		body = resp.Body
+	}
+	if bps := p.opts.BytesPerSecond; bps > 0 {
+		chunk := max(bps/20, 1)
+		buf := make([]byte, chunk)
+		for {
+			m, err := io.ReadFull(body, buf)
+			if m > 0 {
+				if _, werr := w.Write(buf[:m]); werr != nil {
+					return
+				}
+				w.(http.Flusher).Flush()
+				time.Sleep(50 * time.Millisecond)
+			}
+			if err != nil {
+				break
+			}
+		}
+	} else {
+		io.Copy(w, body)
+	}
+	w.(http.Flusher).Flush()
+	if drop {
+		if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
+			conn.Close()
+		}
+	}
+}
+
+// FullGets is how many times the blob was requested from its first byte.
+func (p *Proxy) FullGets(digest string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.fullGets[digest]
+}
+
+// RangeGets is how many times the blob was requested with a Range.
+func (p *Proxy) RangeGets(digest string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.rangeGets[digest]
+}
+
+// BlobGets is the total number of GETs of any blob.
+func (p *Proxy) BlobGets() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, c := range p.fullGets {
+		n += c
+	}
+	for _, c := range p.rangeGets {
+		n += c
+	}
+	return n
+}

@@ -1,0 +1,252 @@
+package pull
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/guest-puller/guest-puller/attest"
+	"github.com/guest-puller/guest-puller/decrypt"
+	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/registry"
+	"github.com/guest-puller/guest-puller/policy"
+	"github.com/guest-puller/guest-puller/unpack"
+	"github.com/guest-puller/guest-puller/verify"
+)
+
+// Config is every setting of a pull, as the command line's flags and the
+// config file name them (DESIGN.md, "CLI"). The daemon uses it as its
+// defaults.
+type Config struct {
+	Policy                 string   `json:"policy"`
+	Cache                  string   `json:"cache,omitempty"`
+	AuthFile               string   `json:"auth-file,omitempty"`
+	Creds                  string   `json:"creds,omitempty"`
+	DecryptionKeys         []string `json:"decryption-key,omitempty"`
+	KeyDir                 string   `json:"key-dir,omitempty"`
+	KBS                    string   `json:"kbs,omitempty"`
+	KBSCert                string   `json:"kbs-cert,omitempty"`
+	Attester               string   `json:"attester,omitempty"`
+	TPM                    string   `json:"tpm,omitempty"`
+	MaxConcurrentDownloads int      `json:"max-concurrent-downloads,omitempty"`
+	InsecureRegistries     []string `json:"insecure-registry,omitempty"`
+	RegistriesConf         string   `json:"registries-conf,omitempty"`
+	RegistriesD            string   `json:"registries-d,omitempty"`
+	Platform               string   `json:"platform,omitempty"`
+}
+
+// DefaultRegistriesD is read for lookaside and attachment settings when
+// Config.RegistriesD is empty and the directory exists.
+const DefaultRegistriesD = "/etc/containers/registries.d"
+
+// LoadConfig reads a JSON config file strictly: an unknown setting is an
+// error, never ignored.
+func LoadConfig(path string) (Config, error) {
+	var c Config
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return c, fmt.Errorf("config %s: %w: %w", path, errdefs.ErrInvalidConfig, err)
+	}
+	dec := json.NewDecoder(strings.NewReader(string(data)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return c, fmt.Errorf("config %s: %w: %v", path, errdefs.ErrInvalidConfig, err)
+	}
+	if dec.More() {
+		return c, fmt.Errorf("config %s: %w: trailing data after the JSON object", path, errdefs.ErrInvalidConfig)
+	}
+	return c, nil
+}
+
+// Open builds a Puller from cfg: registry client, cache, policy, KBS
+// client and keys. Resources named kbs:///… (the policy, its keys, the auth
+// file, decryption keys) are fetched through the KBS after attestation.
+// Close the Puller when done.
+func Open(ctx context.Context, cfg Config, progress Progress) (*Puller, error) {
+	return open(ctx, cfg, progress, true)
+}
+
+// OpenChecker is Open for Check only: it opens no cache and loads no
+// decryption keys.
+func OpenChecker(ctx context.Context, cfg Config) (*Puller, error) {
+	return open(ctx, cfg, nil, false)
+}
+
+func open(ctx context.Context, cfg Config, progress Progress, full bool) (*Puller, error) {
+	res := newResources(cfg)
+	if cfg.Policy == "" {
+		return nil, fmt.Errorf("%w: no policy: give --policy or a config file that sets \"policy\" (there is no accept-all default)", errdefs.ErrInvalidConfig)
+	}
+	pol, err := LoadPolicy(ctx, cfg.Policy, res.read)
+	if err != nil {
+		return nil, err
+	}
+	rc, err := newRegistryClient(ctx, cfg, res)
+	if err != nil {
+		return nil, err
+	}
+	regD := cfg.RegistriesD
+	if regD == "" {
+		if fi, err := os.Stat(DefaultRegistriesD); err == nil && fi.IsDir() {
+			regD = DefaultRegistriesD
+		}
+	}
+	var rd *verify.RegistriesD
+	if regD != "" {
+		if rd, err = verify.LoadRegistriesD(regD); err != nil {
+			return nil, err
+		}
+	}
+	opts := Options{
+		Registry:               rc,
+		Policy:                 pol,
+		RegistriesD:            rd,
+		MaxConcurrentDownloads: cfg.MaxConcurrentDownloads,
+		Progress:               progress,
+	}
+	if !full {
+		return New(opts)
+	}
+	var keys *decrypt.Keyring
+	if len(cfg.DecryptionKeys) > 0 || cfg.KeyDir != "" || cfg.KBS != "" {
+		kopts := decrypt.Options{Keys: cfg.DecryptionKeys, KeyDir: cfg.KeyDir}
+		if cfg.KBS != "" {
+			kopts.Resources = res
+		}
+		if keys, err = decrypt.NewKeyring(ctx, kopts); err != nil {
+			return nil, err
+		}
+	}
+	root := cfg.Cache
+	if root == "" {
+		root = unpack.DefaultRoot
+	}
+	cache, err := unpack.Open(ctx, root)
+	if err != nil {
+		return nil, err
+	}
+	opts.Cache, opts.Keys = cache, keys
+	p, err := New(opts)
+	if err != nil {
+		cache.Close()
+		return nil, err
+	}
+	p.closers = append(p.closers, cache.Close)
+	return p, nil
+}
+
+// LoadPolicy reads the policy at path (a file or a kbs:/// resource) with
+// key paths resolved by read, relative ones against the policy's directory.
+func LoadPolicy(ctx context.Context, path string, read policy.ReadFunc) (*policy.Policy, error) {
+	data, err := read(ctx, path)
+	if err != nil {
+		return nil, fmt.Errorf("policy %s: %w", path, err)
+	}
+	base := ""
+	if !isKBS(path) {
+		base = filepath.Dir(path)
+	}
+	p, err := policy.Load(ctx, data, policy.LoadOptions{BaseDir: base, Read: read})
+	if err != nil {
+		return nil, fmt.Errorf("policy %s: %w", path, err)
+	}
+	return p, nil
+}
+
+func newRegistryClient(ctx context.Context, cfg Config, res *resources) (*registry.Client, error) {
+	creds := registry.Credentials{Creds: cfg.Creds}
+	if cfg.Creds == "" && cfg.AuthFile != "" {
+		data, err := res.read(ctx, cfg.AuthFile)
+		if err != nil {
+			return nil, fmt.Errorf("--auth-file %s: %w", cfg.AuthFile, err)
+		}
+		creds.AuthFile, creds.AuthFileName = data, cfg.AuthFile
+	}
+	var conf *registry.Conf
+	if cfg.RegistriesConf != "" {
+		var err error
+		if conf, err = registry.LoadConf(cfg.RegistriesConf); err != nil {
+			return nil, err
+		}
+	}
+	return registry.New(registry.Options{
+		Credentials: creds,
+		Insecure:    cfg.InsecureRegistries,
+		Conf:        conf,
+		Platform:    cfg.Platform,
+		UserAgent:   "guest-puller/" + Version,
+	})
+}
+
+// Version is guest-puller's version, set at build time.
+var Version = "dev"
+
+func isKBS(path string) bool { return strings.HasPrefix(path, "kbs://") }
+
+// resources reads local files and kbs:/// resources. The KBS client, and
+// with it attestation, is only set up when a kbs:// resource is first
+// needed, so a pull that needs none works without a TEE or TPM.
+type resources struct {
+	cfg Config
+
+	once   sync.Once
+	client *attest.Client
+	err    error
+}
+
+func newResources(cfg Config) *resources { return &resources{cfg: cfg} }
+
+func (r *resources) read(ctx context.Context, path string) ([]byte, error) {
+	if isKBS(path) {
+		return r.GetResource(ctx, path)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errdefs.ErrInvalidConfig, err)
+	}
+	return data, nil
+}
+
+// GetResource implements decrypt.ResourceGetter.
+func (r *resources) GetResource(ctx context.Context, uri string) ([]byte, error) {
+	r.once.Do(func() { r.client, r.err = r.newClient() })
+	if r.err != nil {
+		return nil, r.err
+	}
+	return r.client.GetResource(ctx, uri)
+}
+
+func (r *resources) newClient() (*attest.Client, error) {
+	if r.cfg.KBS == "" {
+		return nil, fmt.Errorf("%w: a kbs:// resource needs --kbs", errdefs.ErrInvalidConfig)
+	}
+	kind := r.cfg.Attester
+	if kind == "" {
+		kind = "auto"
+	}
+	att, err := attest.NewAttester(kind, attest.AttesterOptions{TPM: r.cfg.TPM})
+	if err != nil {
+		return nil, fmt.Errorf("attester %s: %w", kind, err)
+	}
+	var opts attest.ClientOptions
+	if r.cfg.KBSCert != "" {
+		if opts.CACert, err = os.ReadFile(r.cfg.KBSCert); err != nil {
+			return nil, fmt.Errorf("--kbs-cert: %w: %w", errdefs.ErrInvalidConfig, err)
+		}
+	}
+	return attest.NewClient(r.cfg.KBS, att, opts)
+}
+
+// Close releases what Open acquired.
+func (p *Puller) Close() error {
+	var errs []error
+	for _, c := range p.closers {
+		errs = append(errs, c())
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,389 @@
+package pull
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/opencontainers/go-digest"
+	ispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/guest-puller/guest-puller/decrypt"
+	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/registry"
+	"github.com/guest-puller/guest-puller/policy"
+	"github.com/guest-puller/guest-puller/unpack"
+	"github.com/guest-puller/guest-puller/verify"
+)
+
+// DefaultMaxConcurrentDownloads is how many layers are fetched at once.
+const DefaultMaxConcurrentDownloads = 3
+
+// Options are the parts a Puller works with. Registry and Policy are
+// required; Cache too, except for Check.
+type Options struct {
+	Registry *registry.Client
+	Cache    *unpack.Cache
+	Policy   *policy.Policy
+	// RegistriesD configures where signatures are looked up (lookaside,
+	// sigstore attachments); nil means the defaults.
+	RegistriesD *verify.RegistriesD
+	// Keys unwraps encrypted layers; nil means no key: an encrypted image
+	// fails with errdefs.ErrDecrypt.
+	Keys *decrypt.Keyring
+	// MaxConcurrentDownloads bounds the layers fetched at once.
+	MaxConcurrentDownloads int
+	// Progress, if set, is told what each layer is doing.
+	Progress Progress
+}
+
+// Puller pulls images. It is safe for concurrent use: concurrent pulls
+// that need the same layer fetch it once.
+type Puller struct {
+	opts    Options
+	closers []func() error
+}
+
+// New returns a Puller.
+func New(opts Options) (*Puller, error) {
+	if opts.Registry == nil || opts.Policy == nil {
+		return nil, errors.New("pull: Registry and Policy are required")
+	}
+	if opts.MaxConcurrentDownloads <= 0 {
+		opts.MaxConcurrentDownloads = DefaultMaxConcurrentDownloads
+	}
+	if opts.Progress == nil {
+		opts.Progress = nopProgress{}
+	}
+	return &Puller{opts: opts}, nil
+}
+
+// Request is one pull.
+type Request struct {
+	// Image is the reference to pull ("registry.example.com/app:1.0").
+	Image string
+	// ContainerID names the bundle; "" derives one from the image.
+	ContainerID string
+	// BundleDir is where config.json and rootfs/ go; "" puts the bundle
+	// under the cache.
+	BundleDir string
+}
+
+// Result is the outcome of a pull, as `--json` prints it.
+type Result struct {
+	Image          string                   `json:"image"`
+	ManifestDigest string                   `json:"manifestDigest"`
+	ConfigDigest   string                   `json:"configDigest"`
+	Bundle         string                   `json:"bundle"`
+	Rootfs         string                   `json:"rootfs"`
+	RootfsType     string                   `json:"rootfsType"`
+	Layers         []LayerResult            `json:"layers"`
+	Policy         PolicyResult             `json:"policy"`
+	Signatures     []policy.SignatureResult `json:"signatures"`
+}
+
+// LayerResult is one layer of a Result.
+type LayerResult struct {
+	Digest    string `json:"digest"`
+	DiffID    string `json:"diffID"`
+	MediaType string `json:"mediaType"`
+	Encrypted bool   `json:"encrypted"`
+	Cached    bool   `json:"cached"`
+}
+
+// PolicyResult says which scope decided and how each requirement fared.
+type PolicyResult struct {
+	Scope        string                     `json:"scope"`
+	Requirements []policy.RequirementResult `json:"requirements"`
+}
+
+// Pull resolves, checks, fetches, decrypts and unpacks req.Image and makes
+// its bundle. A cached image still goes through resolve, policy and
+// signature verification, and through its own key unwrap: having a layer
+// cached is never a way around the policy or a missing key.
+func (p *Puller) Pull(ctx context.Context, req Request) (*Result, error) {
+	if p.opts.Cache == nil {
+		return nil, errors.New("pull: no cache")
+	}
+	img, decision, err := p.check(ctx, req.Image)
+	if err != nil {
+		return nil, err
+	}
+	if err := decision.Err(); err != nil {
+		return nil, err
+	}
+	res := &Result{
+		Image:          registry.Familiar(img.Ref),
+		ManifestDigest: img.Digest.String(),
+		ConfigDigest:   img.Manifest.Config.Digest.String(),
+		Policy:         PolicyResult{Scope: decision.Scope, Requirements: decision.Requirements},
+		Signatures:     decision.Signatures,
+	}
+	var cfg ispec.Image
+	if err := json.Unmarshal(img.RawConfig, &cfg); err != nil {
+		return nil, fmt.Errorf("%s: image config: %w", res.Image, err)
+	}
+	layers := img.Manifest.Layers
+	if len(cfg.RootFS.DiffIDs) != len(layers) {
+		return nil, fmt.Errorf("%s: %w: config lists %d diff_ids for %d layers", res.Image, errdefs.ErrIntegrity, len(cfg.RootFS.DiffIDs), len(layers))
+	}
+
+	jobs := make([]*layerJob, len(layers))
+	for i, desc := range layers {
+		j := &layerJob{image: res.Image, desc: desc, diffID: cfg.RootFS.DiffIDs[i]}
+		if err := j.diffID.Validate(); err != nil || j.diffID.Algorithm() != digest.SHA256 {
+			return nil, fmt.Errorf("%s: layer %s: %w: bad diff_id %q", res.Image, desc.Digest, errdefs.ErrIntegrity, j.diffID)
+		}
+		if j.compression, err = compressionOf(string(desc.MediaType)); err != nil {
+			return nil, fmt.Errorf("%s: layer %s: %w", res.Image, desc.Digest, err)
+		}
+		jobs[i] = j
+	}
+	// Every layer key is unwrapped before the first byte of any layer is
+	// fetched, cached or not: a missing key fails fast, and costs nothing.
+	for _, j := range jobs {
+		if !decrypt.IsEncrypted(string(j.desc.MediaType)) {
+			continue
+		}
+		if p.opts.Keys == nil {
+			return nil, fmt.Errorf("%s: layer %s: %w: the layer is encrypted and no decryption key or KBS is configured", res.Image, j.desc.Digest, errdefs.ErrDecrypt)
+		}
+		if j.key, err = p.opts.Keys.Unwrap(ctx, toOCI(j.desc)); err != nil {
+			return nil, fmt.Errorf("%s: %w", res.Image, err)
+		}
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(p.opts.MaxConcurrentDownloads)
+	for _, j := range jobs {
+		g.Go(func() error { return p.fetchLayer(gctx, img.Repo(), j) })
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+
+	rec := unpack.ImageRecord{
+		Ref:            res.Image,
+		ManifestDigest: digest.Digest(img.Digest.String()),
+		ConfigDigest:   digest.Digest(img.Manifest.Config.Digest.String()),
+		Pulled:         time.Now().UTC(),
+	}
+	diffIDs := make([]digest.Digest, len(jobs))
+	for i, j := range jobs {
+		diffIDs[i] = j.diffID
+		rec.Layers = append(rec.Layers, unpack.LayerRecord{Digest: digest.Digest(j.desc.Digest.String()), DiffID: j.diffID, MediaType: string(j.desc.MediaType), Size: j.desc.Size})
+		res.Layers = append(res.Layers, LayerResult{
+			Digest:    j.desc.Digest.String(),
+			DiffID:    j.diffID.String(),
+			MediaType: string(j.desc.MediaType),
+			Encrypted: j.key != nil,
+			Cached:    j.cached,
+		})
+	}
+	if err := p.opts.Cache.PutImage(ctx, rec); err != nil {
+		return nil, fmt.Errorf("%s: %w", res.Image, err)
+	}
+	id := req.ContainerID
+	if id == "" {
+		id = DefaultContainerID(img.Ref, img.Digest)
+	}
+	b, err := p.opts.Cache.CreateBundle(ctx, unpack.BundleSpec{
+		ID:             id,
+		Dir:            req.BundleDir,
+		Image:          res.Image,
+		ManifestDigest: rec.ManifestDigest,
+		Layers:         diffIDs,
+		Config:         cfg,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: bundle %s: %w", res.Image, id, err)
+	}
+	res.Bundle, res.Rootfs, res.RootfsType = b.Dir, b.Rootfs, b.RootfsType
+	return res, nil
+}
+
+// Check resolves image and evaluates the policy over it, fetching no layer:
+// `guest-puller policy check`.
+func (p *Puller) Check(ctx context.Context, image string) (*registry.Image, *policy.Decision, error) {
+	return p.check(ctx, image)
+}
+
+func (p *Puller) check(ctx context.Context, image string) (*registry.Image, *policy.Decision, error) {
+	ref, err := name.ParseReference(image)
+	if err != nil {
+		return nil, nil, fmt.Errorf("image %q: %w: %v", image, errdefs.ErrInvalidConfig, err)
+	}
+	img, err := p.opts.Registry.Resolve(ctx, ref)
+	if err != nil {
+		return nil, nil, err
+	}
+	digests := []v1.Hash{img.Digest}
+	if img.IndexDigest != (v1.Hash{}) {
+		digests = append(digests, img.IndexDigest)
+	}
+	// Signatures are read over the same authenticated connections as the
+	// image, from where the image was found.
+	ropts, err := p.opts.Registry.RemoteOptions(ctx, img.Repo())
+	if err != nil {
+		return nil, nil, err
+	}
+	v := verify.New(verify.Options{Remote: ropts, RegistriesD: p.opts.RegistriesD})
+	mts := make([]string, len(img.Manifest.Layers))
+	for i, l := range img.Manifest.Layers {
+		mts[i] = string(l.MediaType)
+	}
+	d, err := p.opts.Policy.Evaluate(ctx, policy.Image{
+		Ref:             ref,
+		ManifestDigest:  img.Digest,
+		IndexDigest:     img.IndexDigest,
+		LayerMediaTypes: mts,
+		Evidence:        v.Evidence(verify.Target{Repo: img.Repo(), Identity: ref, Digests: digests}),
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: policy: %w", registry.Familiar(ref), err)
+	}
+	return img, d, nil
+}
+
+type layerJob struct {
+	image       string
+	desc        v1.Descriptor
+	diffID      digest.Digest
+	compression compression
+	key         *decrypt.LayerKey
+	cached      bool
+}
+
+// fetchLayer brings one layer into the cache unless it is there already.
+// The per-layer cache lock makes concurrent pulls, in this process or
+// another, fetch a layer once: whoever waits finds it committed.
+func (p *Puller) fetchLayer(ctx context.Context, repo name.Repository, j *layerJob) error {
+	prog := p.opts.Progress
+	if p.opts.Cache.HasLayer(j.diffID) {
+		j.cached = true
+		prog.LayerState(j.desc.Digest, j.desc.Size, StateCached)
+		return nil
+	}
+	prog.LayerState(j.desc.Digest, j.desc.Size, StateWaiting)
+	release, err := p.opts.Cache.LockLayer(ctx, j.diffID)
+	if err != nil {
+		return fmt.Errorf("%s: layer %s: %w", j.image, j.desc.Digest, err)
+	}
+	defer release()
+	if p.opts.Cache.HasLayer(j.diffID) {
+		j.cached = true
+		prog.LayerState(j.desc.Digest, j.desc.Size, StateCached)
+		return nil
+	}
+	prog.LayerState(j.desc.Digest, j.desc.Size, StateDownloading)
+	if err := p.applyLayer(ctx, repo, j); err != nil {
+		prog.LayerState(j.desc.Digest, j.desc.Size, StateFailed)
+		return fmt.Errorf("%s: layer %s: %w", j.image, j.desc.Digest, err)
+	}
+	prog.LayerState(j.desc.Digest, j.desc.Size, StateDone)
+	return nil
+}
+
+// applyLayer is the one streaming pass over a layer:
+//
+//	blob ─ sha256 = digest ─ decrypt ─ decompress ─ sha256 = diff_id ─ apply to staging
+//
+// and the commit into the cache once every check has held at EOF.
+func (p *Puller) applyLayer(ctx context.Context, repo name.Repository, j *layerJob) (err error) {
+	if j.desc.Digest.Algorithm != "sha256" {
+		return fmt.Errorf("%w: unsupported digest algorithm %q", errdefs.ErrIntegrity, j.desc.Digest.Algorithm)
+	}
+	blob, err := p.opts.Registry.Blob(ctx, repo, j.desc)
+	if err != nil {
+		return err
+	}
+	defer blob.Close()
+
+	blobSum := sha256.New()
+	var r io.Reader = io.TeeReader(&countingReader{r: blob, layer: j.desc.Digest, prog: p.opts.Progress}, blobSum)
+	if j.key != nil {
+		if r, err = j.key.NewReader(r); err != nil {
+			return err
+		}
+	}
+	tarStream, closeDecomp, err := j.compression.reader(r)
+	if err != nil {
+		return fmt.Errorf("%w: decompress: %v", errdefs.ErrIntegrity, err)
+	}
+	defer closeDecomp()
+	diffSum := sha256.New()
+	tarStream = io.TeeReader(tarStream, diffSum)
+
+	stage, err := p.opts.Cache.Stage(j.diffID)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			stage.Abort()
+		}
+	}()
+	if err := stage.Apply(ctx, tarStream); err != nil {
+		return err
+	}
+	// The tar's end-of-archive marker may be followed by padding, and the
+	// compressed stream by its trailer: all of it is covered by the digests.
+	if _, err := io.Copy(io.Discard, tarStream); err != nil {
+		return err
+	}
+	// The decompressor reads ahead in its own goroutine; stop it before
+	// reading what it left of r here.
+	closeDecomp()
+	if _, err := io.Copy(io.Discard, r); err != nil {
+		return err
+	}
+	if err := checkSum(blobSum, j.desc.Digest.Hex); err != nil {
+		return fmt.Errorf("%w: blob digest does not match the manifest: %v", errdefs.ErrIntegrity, err)
+	}
+	if err := checkSum(diffSum, j.diffID.Encoded()); err != nil {
+		return fmt.Errorf("%w: uncompressed content does not match diff_id %s: %v", errdefs.ErrIntegrity, j.diffID, err)
+	}
+	return stage.Commit()
+}
+
+func checkSum(h hash.Hash, wantHex string) error {
+	got := fmt.Sprintf("%x", h.Sum(nil))
+	if got != wantHex {
+		return fmt.Errorf("got sha256:%s", got)
+	}
+	return nil
+}
+
+// DefaultContainerID names the bundle of a pull without --container-id:
+// the repository, made file-name safe, and the manifest digest's prefix, so
+// a second pull of the same image reuses the bundle.
+func DefaultContainerID(ref name.Reference, d v1.Hash) string {
+	repo := registry.FamiliarRepo(ref.Context())
+	safe := strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z', r >= '0' && r <= '9', r == '-', r == '.':
+			return r
+		}
+		return '_'
+	}, repo)
+	return safe + "-" + d.Hex[:12]
+}
+
+func toOCI(d v1.Descriptor) ispec.Descriptor {
+	return ispec.Descriptor{
+		MediaType:   string(d.MediaType),
+		Digest:      digest.Digest(d.Digest.String()),
+		Size:        d.Size,
+		URLs:        d.URLs,
+		Annotations: d.Annotations,
+	}
+}
