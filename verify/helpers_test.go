@@ -73,6 +73,35 @@ func startRegistry(t *testing.T, referrersAPI bool) string {
 	return strings.TrimPrefix(srv.URL, "http://")
 }
 
+// startTamperingRegistry serves the same storage as a registry started
+// with startRegistry would, but flips a byte of every blob it returns: a
+// registry (or the network) lying about content.
+func startTamperingRegistry(t *testing.T) (honest, tampering string) {
+	t.Helper()
+	h := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	evil := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet || !strings.Contains(r.URL.Path, "/blobs/") {
+			h.ServeHTTP(w, r)
+			return
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, r)
+		body := rec.Body.Bytes()
+		if len(body) > 0 {
+			body[0] ^= 0xff
+		}
+		for k, v := range rec.Header() {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(rec.Code)
+		w.Write(body)
+	}))
+	t.Cleanup(evil.Close)
+	return strings.TrimPrefix(srv.URL, "http://"), strings.TrimPrefix(evil.URL, "http://")
+}
+
 // closedAddr returns a loopback host:port nothing listens on.
 func closedAddr(t *testing.T) string {
 	t.Helper()

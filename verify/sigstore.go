@@ -171,7 +171,9 @@ func readSignatureManifest(ctx context.Context, p *remote.Puller, repo name.Repo
 }
 
 // fetchBlob reads the blob desc describes, refusing more than limit bytes
-// and bytes that do not match the descriptor.
+// and bytes that do not match the descriptor. A mismatch is a bad signature
+// store, which the policy turns into a refusal, not an integrity failure of
+// the image.
 func fetchBlob(ctx context.Context, p *remote.Puller, repo name.Repository, desc v1.Descriptor, limit int64) ([]byte, error) {
 	if desc.Size < 0 || desc.Size > limit {
 		return nil, fmt.Errorf("blob %s: size %d exceeds %d", desc.Digest, desc.Size, limit)
@@ -193,14 +195,14 @@ func fetchBlob(ctx context.Context, p *remote.Puller, repo name.Repository, desc
 		return nil, fmt.Errorf("blob %s: %w", desc.Digest, err)
 	}
 	if int64(len(b)) != desc.Size {
-		return nil, fmt.Errorf("blob %s: %w: size is not %d", desc.Digest, errdefs.ErrIntegrity, desc.Size)
+		return nil, fmt.Errorf("blob %s: size is not %d", desc.Digest, desc.Size)
 	}
 	got, _, err := v1.SHA256(bytes.NewReader(b))
 	if err != nil {
 		return nil, err
 	}
 	if got != desc.Digest {
-		return nil, fmt.Errorf("blob %s: %w: content digest is %s", desc.Digest, errdefs.ErrIntegrity, got)
+		return nil, fmt.Errorf("blob %s: content digest is %s", desc.Digest, got)
 	}
 	return b, nil
 }

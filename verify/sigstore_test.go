@@ -206,6 +206,12 @@ func TestSigstore(t *testing.T) {
 
 	unreachable := closedAddr(t) + "/signed"
 
+	// Signed through an honest endpoint, read through one that alters blobs.
+	honest, tampering := startTamperingRegistry(t)
+	dTampered := push(t, imgA, honest+"/signed:v1")
+	cosignSign(t, p256, honest+"/signed@"+dTampered.String(), nil)
+	tamperedRepo := tampering + "/signed"
+
 	target := func(repo string, digests ...v1.Hash) Target {
 		return Target{Repo: mustRepo(t, repo), Identity: mustRef(t, repo+":v1"), Digests: digests}
 	}
@@ -237,6 +243,7 @@ func TestSigstore(t *testing.T) {
 		{name: "attachments turned off", rd: rdOff, target: target(signedRepo, dA), key: p256.pub},
 		{name: "oversized payload", target: target(bigRepo, dBig), key: p256.pub, wantErr: errAny},
 		{name: "index at the signature tag", target: target(notManifestRepo, dNotManifest), key: p256.pub, wantErr: errAny},
+		{name: "payload altered in transit", target: target(tamperedRepo, dTampered), key: p256.pub, wantErr: errAny},
 		{name: "unreachable registry", target: target(unreachable, dA), key: p256.pub, wantErr: errAny},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -65,6 +66,22 @@ func TestSimpleSigning(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(sigDir, "signed@sha256="+dA.Hex, "signature-2")); err != nil {
 		t.Fatalf("skopeo did not write a second signature: %v", err)
+	}
+
+	// A key that signs with a subkey: the claim names the primary key.
+	fpr4 := gpg.newKey(t, "Subkey Signer <four@example.com>")
+	run(t, gpg.env(), "gpg", "--batch", "--passphrase", "", "--quick-add-key", fpr4, "default", "sign", "never")
+	subkeyRepo := reg + "/subkey"
+	dSubkey := skopeoSign(imgB, subkeyRepo+":v1", fpr4)
+	var fprs []string
+	for _, line := range strings.Split(run(t, gpg.env(), "gpg", "--with-colons", "--list-keys", fpr4), "\n") {
+		if f := strings.Split(line, ":"); f[0] == "fpr" {
+			fprs = append(fprs, f[9])
+		}
+	}
+	packets := run(t, gpg.env(), "gpg", "--list-packets", filepath.Join(sigDir, "subkey@sha256="+dSubkey.Hex, "signature-1"))
+	if len(fprs) != 3 || !strings.Contains(packets, "keyid "+fprs[2][24:]) {
+		t.Fatalf("signature is not by the new signing subkey of %v:\n%s", fprs, packets)
 	}
 
 	unsignedRepo := reg + "/unsigned"
@@ -138,6 +155,8 @@ func TestSimpleSigning(t *testing.T) {
 		{name: "http, armored key", rd: httpRD, target: target(signedRepo, dA), keyring: key1Armored, want: []policy.Claim{sig1}},
 		{name: "second signature", rd: fileRD, target: target(signedRepo, dA), keyring: key2Armored, want: []policy.Claim{sig2}},
 		{name: "concatenated armored keys", rd: httpRD, target: target(signedRepo, dA), keyring: both, want: []policy.Claim{sig1, sig2}},
+		{name: "signing subkey", rd: fileRD, target: target(subkeyRepo, dSubkey), keyring: gpg.export(t, fpr4, true),
+			want: []policy.Claim{{DockerReference: subkeyRepo + ":v1", ManifestDigest: dSubkey, KeyID: fpr4}}},
 		{name: "wrong key", rd: fileRD, target: target(signedRepo, dA), keyring: key3},
 		{name: "unsigned, file", rd: fileRD, target: target(unsignedRepo, dUnsigned), keyring: key1},
 		{name: "unsigned, http", rd: httpRD, target: target(unsignedRepo, dUnsigned), keyring: key1},
