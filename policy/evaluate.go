@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"slices"
 	"strings"
 	"unicode"
 
@@ -143,8 +144,10 @@ func (ev *evaluation) digestMatches(d v1.Hash) bool {
 }
 
 // accept finds a claim that is about this image (digest) and claims an
-// identity id accepts for it; otherwise it says why none is.
-func (ev *evaluation) accept(claims []Claim, id identityMatcher, keyID string) (Claim, string, bool) {
+// identity id accepts for it; otherwise it says why none is. A claim whose
+// KeyID names none of keyIDs is not this key's (Evidence should never
+// return one; checking keeps a threshold honest if it did).
+func (ev *evaluation) accept(claims []Claim, id identityMatcher, keyIDs []string) (Claim, string, bool) {
 	if len(claims) == 0 {
 		return Claim{}, "no signature verifies with this key", false
 	}
@@ -152,8 +155,8 @@ func (ev *evaluation) accept(claims []Claim, id identityMatcher, keyID string) (
 	for _, c := range claims {
 		var why string
 		switch {
-		case keyID != "" && c.KeyID != "" && c.KeyID != keyID:
-			why = fmt.Sprintf("signature was verified by key %s, not this key", c.KeyID)
+		case c.KeyID != "" && !slices.Contains(keyIDs, c.KeyID):
+			why = fmt.Sprintf("signature was verified by key %q, not this key", c.KeyID)
 		case !ev.digestMatches(c.ManifestDigest):
 			why = fmt.Sprintf("signature is for digest %s, not the image's %s", c.ManifestDigest, ev.img.ManifestDigest)
 		case !id.matches(ev.intended, c.DockerReference):
@@ -232,7 +235,7 @@ func (ev *evaluation) checkSigstore(ctx context.Context, keys []publicKey, id id
 			}
 		} else {
 			c.claims += len(claims)
-			_, why, ok := ev.accept(claims, id, k.id)
+			_, why, ok := ev.accept(claims, id, []string{k.id})
 			res.Verified, res.Reason = ok, why
 			if ok {
 				c.verified = append(c.verified, k.name)
@@ -272,9 +275,7 @@ func (r *signedBy) evaluate(ctx context.Context, ev *evaluation) (RequirementRes
 			}
 		} else {
 			c.claims += len(claims)
-			// A keyring holds several keys, so the claim's own key
-			// (possibly a subkey) cannot be checked against it.
-			claim, why, ok := ev.accept(claims, r.identity, "")
+			claim, why, ok := ev.accept(claims, r.identity, kr.fingerprints)
 			sr.Verified, sr.Reason = ok, why
 			if ok {
 				if claim.KeyID != "" {

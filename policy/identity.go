@@ -100,9 +100,12 @@ var (
 )
 
 // validateRemapPrefix accepts a host[:port] or a fully expanded repository
-// or namespace name, as containers/image does.
+// or namespace name, as containers/image does; unlike containers/image it
+// also refuses short names ("busybox", "library/busybox"), which can never
+// match a fully expanded reference.
 func validateRemapPrefix(s string) error {
-	if remapDomain.MatchString(s) || (remapName.MatchString(s) && remapDomainPrefix.MatchString(s)) {
+	host, _, _ := strings.Cut(s, "/")
+	if isRegistryHost(host) && (remapDomain.MatchString(s) || (remapName.MatchString(s) && remapDomainPrefix.MatchString(s))) {
 		return nil
 	}
 	return fmt.Errorf("prefix %q is not a host[:port] or a fully expanded repository namespace", s)

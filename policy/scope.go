@@ -67,7 +67,7 @@ func validateDockerScope(scope string) error {
 	if host == "index.docker.io" {
 		return errors.New("scopes use the fully expanded form: write docker.io instead of index.docker.io")
 	}
-	if !strings.ContainsAny(host, ".:") && host != "localhost" && strings.ToLower(host) == host {
+	if !isRegistryHost(host) {
 		return fmt.Errorf("scopes use the fully expanded form: %q is not a registry host (for Docker Hub write docker.io/library/… or docker.io/…)", host)
 	}
 	if !hasPath {
@@ -103,6 +103,13 @@ func validateDockerScope(scope string) error {
 		return fmt.Errorf("scopes use the fully expanded form: write docker.io/library/%s", scope[len("docker.io/"):])
 	}
 	return nil
+}
+
+// isRegistryHost applies docker's rule for telling a registry host from the
+// first path component of a short name: it has a dot or a port, is
+// localhost, or has upper-case letters.
+func isRegistryHost(host string) bool {
+	return strings.ContainsAny(host, ".:") || host == "localhost" || strings.ToLower(host) != host
 }
 
 func validatePathScope(scope string) error {
