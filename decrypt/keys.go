@@ -3,9 +3,11 @@ package decrypt
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/rsa"
+	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -44,7 +46,7 @@ const aaProvider = "attestation-agent"
 // keySet is the private key material of a Keyring, held as the byte strings
 // ocicrypt's key wrappers parse on use. Passwords line up with their keys.
 type keySet struct {
-	privKeys, privKeyPwds [][]byte // JWE and PKCS7
+	privKeys, privKeyPwds [][]byte // JWE and PKCS7; PKCS#8 DER, so no passwords
 	x509s                 [][]byte // PKCS7 recipients' certificates
 	gpgKeys, gpgKeyPwds   [][]byte
 	// aaEnabled records a "provider:attestation-agent" key. The provider is
@@ -204,17 +206,24 @@ func (s *keySet) add(name string, data, pw []byte) error {
 	if utils.IsPkcs11PrivateKey(data) {
 		return fmt.Errorf("decryption key %s: %w: PKCS#11 keys are not supported", name, errdefs.ErrInvalidConfig)
 	}
-	key, err := utils.ParsePrivateKey(data, pw, "")
+	key, err := parsePrivateKey(data, pw)
 	switch {
-	case err == nil && usablePrivateKey(key):
-		s.privKeys = append(s.privKeys, data)
-		s.privKeyPwds = append(s.privKeyPwds, pw)
-		return nil
-	case utils.IsPasswordError(err):
-		if pw == nil {
-			return fmt.Errorf("decryption key %s: %w: the key is password-protected; give PATH:PASSWORD", name, errdefs.ErrInvalidConfig)
+	case err == nil:
+		// Held as unencrypted PKCS#8, the one form every ocicrypt key
+		// wrapper parses back; the password is not kept.
+		der, err := x509.MarshalPKCS8PrivateKey(key)
+		if err != nil {
+			return fmt.Errorf("decryption key %s: %w: %v", name, errdefs.ErrInvalidConfig, err)
 		}
+		s.privKeys = append(s.privKeys, der)
+		s.privKeyPwds = append(s.privKeyPwds, nil)
+		return nil
+	case errors.Is(err, errMissingPassword):
+		return fmt.Errorf("decryption key %s: %w: the key is password-protected; give PATH:PASSWORD", name, errdefs.ErrInvalidConfig)
+	case errors.Is(err, errWrongPassword):
 		return fmt.Errorf("decryption key %s: %w: wrong password", name, errdefs.ErrInvalidConfig)
+	case errors.Is(err, errUnusableKey):
+		return fmt.Errorf("decryption key %s: %w: %v", name, errdefs.ErrInvalidConfig, err)
 	}
 	if utils.IsCertificate(data) {
 		s.x509s = append(s.x509s, data)
@@ -229,19 +238,58 @@ func (s *keySet) add(name string, data, pw []byte) error {
 		return nil
 	}
 	if b, _ := pem.Decode(data); b != nil && b.Type == "ENCRYPTED PRIVATE KEY" {
-		return fmt.Errorf("decryption key %s: %w: encrypted PKCS#8 keys are not supported (ocicrypt reads PEM-encrypted PKCS#1 and unencrypted PKCS#8); convert with openssl rsa -aes256 -traditional", name, errdefs.ErrInvalidConfig)
+		return fmt.Errorf("decryption key %s: %w: encrypted PKCS#8 keys are not supported (ocicrypt reads PEM-encrypted PKCS#1 and SEC1 keys); convert with openssl rsa -aes256 -traditional", name, errdefs.ErrInvalidConfig)
 	}
 	return fmt.Errorf("decryption key %s: %w: not a private key, x509 certificate or OpenPGP secret key", name, errdefs.ErrInvalidConfig)
 }
 
-func usablePrivateKey(k any) bool {
-	switch k := k.(type) {
-	case *rsa.PrivateKey, *ecdsa.PrivateKey, ed25519.PrivateKey:
-		return true
-	case *jose.JSONWebKey:
-		return !k.IsPublic()
-	default: // a PKCS#11 key object: not something we can use
-		return false
+var (
+	errMissingPassword = errors.New("missing password")
+	errWrongPassword   = errors.New("wrong password")
+	errUnusableKey     = errors.New("unusable key")
+)
+
+// parsePrivateKey reads what ocicrypt's utils.ParsePrivateKey reads (DER
+// PKCS#8, PKCS#1 or SEC1; PEM PKCS#8 or PKCS#1, optionally with legacy PEM
+// encryption; JWK) plus PEM SEC1 "EC PRIVATE KEY", which openssl writes by
+// default and ocicrypt's PEM path misses. Only keys that can unwrap (RSA
+// for JWE and PKCS7, EC for JWE) are returned.
+func parsePrivateKey(data, pw []byte) (crypto.PrivateKey, error) {
+	key, err := utils.ParsePrivateKey(data, pw, "")
+	if utils.IsPasswordError(err) {
+		if pw == nil {
+			return nil, errMissingPassword
+		}
+		return nil, errWrongPassword
+	}
+	if err != nil {
+		block, _ := pem.Decode(data)
+		if block == nil || block.Type != "EC PRIVATE KEY" {
+			return nil, err
+		}
+		der := block.Bytes
+		if x509.IsEncryptedPEMBlock(block) { //nolint:staticcheck // legacy PEM encryption is what skopeo users have
+			if der, err = x509.DecryptPEMBlock(block, pw); err != nil { //nolint:staticcheck // as above
+				return nil, errWrongPassword
+			}
+		}
+		if key, err = x509.ParseECPrivateKey(der); err != nil {
+			return nil, err
+		}
+	}
+	if jwk, ok := key.(*jose.JSONWebKey); ok {
+		if jwk.IsPublic() {
+			return nil, fmt.Errorf("%w: the JWK is a public key", errUnusableKey)
+		}
+		key = jwk.Key
+	}
+	switch key.(type) {
+	case *rsa.PrivateKey, *ecdsa.PrivateKey:
+		return key, nil
+	case ed25519.PrivateKey:
+		return nil, fmt.Errorf("%w: Ed25519 keys cannot unwrap layer keys (JWE and PKCS7 need RSA or EC)", errUnusableKey)
+	default: // a PKCS#11 key object
+		return nil, fmt.Errorf("%w: %T", errUnusableKey, key)
 	}
 }
 
