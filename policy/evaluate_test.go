@@ -341,7 +341,9 @@ func TestSigstoreSigned(t *testing.T) {
 	writeFile(t, dir, "b.pub", b.pem)
 	p := mustLoad(t, `{"default":[{"type":"sigstoreSigned","keyPaths":["a.pub","b.pub"]}]}`, dir)
 	d := hash('a')
-	img := func(ev Evidence) Image { return Image{Ref: ref(t, "example.com/app:v1"), ManifestDigest: d, Evidence: ev} }
+	img := func(ev Evidence) Image {
+		return Image{Ref: ref(t, "example.com/app:v1"), ManifestDigest: d, Evidence: ev}
+	}
 
 	for _, tc := range []struct {
 		name     string

@@ -110,6 +110,8 @@ type gpgKeyring struct {
 	data         []byte
 }
 
+var errPrivateKeyring = errors.New("keyring holds a private key: only public keys belong in a policy")
+
 // parseKeyring checks that data holds at least one OpenPGP public key,
 // binary or armored (several armored blocks may follow each other), and
 // returns the primary keys' fingerprints.
@@ -126,6 +128,9 @@ func parseKeyring(data []byte) ([]string, error) {
 			}
 			if err != nil {
 				return nil, fmt.Errorf("armored keyring: %w", err)
+			}
+			if block.Type == openpgp.PrivateKeyType {
+				return nil, errPrivateKeyring
 			}
 			if block.Type != openpgp.PublicKeyType {
 				return nil, fmt.Errorf("armored block %q is not a public key block", block.Type)
@@ -149,7 +154,7 @@ func parseKeyring(data []byte) ([]string, error) {
 	fprs := make([]string, len(entities))
 	for i, e := range entities {
 		if e.PrivateKey != nil {
-			return nil, errors.New("keyring holds a private key: only public keys belong in a policy")
+			return nil, errPrivateKeyring
 		}
 		fprs[i] = strings.ToUpper(hex.EncodeToString(e.PrimaryKey.Fingerprint))
 	}

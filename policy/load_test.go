@@ -234,7 +234,7 @@ func TestLoadInvalid(t *testing.T) {
 		{"signedBy not a keyring", docker("example.com", `[{"type":"signedBy","keyType":"GPGKeys","keyPath":"keys/garbage.pub"}]`), `[0].keyPath: keyring`},
 		{"signedBy sigstore key as keyring", docker("example.com", `[{"type":"signedBy","keyType":"GPGKeys","keyPath":"keys/p256.pub"}]`), `[0].keyPath: keyring`},
 		{"signedBy empty keyring", docker("example.com", `[{"type":"signedBy","keyType":"GPGKeys","keyPath":"keys/empty.gpg"}]`), "keyring holds no public key"},
-		{"signedBy private keyring", docker("example.com", `[{"type":"signedBy","keyType":"GPGKeys","keyPath":"keys/secret.asc"}]`), "is not a public key block"},
+		{"signedBy private keyring", docker("example.com", `[{"type":"signedBy","keyType":"GPGKeys","keyPath":"keys/secret.asc"}]`), "keyring holds a private key"},
 		{"signedBy empty keyPaths", docker("example.com", `[{"type":"signedBy","keyType":"GPGKeys","keyPaths":[]}]`), "keyPaths: must not be empty"},
 		{"signedBy keyPaths with a bad file", docker("example.com", `[{"type":"signedBy","keyType":"GPGKeys","keyPaths":["keys/alice.asc","keys/garbage.pub"]}]`), "[0].keyPaths[1]: keyring"},
 		{"signedBy keyData not base64", docker("example.com", `[{"type":"signedBy","keyType":"GPGKeys","keyData":"!!"}]`), "keyData: invalid base64"},
