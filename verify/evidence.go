@@ -10,15 +10,16 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sigstore/sigstore/pkg/cryptoutils"
+
 	"github.com/guest-puller/guest-puller/internal/errdefs"
 	"github.com/guest-puller/guest-puller/policy"
-	"github.com/sigstore/sigstore/pkg/cryptoutils"
 )
 
-// Bounds on what an untrusted registry or lookaside store can make us read
-// and hold: a signature manifest, one payload or signature blob, and the
-// number of signatures per digest and kind (containers/image allows 128
-// lookaside signatures, and we hold the others to the same).
+// Bounds on what an untrusted registry or lookaside store can make us hold:
+// a signature manifest, one cosign payload or GPG signature, and the number
+// of signatures per digest and kind (containers/image allows 128 lookaside
+// signatures; attachments and referrers together get the same).
 const (
 	maxManifestSize    = 4 << 20
 	maxPayloadSize     = 1 << 20

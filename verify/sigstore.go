@@ -51,23 +51,23 @@ func (e *evidence) fetchSigstore(ctx context.Context) ([]rawSigstore, error) {
 
 	var out []rawSigstore
 	for _, d := range e.t.Digests {
-		sigs, err := fetchAttachment(ctx, p, e.t.Repo, d)
+		sigs, err := fetchAttachment(ctx, p, e.t.Repo, d, maxSignatures)
 		if err != nil {
 			return nil, err
 		}
 		out = append(out, sigs...)
-		sigs, err = fetchReferrers(ctx, p, opts, e.t.Repo, d)
+		more, err := fetchReferrers(ctx, p, opts, e.t.Repo, d, maxSignatures-len(sigs))
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, sigs...)
+		out = append(out, more...)
 	}
 	return out, nil
 }
 
 // fetchAttachment reads the signatures of d stored under cosign's
-// attachment tag. No such tag means no signatures.
-func fetchAttachment(ctx context.Context, p *remote.Puller, repo name.Repository, d v1.Hash) ([]rawSigstore, error) {
+// attachment tag, at most limit of them. No such tag means no signatures.
+func fetchAttachment(ctx context.Context, p *remote.Puller, repo name.Repository, d v1.Hash, limit int) ([]rawSigstore, error) {
 	tag := repo.Tag(fmt.Sprintf("%s-%s.sig", d.Algorithm, d.Hex))
 	desc, err := p.Get(ctx, tag)
 	if isNotFound(err) {
@@ -76,7 +76,7 @@ func fetchAttachment(ctx context.Context, p *remote.Puller, repo name.Repository
 	if err != nil {
 		return nil, fmt.Errorf("signature tag %s: %w", tag, err)
 	}
-	sigs, err := readSignatureManifest(ctx, p, repo, d, desc, false)
+	sigs, err := readSignatureManifest(ctx, p, repo, d, desc, false, limit)
 	if err != nil {
 		return nil, fmt.Errorf("signature tag %s: %w", tag, err)
 	}
@@ -84,8 +84,9 @@ func fetchAttachment(ctx context.Context, p *remote.Puller, repo name.Repository
 }
 
 // fetchReferrers reads the signatures of d stored as OCI 1.1 referrers
-// (the referrers API, or its tag schema on registries without it).
-func fetchReferrers(ctx context.Context, p *remote.Puller, opts []remote.Option, repo name.Repository, d v1.Hash) ([]rawSigstore, error) {
+// (the referrers API, or its tag schema on registries without it), at most
+// limit of them.
+func fetchReferrers(ctx context.Context, p *remote.Puller, opts []remote.Option, repo name.Repository, d v1.Hash, limit int) ([]rawSigstore, error) {
 	subject := repo.Digest(d.String())
 	idx, err := remote.Referrers(subject, opts...)
 	if err != nil {
@@ -112,7 +113,7 @@ func fetchReferrers(ctx context.Context, p *remote.Puller, opts []remote.Option,
 		if err != nil {
 			return nil, fmt.Errorf("referrer %s of %s: %w", desc.Digest, d, err)
 		}
-		sigs, err := readSignatureManifest(ctx, p, repo, d, m, true)
+		sigs, err := readSignatureManifest(ctx, p, repo, d, m, true, limit-len(out))
 		if err != nil {
 			return nil, fmt.Errorf("referrer %s of %s: %w", desc.Digest, d, err)
 		}
@@ -121,10 +122,12 @@ func fetchReferrers(ctx context.Context, p *remote.Puller, opts []remote.Option,
 	return out, nil
 }
 
-// readSignatureManifest extracts the signatures of a cosign signature
-// manifest and fetches their payloads. Layers of other media types
-// (attestations, bundles) are not ours and are skipped.
-func readSignatureManifest(ctx context.Context, p *remote.Puller, repo name.Repository, subject v1.Hash, desc *remote.Descriptor, referrer bool) ([]rawSigstore, error) {
+// readSignatureManifest extracts the signatures (at most limit) of a cosign
+// signature manifest and fetches their payloads. Layers of other media
+// types (attestations, bundles) are not ours and are skipped.
+func readSignatureManifest(ctx context.Context, p *remote.Puller, repo name.Repository, subject v1.Hash, desc *remote.Descriptor, referrer bool, limit int) ([]rawSigstore, error) {
+	// go-containerregistry has already read the manifest, stopping at its
+	// own 100 MiB bound; a signature manifest is a few KiB.
 	if len(desc.Manifest) > maxManifestSize {
 		return nil, fmt.Errorf("manifest of %d bytes exceeds %d", len(desc.Manifest), maxManifestSize)
 	}
@@ -153,8 +156,8 @@ func readSignatureManifest(ctx context.Context, p *remote.Puller, repo name.Repo
 		if !ok {
 			continue
 		}
-		if len(out) == maxSignatures {
-			return nil, fmt.Errorf("more than %d signatures", maxSignatures)
+		if len(out) >= limit {
+			return nil, fmt.Errorf("more than %d signatures of %s", maxSignatures, subject)
 		}
 		sig, err := base64.StdEncoding.DecodeString(b64)
 		if err != nil {

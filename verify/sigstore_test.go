@@ -190,6 +190,16 @@ func TestSigstore(t *testing.T) {
 	bigPayload := make([]byte, 2<<20)
 	writeSigManifest(t, mustRepo(t, bigRepo).Tag("sha256-"+dBig.Hex+".sig"), []sigLayer{{payload: bigPayload, sig: "AAAA"}})
 
+	// More signatures than anyone signs an image with.
+	manyRepo := reg + "/many"
+	dMany := push(t, imgA, manyRepo+":v1")
+	manyPayload := containersImagePayload(manyRepo+":v1", dMany)
+	many := make([]sigLayer, maxSignatures+1)
+	for i := range many {
+		many[i] = sigLayer{payload: manyPayload, sig: signLikeContainersImage(t, ciP384, manyPayload)}
+	}
+	writeSigManifest(t, mustRepo(t, manyRepo).Tag("sha256-"+dMany.Hex+".sig"), many)
+
 	// An index where a signature manifest belongs.
 	notManifestRepo := reg + "/not-a-manifest"
 	dNotManifest := push(t, imgA, notManifestRepo+":v1")
@@ -242,6 +252,7 @@ func TestSigstore(t *testing.T) {
 		{name: "containers/image Ed25519 (pure)", target: target(ciRepo, dCI), key: ciEd.Public(), want: []policy.Claim{claim(ciRepo+":v1", dCI, ciEd.Public())}},
 		{name: "attachments turned off", rd: rdOff, target: target(signedRepo, dA), key: p256.pub},
 		{name: "oversized payload", target: target(bigRepo, dBig), key: p256.pub, wantErr: errAny},
+		{name: "too many signatures", target: target(manyRepo, dMany), key: ciP384.Public(), wantErr: errAny},
 		{name: "index at the signature tag", target: target(notManifestRepo, dNotManifest), key: p256.pub, wantErr: errAny},
 		{name: "payload altered in transit", target: target(tamperedRepo, dTampered), key: p256.pub, wantErr: errAny},
 		{name: "unreachable registry", target: target(unreachable, dA), key: p256.pub, wantErr: errAny},
