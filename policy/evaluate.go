@@ -196,52 +196,54 @@ func (ev *evaluation) gpgClaims(ctx context.Context, kr gpgKeyring) ([]Claim, er
 	return claims, err
 }
 
-// keyCheck is the outcome of checking the claims of several keys.
+// keyCheck gathers what the keys of one requirement found.
 type keyCheck struct {
 	results  []SignatureResult
 	verified []string // names of the keys with an accepted signature
-	claims   int      // claims found, accepted or not
+	rejected []string // "name: why" for keys whose signatures were all refused
 	err      error    // the first lookup failure
 }
 
-// failure explains why no key verified, given what was looked up.
-func (c keyCheck) failure(ev *evaluation) string {
+// add records one key's outcome: a lookup error, or the claims found and
+// whether one was accepted (res.Verified, else res.Reason says why not).
+func (c *keyCheck) add(res SignatureResult, claims int, err error) {
+	switch {
+	case err != nil:
+		res.Verified, res.Reason = false, "signature lookup failed: "+err.Error()
+		if c.err == nil {
+			c.err = err
+		}
+	case res.Verified:
+		c.verified = append(c.verified, res.KeyName)
+	case claims > 0:
+		c.rejected = append(c.rejected, res.KeyName+": "+res.Reason)
+	}
+	c.results = append(c.results, res)
+}
+
+// failure explains why the keys do not hold.
+func (c *keyCheck) failure() string {
 	switch {
 	case c.err != nil:
 		return "signature lookup failed: " + c.err.Error()
-	case ev.img.Evidence == nil, c.claims == 0:
+	case len(c.rejected) == 0:
 		return "a signature was required, but no signature by the policy's keys exists"
+	default:
+		return "no signature is accepted: " + strings.Join(c.rejected, "; ")
 	}
-	var reasons []string
-	for _, r := range c.results {
-		if !r.Verified {
-			reasons = append(reasons, r.KeyName+": "+r.Reason)
-		}
-	}
-	return "no signature is accepted: " + strings.Join(reasons, "; ")
 }
 
 // checkSigstore checks every key, even after one verified, so that the
 // report lists them all.
-func (ev *evaluation) checkSigstore(ctx context.Context, keys []publicKey, id identityMatcher) keyCheck {
-	var c keyCheck
+func (ev *evaluation) checkSigstore(ctx context.Context, keys []publicKey, id identityMatcher) *keyCheck {
+	c := &keyCheck{}
 	for _, k := range keys {
 		res := SignatureResult{KeyName: k.name, KeyID: k.id}
 		claims, err := ev.sigstoreClaims(ctx, k)
-		if err != nil {
-			res.Reason = "signature lookup failed: " + err.Error()
-			if c.err == nil {
-				c.err = err
-			}
-		} else {
-			c.claims += len(claims)
-			_, why, ok := ev.accept(claims, id, []string{k.id})
-			res.Verified, res.Reason = ok, why
-			if ok {
-				c.verified = append(c.verified, k.name)
-			}
+		if err == nil {
+			_, res.Reason, res.Verified = ev.accept(claims, id, []string{k.id})
 		}
-		c.results = append(c.results, res)
+		c.add(res, len(claims), err)
 	}
 	return c
 }
@@ -264,32 +266,23 @@ func (r *signedBy) evaluate(ctx context.Context, ev *evaluation) (RequirementRes
 		res.Reason = fmt.Sprintf("keyType %q is not implemented (as in containers/image)", r.keyType)
 		return res, nil
 	}
-	var c keyCheck
+	c := &keyCheck{}
 	for _, kr := range r.keyrings {
-		sr := SignatureResult{KeyName: kr.name, KeyID: strings.Join(kr.fingerprints, ",")}
+		res := SignatureResult{KeyName: kr.name, KeyID: strings.Join(kr.fingerprints, ",")}
 		claims, err := ev.gpgClaims(ctx, kr)
-		if err != nil {
-			sr.Reason = "signature lookup failed: " + err.Error()
-			if c.err == nil {
-				c.err = err
-			}
-		} else {
-			c.claims += len(claims)
-			claim, why, ok := ev.accept(claims, r.identity, kr.fingerprints)
-			sr.Verified, sr.Reason = ok, why
-			if ok {
-				if claim.KeyID != "" {
-					sr.KeyID = claim.KeyID
-				}
-				c.verified = append(c.verified, kr.name)
+		if err == nil {
+			var claim Claim
+			claim, res.Reason, res.Verified = ev.accept(claims, r.identity, kr.fingerprints)
+			if res.Verified && claim.KeyID != "" {
+				res.KeyID = claim.KeyID // the one key of the keyring that signed
 			}
 		}
-		c.results = append(c.results, sr)
+		c.add(res, len(claims), err)
 	}
 	if c.err == nil && len(c.verified) > 0 {
 		res.OK, res.Reason = true, "signed by a key of "+strings.Join(c.verified, ", ")
 	} else {
-		res.Reason = c.failure(ev)
+		res.Reason = c.failure()
 	}
 	return res, c.results
 }
@@ -304,7 +297,7 @@ func (r *sigstoreSigned) evaluate(ctx context.Context, ev *evaluation) (Requirem
 	if c.err == nil && len(c.verified) > 0 {
 		res.OK, res.Reason = true, "signed by "+strings.Join(c.verified, ", ")
 	} else {
-		res.Reason = c.failure(ev)
+		res.Reason = c.failure()
 	}
 	return res, c.results
 }
@@ -318,13 +311,16 @@ func (r *sigstoreThreshold) evaluate(ctx context.Context, ev *evaluation) (Requi
 	if len(c.verified) > 0 {
 		signed += " (" + strings.Join(c.verified, ", ") + ")"
 	}
+	signed = fmt.Sprintf("%s, %d needed", signed, r.threshold)
 	switch {
 	case c.err != nil:
-		res.Reason = c.failure(ev)
+		res.Reason = c.failure()
 	case len(c.verified) >= r.threshold:
-		res.OK, res.Reason = true, fmt.Sprintf("%s, %d needed", signed, r.threshold)
+		res.OK, res.Reason = true, signed
+	case len(c.rejected) > 0:
+		res.Reason = signed + "; refused: " + strings.Join(c.rejected, "; ")
 	default:
-		res.Reason = fmt.Sprintf("%s, %d needed", signed, r.threshold)
+		res.Reason = signed
 	}
 	return res, c.results
 }

@@ -101,7 +101,7 @@ func TestThreshold(t *testing.T) {
 		{"2 of 3: two", twoOfThree, []sig{{k.ci, d}, {k.release, d}}, true, "2 of 3 keys signed (ci, release), 2 needed", []bool{true, false, true}},
 		{"2 of 3: three", twoOfThree, []sig{{k.ci, d}, {k.qa, d}, {k.release, d}}, true, "3 of 3 keys signed", []bool{true, true, true}},
 		{"2 of 3: same key twice counts once", twoOfThree, []sig{{k.qa, d}, {k.qa, d}}, false, "1 of 3 keys signed (qa), 2 needed", []bool{false, true, false}},
-		{"2 of 3: second signature over another digest", twoOfThree, []sig{{k.ci, d}, {k.qa, other}}, false, "1 of 3 keys signed (ci)", []bool{true, false, false}},
+		{"2 of 3: second signature over another digest", twoOfThree, []sig{{k.ci, d}, {k.qa, other}}, false, "1 of 3 keys signed (ci), 2 needed; refused: qa: signature is for digest " + other.String(), []bool{true, false, false}},
 		{"2 of 3: unlisted key does not count", twoOfThree, []sig{{k.ci, d}, {k.outsider, d}}, false, "1 of 3 keys signed (ci)", nil},
 		{"3 of 3: two", threeOfThree, []sig{{k.ci, d}, {k.qa, d}}, false, "2 of 3 keys signed (ci, qa), 3 needed", nil},
 		{"3 of 3: three", threeOfThree, []sig{{k.ci, d}, {k.qa, d}, {k.release, d}}, true, "3 of 3 keys signed (ci, qa, release), 3 needed", nil},
@@ -472,8 +472,12 @@ func TestReasonsAreOneLine(t *testing.T) {
 	if d.Allowed {
 		t.Fatal("allowed")
 	}
-	if err := d.Err(); strings.ContainsAny(err.Error(), "\n\r") {
+	err := d.Err()
+	if strings.ContainsAny(err.Error(), "\n\r") {
 		t.Errorf("Err() spans lines: %q", err)
+	}
+	if want := `sigstoreSigned: no signature is accepted: keyData[0]: signed identity "example.com/app:v1\nallowed: true" is not accepted`; !strings.Contains(err.Error(), want) {
+		t.Errorf("Err() = %q\nwant it to contain %q", err, want)
 	}
 }
 

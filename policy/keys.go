@@ -28,14 +28,13 @@ const kbsScheme = "kbs://"
 // loader reads the files a policy names. Each file is read once per Load,
 // however many requirements name it.
 type loader struct {
-	ctx     context.Context
 	baseDir string
 	read    ReadFunc
 	files   map[string][]byte
 }
 
-func newLoader(ctx context.Context, opts LoadOptions) *loader {
-	l := &loader{ctx: ctx, baseDir: opts.BaseDir, read: opts.Read, files: map[string][]byte{}}
+func newLoader(opts LoadOptions) *loader {
+	l := &loader{baseDir: opts.BaseDir, read: opts.Read, files: map[string][]byte{}}
 	if l.read == nil {
 		l.read = readLocal
 	}
@@ -50,14 +49,14 @@ func readLocal(_ context.Context, path string) ([]byte, error) {
 }
 
 // file reads path, relative paths being relative to the policy's directory.
-func (l *loader) file(path string) ([]byte, error) {
+func (l *loader) file(ctx context.Context, path string) ([]byte, error) {
 	if !strings.HasPrefix(path, kbsScheme) && !filepath.IsAbs(path) {
 		path = filepath.Join(l.baseDir, path)
 	}
 	if data, ok := l.files[path]; ok {
 		return data, nil
 	}
-	data, err := l.read(l.ctx, path)
+	data, err := l.read(ctx, path)
 	if err != nil {
 		return nil, err
 	}

@@ -21,9 +21,9 @@ func load(ctx context.Context, data []byte, opts LoadOptions) (*Policy, error) {
 		return nil, invalidf("", `missing field "default"`)
 	}
 
-	l := newLoader(ctx, opts)
+	l := newLoader(opts)
 	p := &Policy{docker: map[string][]requirement{}}
-	if p.def, err = parseRequirements(l, rawDefault, "default"); err != nil {
+	if p.def, err = parseRequirements(ctx, l, rawDefault, "default"); err != nil {
 		return nil, err
 	}
 	if !hasTransports {
@@ -51,7 +51,7 @@ func load(ctx context.Context, data []byte, opts LoadOptions) (*Policy, error) {
 				}
 			}
 			raw, _ := scopes.raw(scope)
-			reqs, err := parseRequirements(l, raw, at)
+			reqs, err := parseRequirements(ctx, l, raw, at)
 			if err != nil {
 				return nil, err
 			}

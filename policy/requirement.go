@@ -66,21 +66,21 @@ type (
 )
 
 // parseRequirements reads a non-empty requirement list.
-func parseRequirements(l *loader, raw json.RawMessage, at string) ([]requirement, error) {
+func parseRequirements(ctx context.Context, l *loader, raw json.RawMessage, at string) ([]requirement, error) {
 	elems, err := decodeArray(raw, at)
 	if err != nil {
 		return nil, err
 	}
 	reqs := make([]requirement, len(elems))
 	for i, elem := range elems {
-		if reqs[i], err = parseRequirement(l, elem, fmt.Sprintf("%s[%d]", at, i)); err != nil {
+		if reqs[i], err = parseRequirement(ctx, l, elem, fmt.Sprintf("%s[%d]", at, i)); err != nil {
 			return nil, err
 		}
 	}
 	return reqs, nil
 }
 
-func parseRequirement(l *loader, raw json.RawMessage, at string) (requirement, error) {
+func parseRequirement(ctx context.Context, l *loader, raw json.RawMessage, at string) (requirement, error) {
 	o, err := readObject(raw, at)
 	if err != nil {
 		return nil, err
@@ -96,15 +96,15 @@ func parseRequirement(l *loader, raw json.RawMessage, at string) (requirement, e
 	case TypeReject:
 		r = reject{}
 	case TypeSignedBy:
-		r, err = parseSignedBy(l, o)
+		r, err = parseSignedBy(ctx, l, o)
 	case TypeSignedBaseLayer:
 		r, err = parseSignedBaseLayer(o)
 	case TypeSigstoreSigned:
-		r, err = parseSigstoreSigned(l, o)
+		r, err = parseSigstoreSigned(ctx, l, o)
 	case TypeEncrypted:
 		r, err = parseEncrypted(o)
 	case TypeSigstoreThreshold:
-		r, err = parseThreshold(l, o)
+		r, err = parseThreshold(ctx, l, o)
 	default:
 		return nil, invalidf(o.field("type"), "unknown requirement type %q", typ)
 	}
@@ -141,56 +141,63 @@ func exactlyOne(o *object, names ...string) (string, error) {
 	return got[0], nil
 }
 
-// keyFiles reads the key material named by field of o, which is a path
-// (keyPath), a list of paths (keyPaths), inline base64 (keyData) or a list
-// of it (keyDatas). It returns each item with the name a SignatureResult
-// uses for it.
-func keyFiles(l *loader, o *object, field string) (names []string, datas [][]byte, ats []string, err error) {
-	at := o.field(field)
-	var paths []string
-	switch field {
-	case "keyPath", "rekorPublicKeyPath":
-		var p string
-		p, _, err = o.str(field)
-		paths = []string{p}
-		ats = []string{at}
-	case "keyPaths", "rekorPublicKeyPaths":
-		paths, _, err = o.strs(field)
-		for i := range paths {
-			ats = append(ats, fmt.Sprintf("%s[%d]", at, i))
-		}
-	case "keyData", "rekorPublicKeyData":
-		var b []byte
-		b, _, err = o.bytes(field)
-		datas = [][]byte{b}
-		ats = []string{at}
-	case "keyDatas", "rekorPublicKeyDatas":
-		datas, _, err = o.bytesList(field)
-		for i := range datas {
-			ats = append(ats, fmt.Sprintf("%s[%d]", at, i))
-		}
-	}
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	if paths != nil {
-		for i, p := range paths {
-			data, err := l.file(p)
-			if err != nil {
-				return nil, nil, nil, invalidf(ats[i], "%q: %w", p, err)
-			}
-			names = append(names, p)
-			datas = append(datas, data)
-		}
-		return names, datas, ats, nil
-	}
-	for i := range datas {
-		names = append(names, fmt.Sprintf("keyData[%d]", i))
-	}
-	return names, datas, ats, nil
+// keyItem is one key (or keyring, or CA bundle) a policy field names.
+type keyItem struct {
+	name string // for SignatureResult: the path as written, or keyData[i]
+	at   string // for errors: where in the file
+	data []byte
 }
 
-func parseSignedBy(l *loader, o *object) (requirement, error) {
+// keyItems reads the keys named by field of o, which is a path (keyPath),
+// a list of paths (keyPaths), inline base64 (keyData) or a list of it
+// (keyDatas), or the rekorPublicKey… forms of the same.
+func keyItems(ctx context.Context, l *loader, o *object, field string) ([]keyItem, error) {
+	at := o.field(field)
+	switch field {
+	case "keyPath", "rekorPublicKeyPath":
+		p, _, err := o.str(field)
+		if err != nil {
+			return nil, err
+		}
+		data, err := l.file(ctx, p)
+		if err != nil {
+			return nil, invalidf(at, "%q: %w", p, err)
+		}
+		return []keyItem{{name: p, at: at, data: data}}, nil
+	case "keyPaths", "rekorPublicKeyPaths":
+		paths, _, err := o.strs(field)
+		if err != nil {
+			return nil, err
+		}
+		items := make([]keyItem, len(paths))
+		for i, p := range paths {
+			items[i] = keyItem{name: p, at: fmt.Sprintf("%s[%d]", at, i)}
+			if items[i].data, err = l.file(ctx, p); err != nil {
+				return nil, invalidf(items[i].at, "%q: %w", p, err)
+			}
+		}
+		return items, nil
+	case "keyData", "rekorPublicKeyData":
+		b, _, err := o.bytes(field)
+		if err != nil {
+			return nil, err
+		}
+		return []keyItem{{name: "keyData[0]", at: at, data: b}}, nil
+	case "keyDatas", "rekorPublicKeyDatas":
+		datas, _, err := o.bytesList(field)
+		if err != nil {
+			return nil, err
+		}
+		items := make([]keyItem, len(datas))
+		for i, b := range datas {
+			items[i] = keyItem{name: fmt.Sprintf("keyData[%d]", i), at: fmt.Sprintf("%s[%d]", at, i), data: b}
+		}
+		return items, nil
+	}
+	return nil, invalidf(at, "not a key field") // unreachable: callers pass the names above
+}
+
+func parseSignedBy(ctx context.Context, l *loader, o *object) (requirement, error) {
 	keyType, err := o.requiredStr("keyType")
 	if err != nil {
 		return nil, err
@@ -204,18 +211,18 @@ func parseSignedBy(l *loader, o *object) (requirement, error) {
 	if err != nil {
 		return nil, err
 	}
-	names, datas, ats, err := keyFiles(l, o, field)
+	items, err := keyItems(ctx, l, o, field)
 	if err != nil {
 		return nil, err
 	}
 	r := &signedBy{keyType: keyType}
-	for i, data := range datas {
-		kr := gpgKeyring{name: names[i], data: data}
+	for _, it := range items {
+		kr := gpgKeyring{name: it.name, data: it.data}
 		// Keys of the unimplemented types are read (so they cannot go
 		// missing later) but not parsed: evaluation refuses them anyway.
 		if keyType == "GPGKeys" {
-			if kr.fingerprints, err = parseKeyring(data); err != nil {
-				return nil, invalid(ats[i], err)
+			if kr.fingerprints, err = parseKeyring(it.data); err != nil {
+				return nil, invalid(it.at, err)
 			}
 		}
 		r.keyrings = append(r.keyrings, kr)
@@ -237,7 +244,7 @@ func parseSignedBaseLayer(o *object) (requirement, error) {
 	return signedBaseLayer{}, nil
 }
 
-func parseSigstoreSigned(l *loader, o *object) (requirement, error) {
+func parseSigstoreSigned(ctx context.Context, l *loader, o *object) (requirement, error) {
 	field, err := exactlyOne(o, "keyPath", "keyPaths", "keyData", "keyDatas", "fulcio", "pki")
 	if err != nil {
 		return nil, err
@@ -245,26 +252,26 @@ func parseSigstoreSigned(l *loader, o *object) (requirement, error) {
 	r := &sigstoreSigned{}
 	switch field {
 	case "fulcio":
-		if err := parseFulcio(l, o); err != nil {
+		if err := parseFulcio(ctx, l, o); err != nil {
 			return nil, err
 		}
 		r.keyless = "fulcio"
 	case "pki":
-		if err := parsePKI(l, o); err != nil {
+		if err := parsePKI(ctx, l, o); err != nil {
 			return nil, err
 		}
 		r.keyless = "pki"
 	default:
-		names, datas, ats, err := keyFiles(l, o, field)
+		items, err := keyItems(ctx, l, o, field)
 		if err != nil {
 			return nil, err
 		}
-		for i, data := range datas {
-			pub, id, err := parsePublicKey(data)
+		for _, it := range items {
+			pub, id, err := parsePublicKey(it.data)
 			if err != nil {
-				return nil, invalid(ats[i], err)
+				return nil, invalid(it.at, err)
 			}
-			r.keys = append(r.keys, publicKey{name: names[i], id: id, pub: pub})
+			r.keys = append(r.keys, publicKey{name: it.name, id: id, pub: pub})
 		}
 	}
 
@@ -282,13 +289,13 @@ func parseSigstoreSigned(l *loader, o *object) (requirement, error) {
 		return nil, invalidf(o.at, "fulcio needs one of %s", strings.Join(rekor, ", "))
 	}
 	if rekorField != "" {
-		_, datas, ats, err := keyFiles(l, o, rekorField)
+		items, err := keyItems(ctx, l, o, rekorField)
 		if err != nil {
 			return nil, err
 		}
-		for i, data := range datas {
-			if _, _, err := parsePublicKey(data); err != nil {
-				return nil, invalid(ats[i], err)
+		for _, it := range items {
+			if _, _, err := parsePublicKey(it.data); err != nil {
+				return nil, invalid(it.at, err)
 			}
 		}
 		if r.keyless == "" {
@@ -302,7 +309,7 @@ func parseSigstoreSigned(l *loader, o *object) (requirement, error) {
 }
 
 // caField reads one CA bundle given as a path or inline base64 PEM.
-func caField(l *loader, o *object, pathField, dataField string, required bool) error {
+func caField(ctx context.Context, l *loader, o *object, pathField, dataField string, required bool) error {
 	hasPath, hasData := o.has(pathField), o.has(dataField)
 	switch {
 	case hasPath && hasData:
@@ -324,7 +331,7 @@ func caField(l *loader, o *object, pathField, dataField string, required bool) e
 		if p, _, err = o.str(pathField); err != nil {
 			return err
 		}
-		if data, err = l.file(p); err != nil {
+		if data, err = l.file(ctx, p); err != nil {
 			return invalidf(at, "%q: %w", p, err)
 		}
 	} else {
@@ -339,12 +346,12 @@ func caField(l *loader, o *object, pathField, dataField string, required bool) e
 	return nil
 }
 
-func parseFulcio(l *loader, parent *object) error {
+func parseFulcio(ctx context.Context, l *loader, parent *object) error {
 	o, _, err := parent.obj("fulcio")
 	if err != nil {
 		return err
 	}
-	if err := caField(l, o, "caPath", "caData", true); err != nil {
+	if err := caField(ctx, l, o, "caPath", "caData", true); err != nil {
 		return err
 	}
 	for _, f := range []string{"oidcIssuer", "subjectEmail"} {
@@ -355,15 +362,15 @@ func parseFulcio(l *loader, parent *object) error {
 	return o.done()
 }
 
-func parsePKI(l *loader, parent *object) error {
+func parsePKI(ctx context.Context, l *loader, parent *object) error {
 	o, _, err := parent.obj("pki")
 	if err != nil {
 		return err
 	}
-	if err := caField(l, o, "caRootsPath", "caRootsData", true); err != nil {
+	if err := caField(ctx, l, o, "caRootsPath", "caRootsData", true); err != nil {
 		return err
 	}
-	if err := caField(l, o, "caIntermediatesPath", "caIntermediatesData", false); err != nil {
+	if err := caField(ctx, l, o, "caIntermediatesPath", "caIntermediatesData", false); err != nil {
 		return err
 	}
 	_, hasEmail, err := o.str("subjectEmail")
@@ -395,7 +402,7 @@ func parseEncrypted(o *object) (requirement, error) {
 	}
 }
 
-func parseThreshold(l *loader, o *object) (requirement, error) {
+func parseThreshold(ctx context.Context, l *loader, o *object) (requirement, error) {
 	n, ok, err := o.integer("threshold")
 	if err != nil {
 		return nil, err
@@ -418,7 +425,7 @@ func parseThreshold(l *loader, o *object) (requirement, error) {
 	names := map[string]bool{}
 	ids := map[string]string{}
 	for i, elem := range elems {
-		k, err := parseThresholdKey(l, elem, fmt.Sprintf("%s[%d]", o.field("keys"), i))
+		k, err := parseThresholdKey(ctx, l, elem, fmt.Sprintf("%s[%d]", o.field("keys"), i))
 		if err != nil {
 			return nil, err
 		}
@@ -439,7 +446,7 @@ func parseThreshold(l *loader, o *object) (requirement, error) {
 	return r, nil
 }
 
-func parseThresholdKey(l *loader, raw json.RawMessage, at string) (publicKey, error) {
+func parseThresholdKey(ctx context.Context, l *loader, raw json.RawMessage, at string) (publicKey, error) {
 	o, err := readObject(raw, at)
 	if err != nil {
 		return publicKey{}, err
@@ -452,13 +459,13 @@ func parseThresholdKey(l *loader, raw json.RawMessage, at string) (publicKey, er
 	if err != nil {
 		return publicKey{}, err
 	}
-	_, datas, ats, err := keyFiles(l, o, field)
+	items, err := keyItems(ctx, l, o, field)
 	if err != nil {
 		return publicKey{}, err
 	}
-	pub, id, err := parsePublicKey(datas[0])
+	pub, id, err := parsePublicKey(items[0].data)
 	if err != nil {
-		return publicKey{}, invalid(ats[0], err)
+		return publicKey{}, invalid(items[0].at, err)
 	}
 	if err := o.done(); err != nil {
 		return publicKey{}, err
