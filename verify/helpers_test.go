@@ -63,7 +63,7 @@ func run(t *testing.T, env []string, name string, args ...string) string {
 
 // startRegistry serves go-containerregistry's registry on a loopback port
 // and returns its host:port.
-func startRegistry(t *testing.T, referrersAPI bool) string {
+func startRegistry(t testing.TB, referrersAPI bool) string {
 	t.Helper()
 	srv := httptest.NewServer(registry.New(
 		registry.Logger(log.New(io.Discard, "", 0)),
@@ -291,7 +291,7 @@ func (c *countingTransport) RoundTrip(req *http.Request) (*http.Response, error)
 	return c.base.RoundTrip(req)
 }
 
-func mustRepo(t *testing.T, s string) name.Repository {
+func mustRepo(t testing.TB, s string) name.Repository {
 	t.Helper()
 	r, err := name.NewRepository(s)
 	if err != nil {

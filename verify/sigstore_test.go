@@ -42,7 +42,7 @@ type sigLayer struct {
 
 // writeSigManifest stores a cosign-format signature manifest at tag, as
 // cosign and containers/image lay it out.
-func writeSigManifest(t *testing.T, tag name.Tag, layers []sigLayer) {
+func writeSigManifest(t testing.TB, tag name.Tag, layers []sigLayer) {
 	t.Helper()
 	img := mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON)
 	for _, l := range layers {
@@ -70,7 +70,7 @@ func containersImagePayload(ref string, d v1.Hash) []byte {
 
 // signLikeContainersImage signs payload as containers/image does: SHA-256
 // for every key, pure Ed25519.
-func signLikeContainersImage(t *testing.T, priv crypto.Signer, payload []byte) string {
+func signLikeContainersImage(t testing.TB, priv crypto.Signer, payload []byte) string {
 	t.Helper()
 	sv, err := signature.LoadSignerVerifier(priv, crypto.SHA256)
 	if err != nil {
