@@ -539,3 +539,20 @@ func TestEvaluateConcurrent(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// BenchmarkEvaluate measures one decision over a 2-of-3 threshold and an
+// encryption check, the in-memory Evidence verifying real ECDSA
+// signatures.
+func BenchmarkEvaluate(b *testing.B) {
+	ci, qa, release := newKey(b, "p256"), newKey(b, "p256"), newKey(b, "p256")
+	p := mustLoad(b, `{"default":[{"type":"sigstoreThreshold","threshold":2,"keys":[
+		{"name":"ci","keyData":"`+ci.b64()+`"},{"name":"qa","keyData":"`+qa.b64()+`"},{"name":"release","keyData":"`+release.b64()+`"}],
+		"signedIdentity":{"type":"matchRepository"}},{"type":"encrypted"}]}`, "")
+	ev := (&memEvidence{}).sign(b, ci, "example.com/app", hash('a')).sign(b, qa, "example.com/app", hash('a'))
+	img := Image{Ref: ref(b, "example.com/app:v1"), ManifestDigest: hash('a'), LayerMediaTypes: []string{encGzip, encZstd}, Evidence: ev}
+	for b.Loop() {
+		if d, err := p.Evaluate(context.Background(), img); err != nil || !d.Allowed {
+			b.Fatal(err, d)
+		}
+	}
+}

@@ -111,3 +111,17 @@ func TestExamplePolicy(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkLoadExample measures loading policy.example.json, key files
+// read and parsed.
+func BenchmarkLoadExample(b *testing.B) {
+	data, err := os.ReadFile(filepath.Join("..", "policy.example.json"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if _, err := Load(context.Background(), data, LoadOptions{BaseDir: ".."}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
