@@ -7,4 +7,95 @@
 //
 // It fetches nothing: pull/ hands it verified-as-it-goes tar streams and
 // commits a layer only after every check on its bytes has passed.
+//
+// # Cache layout
+//
+// The layout under the root (default /run/guest-puller) is stable; files
+// marked atomic are written to a temporary file, fsynced and renamed.
+//
+//	<root>/                         mode 0700; nothing below is readable by others
+//	  layout.json                   {"version":1,"overlayXattrs":"trusted"|"user"} (atomic)
+//	  locks/cache.lock              flock: shared to add, exclusive to remove (GC, RemoveImage, Open)
+//	  locks/layer-<hex>.lock        LockLayer
+//	  locks/pin-<hex>.lock          shared while a process uses a layer no image record names yet
+//	  locks/staging-<name>.lock     held by the process applying staging/<name>
+//	  locks/bundle-<id>.lock        held while bundle <id> is made or replaced
+//	  staging/<name>/diff/          a layer being applied
+//	  layers/<hex>/diff/            a committed layer in overlayfs format (<hex>: the diff_id's encoded part)
+//	  layers/<hex>/layer.json       {"diffID","size","committed"}
+//	  images/<sha256(ref)>.json     an ImageRecord (atomic)
+//	  bundles/<id>/                 the default bundle directory: config.json, rootfs/
+//	  containers/<id>/bundle.json   the bundle's record (atomic), written before anything else of it
+//	  containers/<id>/upper, work/  the overlay's per-container upper and work directories
+//	  trash/                        renamed-away layers and bundles being deleted
+//
+// Decrypted content lives in staging/, layers/ and containers/<id>/upper
+// (files a container copies up), all inside the root; a bundle directory
+// elsewhere holds only config.json and the rootfs mount point, or, for
+// the copy fallback, the flattened rootfs the caller asked for there.
+//
+// A layer becomes visible in one rename of its staging directory, after a
+// syncfs, so a crash never leaves a partial layer under layers/. Open
+// removes staging directories whose lock is free (their process is gone),
+// bundles whose record is not "ready" (half made), and trash.
+//
+// # Layer content safety
+//
+// Nothing a layer contains may create, change or link to anything outside
+// its own directory. Each case is either confined (applied inside the
+// layer root, which is how a container would see it anyway) or refused as
+// unsafe content, an error wrapping errdefs.ErrIntegrity:
+//
+//   - absolute paths ("/etc/passwd") are taken relative to the layer root:
+//     confined. "/../x" is "/x", as the kernel resolves it.
+//   - relative paths climbing above the root ("../x", "a/../../x"): refused.
+//   - a path whose parent is a symlink (even to an absolute host path) is
+//     resolved inside the layer root, as SecureJoin does: confined. The file
+//     lands where the container will look for it.
+//   - symlink targets are never followed here; they are data for the
+//     container's own root.
+//   - hardlinks: a target above the root is refused; an absolute target is
+//     taken relative to the root; the target, with its parents resolved
+//     inside the root, must be a non-directory this layer already made, so
+//     a hardlink through a symlink pointing elsewhere is refused.
+//   - whiteouts follow the path rules; a whiteout naming ".", ".." or
+//     nothing is refused.
+//   - a non-directory entry for the root itself, and entry types other than
+//     files, directories, links, devices and fifos, are refused.
+//   - device nodes are kept only when this process can create them (probed
+//     once: euid 0 without a user namespace); otherwise each is skipped,
+//     logged and listed in Staging.Stats.
+//
+// Security xattrs that are host-specific (security.selinux) are dropped by
+// umoci; an image's own overlay xattrs are stored escaped so they never act
+// on our overlay mount.
+//
+// Apply keeps memory bounded: one tar header at a time, file data streamed
+// to disk; what grows with a layer is umoci's set of paths the layer
+// touched (needed for whiteout semantics), proportional to its entry count.
+//
+// Layers are applied each into its own directory; a symlinked directory in
+// a lower layer does not redirect an upper layer's paths (as it would when
+// extracting into one tree). That is overlayfs semantics, shared by every
+// overlay-based snapshotter that applies layers separately.
+//
+// # Bundles
+//
+// config.json is what `umoci unpack` writes (convert.ToRuntimeSpec), with
+// User names resolved through the image's /etc/passwd and /etc/group read
+// with symlinks resolved inside the rootfs. The rootfs is an overlay of the
+// cached layers with upper and work under containers/<id>, mounted through
+// fsconfig one layer at a time (no limit on the number of layers), or
+// through mount(2) on kernels without it. When the mount fails because
+// this process may not mount (EPERM, EACCES) or the kernel has no overlay
+// (ENODEV), the layers are flattened into the rootfs instead ("copy").
+//
+// # Garbage collection
+//
+// RemoveImage drops the image record and marks its bundles removed. GC
+// unmounts (lazily if busy) and deletes bundles that are removed, half
+// made, or whose directory or config.json is gone, then layers named by no
+// image record and no live bundle, except those another process holds
+// pinned or locked. Between finding or committing a layer and PutImage, a
+// Cache keeps the layer pinned; PutImage (or Close) releases the pin.
 package unpack

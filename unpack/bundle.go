@@ -1,0 +1,357 @@
+package unpack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/guest-puller/guest-puller/internal/errdefs"
+)
+
+// Bundle states in a bundle record.
+const (
+	bundleCreating = "creating" // rootfs or config.json may be half made
+	bundleReady    = "ready"
+)
+
+// bundleState is containers/<id>/bundle.json. It is written before
+// anything else of the bundle exists, so a crash always leaves a record of
+// what to undo.
+type bundleState struct {
+	BundleRecord
+	State string `json:"state"`
+	// CreatedDir: CreateBundle made Dir, so teardown removes it.
+	CreatedDir bool      `json:"createdDir"`
+	Created    time.Time `json:"created"`
+}
+
+func (c *Cache) readBundle(id string) (*bundleState, error) {
+	var rec bundleState
+	err := readJSON(filepath.Join(c.containerDir(id), bundleRecordFile), &rec)
+	if isNotExist(err) {
+		return nil, fmt.Errorf("bundle %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("bundle %s: %w", id, err)
+	}
+	return &rec, nil
+}
+
+func (c *Cache) writeBundle(rec *bundleState) error {
+	if err := writeJSONAtomic(filepath.Join(c.containerDir(rec.ID), bundleRecordFile), rec); err != nil {
+		return fmt.Errorf("bundle %s: %w", rec.ID, err)
+	}
+	return nil
+}
+
+// CreateBundle writes config.json and mounts (or copies) the rootfs. A
+// bundle with the same ID and manifest that is still intact is returned as
+// is; any other with that ID is replaced.
+func (c *Cache) CreateBundle(ctx context.Context, spec BundleSpec) (*Bundle, error) {
+	if err := validateBundleID(spec.ID); err != nil {
+		return nil, err
+	}
+	dir, err := c.bundleDir(spec)
+	if err != nil {
+		return nil, err
+	}
+	layers := make([]string, len(spec.Layers))
+	for i, d := range spec.Layers {
+		if layers[i], err = layerName(d); err != nil {
+			return nil, fmt.Errorf("bundle %s: %w", spec.ID, err)
+		}
+	}
+
+	unlock, err := c.lockCache(ctx, unix.LOCK_SH)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	bl, err := lock(ctx, c.bundleLock(spec.ID), unix.LOCK_EX)
+	if err != nil {
+		return nil, fmt.Errorf("bundle %s: %w", spec.ID, err)
+	}
+	defer bl.Close()
+
+	// Under the cache lock, GC cannot remove these layers from now on.
+	for i, name := range layers {
+		if !c.hasLayer(name) {
+			return nil, fmt.Errorf("bundle %s: layer %s: %w", spec.ID, spec.Layers[i], ErrNotFound)
+		}
+	}
+
+	old, err := c.readBundle(spec.ID)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return nil, err
+	}
+	if old != nil {
+		if old.matches(spec, dir) && c.intact(old) {
+			b := old.Bundle
+			return &b, nil
+		}
+		if err := c.teardown(spec.ID, old); err != nil {
+			return nil, fmt.Errorf("bundle %s: replace: %w", spec.ID, err)
+		}
+	}
+
+	rec := &bundleState{
+		BundleRecord: BundleRecord{
+			Bundle:         Bundle{ID: spec.ID, Dir: dir, Rootfs: filepath.Join(dir, rootfsDir)},
+			Image:          spec.Image,
+			ManifestDigest: spec.ManifestDigest,
+			Layers:         slices.Clone(spec.Layers),
+		},
+		State:   bundleCreating,
+		Created: time.Now().UTC(),
+	}
+	if err := c.makeBundle(ctx, rec, layers, spec); err != nil {
+		if terr := c.teardown(spec.ID, rec); terr != nil {
+			c.log.Warn("cannot undo failed bundle", "bundle", spec.ID, "err", terr)
+		}
+		return nil, fmt.Errorf("bundle %s: %w", spec.ID, err)
+	}
+	b := rec.Bundle
+	return &b, nil
+}
+
+// bundleDir is where spec's bundle goes: an absolute path, and inside the
+// cache only at its default place.
+func (c *Cache) bundleDir(spec BundleSpec) (string, error) {
+	def := c.path(dirBundles, spec.ID)
+	if spec.Dir == "" {
+		return def, nil
+	}
+	dir, err := filepath.Abs(spec.Dir)
+	if err != nil {
+		return "", fmt.Errorf("bundle %s: dir: %w", spec.ID, err)
+	}
+	if dir != def && (within(dir, c.root) || within(c.root, dir)) {
+		return "", fmt.Errorf("bundle %s: %w: bundle dir %s overlaps the cache %s", spec.ID, errdefs.ErrInvalidConfig, dir, c.root)
+	}
+	return dir, nil
+}
+
+func (c *Cache) makeBundle(ctx context.Context, rec *bundleState, layers []string, spec BundleSpec) error {
+	if err := os.Mkdir(c.containerDir(rec.ID), 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	// Find out before recording whether Dir is ours to remove later.
+	_, err := os.Lstat(rec.Dir)
+	rec.CreatedDir = isNotExist(err)
+	if err := c.writeBundle(rec); err != nil {
+		return err
+	}
+	if rec.CreatedDir {
+		if err := os.MkdirAll(rec.Dir, 0o700); err != nil {
+			return err
+		}
+	} else if err := requireDir(rec.Dir); err != nil {
+		return err
+	}
+	if err := prepareMountpoint(rec.Rootfs); err != nil {
+		return err
+	}
+	typ, err := c.makeRootfs(ctx, rec.ID, rec.Rootfs, layers)
+	if err != nil {
+		return err
+	}
+	rec.RootfsType = typ
+	if err := writeRuntimeSpec(rec.Dir, rec.Rootfs, c.containerDir(rec.ID), spec.Config); err != nil {
+		return err
+	}
+	rec.State = bundleReady
+	return c.writeBundle(rec)
+}
+
+// prepareMountpoint makes rootfs an empty directory that is not a mount.
+// Anything else there is not ours to overwrite.
+func prepareMountpoint(rootfs string) error {
+	err := os.Mkdir(rootfs, 0o755)
+	if err == nil || !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	if err := requireDir(rootfs); err != nil {
+		return err
+	}
+	if mounted, err := isMountPoint(rootfs); err != nil || mounted {
+		if err == nil {
+			err = fmt.Errorf("%s is already a mount point", rootfs)
+		}
+		return err
+	}
+	names, err := dirNames(rootfs)
+	if err != nil {
+		return err
+	}
+	if len(names) > 0 {
+		return fmt.Errorf("%s exists and is not empty", rootfs)
+	}
+	return nil
+}
+
+func requireDir(path string) error {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s is not a directory", path)
+	}
+	return nil
+}
+
+// makeRootfs mounts an overlay of the layers on rootfs, or copies them
+// there when this system cannot mount overlay.
+func (c *Cache) makeRootfs(ctx context.Context, id, rootfs string, layers []string) (string, error) {
+	diffs := make([]string, len(layers))
+	for i, name := range layers {
+		diffs[i] = filepath.Join(c.layerDir(name), layerDiffDir)
+	}
+	if len(diffs) == 0 {
+		// An image without layers is an empty directory.
+		empty := filepath.Join(c.containerDir(id), "empty")
+		if err := os.Mkdir(empty, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+			return "", err
+		}
+		diffs = []string{empty}
+	}
+	if !c.forceCopy {
+		err := c.mountRootfs(id, rootfs, diffs)
+		if err == nil {
+			return RootfsOverlay, nil
+		}
+		if !overlayUnavailable(err) {
+			return "", err
+		}
+		c.log.InfoContext(ctx, "overlay unavailable, copying the rootfs", "bundle", id, "reason", err)
+	}
+	f := &flattener{dst: rootfs, ns: c.overlayNS(), rootless: c.rootless}
+	if err := f.flatten(ctx, diffs); err != nil {
+		return "", err
+	}
+	return RootfsCopy, nil
+}
+
+func (c *Cache) overlayNS() string {
+	if c.userXattrs {
+		return "user."
+	}
+	return "trusted."
+}
+
+// mountRootfs mounts the overlay of diffs (bottom first) with the
+// container's upper and work directories, which stay inside the cache so
+// that files copied up from decrypted layers never leave it.
+func (c *Cache) mountRootfs(id, rootfs string, diffs []string) error {
+	upper := filepath.Join(c.containerDir(id), "upper")
+	work := filepath.Join(c.containerDir(id), "work")
+	for _, d := range []string{upper, work} {
+		if err := removeAll(d); err != nil {
+			return err
+		}
+		if err := os.Mkdir(d, 0o700); err != nil {
+			return err
+		}
+	}
+	// The merged root takes the upper directory's owner and mode: give it
+	// the top layer's.
+	top := diffs[len(diffs)-1]
+	var st unix.Stat_t
+	if err := unix.Lstat(top, &st); err != nil {
+		return &os.PathError{Op: "lstat", Path: top, Err: err}
+	}
+	if !c.rootless {
+		if err := os.Lchown(upper, int(st.Uid), int(st.Gid)); err != nil {
+			return err
+		}
+	}
+	if err := os.Chmod(upper, os.FileMode(st.Mode&0o777)|unixModeBits(st.Mode)); err != nil {
+		return err
+	}
+	lowers := slices.Clone(diffs)
+	slices.Reverse(lowers)
+	return mountOverlay(rootfs, lowers, upper, work, c.userXattrs)
+}
+
+func unixModeBits(m uint32) os.FileMode {
+	var fm os.FileMode
+	if m&unix.S_ISUID != 0 {
+		fm |= os.ModeSetuid
+	}
+	if m&unix.S_ISGID != 0 {
+		fm |= os.ModeSetgid
+	}
+	if m&unix.S_ISVTX != 0 {
+		fm |= os.ModeSticky
+	}
+	return fm
+}
+
+// matches reports whether rec is the bundle spec asks for.
+func (rec *bundleState) matches(spec BundleSpec, dir string) bool {
+	return rec.State == bundleReady && !rec.Removed &&
+		rec.Dir == dir && rec.Image == spec.Image &&
+		rec.ManifestDigest == spec.ManifestDigest &&
+		slices.Equal(rec.Layers, spec.Layers)
+}
+
+// intact reports whether rec's bundle is still all there: config.json,
+// and the rootfs mounted (overlay) or present (copy).
+func (c *Cache) intact(rec *bundleState) bool {
+	if !c.configPresent(rec) {
+		return false
+	}
+	fi, err := os.Lstat(rec.Rootfs)
+	if err != nil || !fi.IsDir() {
+		return false
+	}
+	mounted, err := isMountPoint(rec.Rootfs)
+	if err != nil {
+		return false
+	}
+	return mounted == (rec.RootfsType == RootfsOverlay)
+}
+
+func (c *Cache) configPresent(rec *bundleState) bool {
+	if requireDir(rec.Dir) != nil {
+		return false
+	}
+	fi, err := os.Lstat(filepath.Join(rec.Dir, configFile))
+	return err == nil && fi.Mode().IsRegular()
+}
+
+// teardown unmounts and deletes bundle id; rec is its record, or nil if
+// it has none. The record goes last, so a crash midway leaves it for the
+// next attempt.
+func (c *Cache) teardown(id string, rec *bundleState) error {
+	if rec != nil && requireDir(rec.Dir) == nil {
+		if err := unmountAll(rec.Rootfs); err != nil {
+			return err
+		}
+		// Never delete through a mount: unmountAll succeeded, but check.
+		if mounted, err := isMountPoint(rec.Rootfs); err == nil && mounted {
+			return fmt.Errorf("bundle %s: %s is still mounted", id, rec.Rootfs)
+		}
+		for _, p := range []string{filepath.Join(rec.Dir, configFile), rec.Rootfs} {
+			if err := removeAll(p); err != nil {
+				return fmt.Errorf("bundle %s: %w", id, err)
+			}
+		}
+		if rec.CreatedDir {
+			// Only if empty: whatever else is there is not ours.
+			if err := os.Remove(rec.Dir); err != nil && !isNotExist(err) && !errors.Is(err, unix.ENOTEMPTY) && !errors.Is(err, unix.EEXIST) {
+				return fmt.Errorf("bundle %s: %w", id, err)
+			}
+		}
+	}
+	if err := c.moveToTrash(c.containerDir(id)); err != nil {
+		return fmt.Errorf("bundle %s: %w", id, err)
+	}
+	return nil
+}

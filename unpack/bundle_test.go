@@ -1,0 +1,471 @@
+package unpack
+
+import (
+	"archive/tar"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+	ispec "github.com/opencontainers/image-spec/specs-go/v1"
+	rspec "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	"github.com/guest-puller/guest-puller/internal/errdefs"
+)
+
+func testImageConfig() ispec.Image {
+	return ispec.Image{
+		Platform: ispec.Platform{OS: "linux", Architecture: "amd64"},
+		Config: ispec.ImageConfig{
+			User:       "app:staff",
+			Env:        []string{"PATH=/usr/local/bin:/usr/bin:/bin", "GREETING=hello world"},
+			Entrypoint: []string{"/bin/tool", "--serve"},
+			Cmd:        []string{"--port", "8080"},
+			WorkingDir: "/data",
+		},
+	}
+}
+
+// threeLayers is an image whose layers exercise what a merged rootfs must
+// get right: owners, modes, links, devices, xattrs, and whiteouts and
+// opaque directories across layers.
+func threeLayers(t testing.TB) [][]byte {
+	base := tarLayer(t,
+		dirE("./", 0o755),
+		dirE("etc/", 0o755),
+		fileE("etc/passwd", "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n", 0o644),
+		fileE("etc/group", "root:x:0:\nstaff:x:50:app\napp:x:1000:\n", 0o644),
+		fileE("etc/old.conf", "old", 0o644),
+		dirE("bin/", 0o755),
+		fileE("bin/tool", "#!/bin/sh\n", 0o4755),
+		dirE("tmp/", 0o1777),
+		dirE("data/", 0o750).owned(1234, 5678),
+		fileE("data/file", "v1", 0o640).owned(1234, 5678),
+		dirE("opq/", 0o755),
+		fileE("opq/a", "a", 0o644),
+		dirE("opq/sub/", 0o755),
+		fileE("opq/sub/b", "b", 0o644),
+		dirE("gone/", 0o755),
+		fileE("gone/x", "x", 0o644),
+		symlinkE("link", "etc/passwd"),
+		symlinkE("abslink", "/etc/passwd"),
+		dirE("hard/", 0o755),
+		fileE("hard/a", "same inode", 0o644),
+		hardlinkE("hard/b", "hard/a"),
+		dirE("dev/", 0o755),
+		charE("dev/null", 1, 3),
+		entry{name: "dev/fifo", typ: tar.TypeFifo, mode: 0o600},
+		fileE("swap", "file in base", 0o644),
+		dirE("swapdir/", 0o755),
+		fileE("swapdir/child", "c", 0o644),
+	)
+	middle := tarLayer(t,
+		dirE("etc/", 0o755),
+		whiteoutE("etc/.wh.old.conf"),
+		fileE("etc/new.conf", "new", 0o600),
+		whiteoutE(".wh.gone"),
+		dirE("opq/", 0o755),
+		whiteoutE("opq/.wh..wh..opq"),
+		fileE("opq/c", "c", 0o644),
+		dirE("data/", 0o750).owned(1234, 5678),
+		fileE("data/file", "v2", 0o640).owned(1234, 5678).xattr("user.note", "from layer 2"),
+	)
+	top := tarLayer(t,
+		dirE("swap/", 0o711),
+		fileE("swap/inner", "dir now", 0o644),
+		fileE("swapdir", "file now", 0o644),
+		dirE("home/", 0o755),
+		dirE("home/app/", 0o700).owned(1000, 1000),
+	)
+	return [][]byte{base, middle, top}
+}
+
+func TestBundleRootfs(t *testing.T) {
+	requireRoot(t)
+	for _, mode := range []string{RootfsOverlay, RootfsCopy} {
+		t.Run(mode, func(t *testing.T) {
+			ctx := context.Background()
+			c := openCache(t)
+			c.forceCopy = mode == RootfsCopy
+			var diffIDs []digest.Digest
+			for _, l := range threeLayers(t) {
+				diffIDs = append(diffIDs, commitLayer(t, c, l))
+			}
+			b, err := c.CreateBundle(ctx, BundleSpec{ID: "ctr1", Image: "example.com/app:1", ManifestDigest: digest.FromString("m"), Layers: diffIDs, Config: testImageConfig()})
+			if err != nil {
+				t.Fatalf("CreateBundle: %v", err)
+			}
+			t.Cleanup(func() { unmountAll(b.Rootfs) })
+			if b.RootfsType != mode {
+				t.Fatalf("RootfsType = %q, want %q", b.RootfsType, mode)
+			}
+			if b.Dir != filepath.Join(c.Root(), "bundles", "ctr1") || b.Rootfs != filepath.Join(b.Dir, "rootfs") {
+				t.Errorf("bundle at %s rootfs %s", b.Dir, b.Rootfs)
+			}
+			if mounted, _ := isMountPoint(b.Rootfs); mounted != (mode == RootfsOverlay) {
+				t.Errorf("rootfs mounted = %v", mounted)
+			}
+			checkMergedRootfs(t, b.Rootfs)
+
+			if mode == RootfsOverlay {
+				// Writes land in the container's upper dir, never in the
+				// shared layers.
+				if err := os.WriteFile(filepath.Join(b.Rootfs, "etc/passwd"), []byte("changed"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				if got := readFile(t, filepath.Join(c.layerDir(diffIDs[0].Encoded()), layerDiffDir, "etc/passwd")); strings.Contains(got, "changed") {
+					t.Error("a write into the rootfs changed the cached layer")
+				}
+				if got := readFile(t, filepath.Join(c.containerDir("ctr1"), "upper", "etc/passwd")); got != "changed" {
+					t.Errorf("upper/etc/passwd = %q", got)
+				}
+			}
+		})
+	}
+}
+
+func checkMergedRootfs(t *testing.T, rootfs string) {
+	t.Helper()
+	p := func(rel string) string { return filepath.Join(rootfs, rel) }
+	for rel, want := range map[string]string{
+		"etc/new.conf": "new",
+		"opq/c":        "c",
+		"data/file":    "v2",
+		"hard/a":       "same inode",
+		"swap/inner":   "dir now",
+		"swapdir":      "file now",
+		"link":         "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
+		"bin/tool":     "#!/bin/sh\n",
+		"etc/group":    "root:x:0:\nstaff:x:50:app\napp:x:1000:\n",
+		"hard/b":       "same inode",
+	} {
+		if got := readFile(t, p(rel)); got != want {
+			t.Errorf("%s = %q, want %q", rel, got, want)
+		}
+	}
+	for _, rel := range []string{"etc/old.conf", "gone", "opq/a", "opq/sub", "swapdir/child"} {
+		if _, err := os.Lstat(p(rel)); !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ENOTDIR) {
+			t.Errorf("%s should be gone: %v", rel, err)
+		}
+	}
+	for rel, want := range map[string]string{"link": "etc/passwd", "abslink": "/etc/passwd"} {
+		if got, err := os.Readlink(p(rel)); err != nil || got != want {
+			t.Errorf("readlink %s = %q, %v; want %q", rel, got, err, want)
+		}
+	}
+	type attrs struct {
+		mode     os.FileMode
+		uid, gid uint32
+	}
+	for rel, want := range map[string]attrs{
+		".":            {os.ModeDir | 0o755, 0, 0},
+		"bin/tool":     {os.ModeSetuid | 0o755, 0, 0},
+		"tmp":          {os.ModeDir | os.ModeSticky | 0o777, 0, 0},
+		"data":         {os.ModeDir | 0o750, 1234, 5678},
+		"data/file":    {0o640, 1234, 5678},
+		"etc/new.conf": {0o600, 0, 0},
+		"swap":         {os.ModeDir | 0o711, 0, 0},
+		"home/app":     {os.ModeDir | 0o700, 1000, 1000},
+		"dev/fifo":     {os.ModeNamedPipe | 0o600, 0, 0},
+		"dev/null":     {os.ModeDevice | os.ModeCharDevice | 0o666, 0, 0},
+	} {
+		fi, err := os.Lstat(p(rel))
+		if err != nil {
+			t.Errorf("%s: %v", rel, err)
+			continue
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		if got := (attrs{fi.Mode(), st.Uid, st.Gid}); got != want {
+			t.Errorf("%s: mode %v owner %d:%d, want mode %v owner %d:%d", rel, got.mode, got.uid, got.gid, want.mode, want.uid, want.gid)
+		}
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(p("dev/null"), &st); err == nil && (unix.Major(st.Rdev) != 1 || unix.Minor(st.Rdev) != 3) {
+		t.Errorf("dev/null is device %d:%d, want 1:3", unix.Major(st.Rdev), unix.Minor(st.Rdev))
+	}
+	a, errA := os.Lstat(p("hard/a"))
+	b, errB := os.Lstat(p("hard/b"))
+	if errA != nil || errB != nil || !os.SameFile(a, b) {
+		t.Errorf("hard/a and hard/b are not one file: %v %v", errA, errB)
+	}
+	buf := make([]byte, 64)
+	if n, err := unix.Lgetxattr(p("data/file"), "user.note", buf); err != nil || string(buf[:n]) != "from layer 2" {
+		t.Errorf("xattr user.note of data/file = %q, %v", buf[:max(n, 0)], err)
+	}
+	// No trace of the layer format (whiteouts, opaque markers) shows.
+	names, err := dirNames(p("opq"))
+	if err != nil || !slices.Equal(names, []string{"c"}) {
+		t.Errorf("opq holds %v, %v; want only c", names, err)
+	}
+	if _, err := unix.Lgetxattr(p("opq"), "trusted.overlay.opaque", buf); err == nil {
+		t.Error("opq shows the trusted.overlay.opaque marker")
+	}
+}
+
+func TestBundleConfig(t *testing.T) {
+	requireRoot(t)
+	ctx := context.Background()
+	c := openCache(t)
+	var diffIDs []digest.Digest
+	for _, l := range threeLayers(t) {
+		diffIDs = append(diffIDs, commitLayer(t, c, l))
+	}
+	dir := filepath.Join(t.TempDir(), "bundle")
+	cfg := testImageConfig()
+	cfg.Config.Volumes = map[string]struct{}{"/var/cache": {}}
+	b, err := c.CreateBundle(ctx, BundleSpec{ID: "ctr1", Dir: dir, Image: "example.com/app:1", ManifestDigest: digest.FromString("m"), Layers: diffIDs, Config: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unmountAll(b.Rootfs) })
+	if b.Dir != dir || b.Rootfs != filepath.Join(dir, "rootfs") {
+		t.Errorf("bundle %+v, want it at %s", b, dir)
+	}
+	var spec rspec.Spec
+	if err := json.Unmarshal([]byte(readFile(t, filepath.Join(dir, "config.json"))), &spec); err != nil {
+		t.Fatal(err)
+	}
+	if spec.Root.Path != "rootfs" {
+		t.Errorf("root.path = %q", spec.Root.Path)
+	}
+	u := spec.Process.User
+	if u.UID != 1000 || u.GID != 50 {
+		t.Errorf("user %d:%d, want 1000:50 (app:staff through the image's passwd and group)", u.UID, u.GID)
+	}
+	if want := []string{"/bin/tool", "--serve", "--port", "8080"}; !slices.Equal(spec.Process.Args, want) {
+		t.Errorf("args %q, want %q", spec.Process.Args, want)
+	}
+	if spec.Process.Cwd != "/data" {
+		t.Errorf("cwd %q", spec.Process.Cwd)
+	}
+	for _, want := range []string{"PATH=/usr/local/bin:/usr/bin:/bin", "GREETING=hello world", "HOME=/home/app"} {
+		if !slices.Contains(spec.Process.Env, want) {
+			t.Errorf("env %q lacks %q", spec.Process.Env, want)
+		}
+	}
+	if !slices.ContainsFunc(spec.Mounts, func(m rspec.Mount) bool { return m.Destination == "/var/cache" }) {
+		t.Errorf("volume /var/cache has no mount: %+v", spec.Mounts)
+	}
+	// The overlay's upper dir stays inside the cache.
+	if _, err := os.Stat(filepath.Join(c.containerDir("ctr1"), "upper")); err != nil {
+		t.Errorf("upper dir: %v", err)
+	}
+	if names, _ := dirNames(dir); !slices.Equal(names, []string{"config.json", "rootfs"}) {
+		t.Errorf("bundle dir holds %v", names)
+	}
+}
+
+func TestBundleUserLookupStaysInRootfs(t *testing.T) {
+	requireRoot(t)
+	ctx := context.Background()
+	c := openCache(t)
+	// A host file the image points /etc/passwd at, naming "app" as 4242.
+	host := t.TempDir()
+	os.WriteFile(filepath.Join(host, "passwd"), []byte("app:x:4242:4242::/:/bin/sh\n"), 0o644)
+	layer := tarLayer(t,
+		dirE("etc/", 0o755),
+		symlinkE("etc/passwd", filepath.Join(host, "passwd")),
+	)
+	d := commitLayer(t, c, layer)
+	cfg := testImageConfig()
+	cfg.Config.User = "app"
+	b, err := c.CreateBundle(ctx, BundleSpec{ID: "evil", Image: "evil", Layers: []digest.Digest{d}, Config: cfg})
+	if b != nil {
+		unmountAll(b.Rootfs)
+	}
+	if err == nil {
+		spec := readFile(t, filepath.Join(b.Dir, "config.json"))
+		t.Fatalf("user app resolved through a host file: %s", spec)
+	}
+	if !strings.Contains(err.Error(), "app") {
+		t.Errorf("error does not say which user: %v", err)
+	}
+	// The failed bundle leaves nothing behind.
+	if _, err := os.Lstat(c.path(dirBundles, "evil")); !os.IsNotExist(err) {
+		t.Errorf("failed bundle dir remains: %v", err)
+	}
+	if _, err := os.Lstat(c.containerDir("evil")); !os.IsNotExist(err) {
+		t.Errorf("failed bundle record remains: %v", err)
+	}
+}
+
+func TestCreateBundleIdempotentAndReplace(t *testing.T) {
+	requireRoot(t)
+	ctx := context.Background()
+	c := openCache(t)
+	l1 := commitLayer(t, c, tarLayer(t, fileE("v", "one", 0o644)))
+	l2 := commitLayer(t, c, tarLayer(t, fileE("v", "two", 0o644)))
+	cfg := testImageConfig()
+	cfg.Config.User = ""
+	spec := BundleSpec{ID: "ctr", Image: "img", ManifestDigest: digest.FromString("m1"), Layers: []digest.Digest{l1}, Config: cfg}
+	b1, err := c.CreateBundle(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unmountAll(b1.Rootfs) })
+	// The container writes; the same bundle again keeps that state.
+	os.WriteFile(filepath.Join(b1.Rootfs, "state"), []byte("running"), 0o644)
+	b2, err := c.CreateBundle(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *b2 != *b1 || readFile(t, filepath.Join(b2.Rootfs, "state")) != "running" {
+		t.Errorf("same ID and manifest made a new bundle: %+v", b2)
+	}
+
+	// Another manifest under the same ID replaces it.
+	spec.ManifestDigest, spec.Layers = digest.FromString("m2"), []digest.Digest{l2}
+	b3, err := c.CreateBundle(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readFile(t, filepath.Join(b3.Rootfs, "v")); got != "two" {
+		t.Errorf("replaced bundle shows v = %q", got)
+	}
+	if _, err := os.Lstat(filepath.Join(b3.Rootfs, "state")); !os.IsNotExist(err) {
+		t.Error("replaced bundle kept the old container's writes")
+	}
+	if n := countMounts(t, b3.Rootfs); n != 1 {
+		t.Errorf("%d mounts on the rootfs, want 1 (the old one unmounted)", n)
+	}
+
+	// A broken bundle (rootfs unmounted behind our back) is made again.
+	if err := unmountAll(b3.Rootfs); err != nil {
+		t.Fatal(err)
+	}
+	b4, err := c.CreateBundle(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readFile(t, filepath.Join(b4.Rootfs, "v")); got != "two" {
+		t.Errorf("remade bundle shows v = %q", got)
+	}
+}
+
+func countMounts(t *testing.T, path string) int {
+	t.Helper()
+	n := 0
+	for _, line := range strings.Split(readFile(t, "/proc/self/mountinfo"), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && f[4] == path {
+			n++
+		}
+	}
+	return n
+}
+
+func TestCreateBundleRefusesBadSpecs(t *testing.T) {
+	ctx := context.Background()
+	c := openCache(t)
+	l := commitLayer(t, c, tarLayer(t, fileE("f", "x", 0o644)))
+	outside := t.TempDir()
+	for _, tc := range []struct {
+		name string
+		spec BundleSpec
+		want error
+	}{
+		{"slash in id", BundleSpec{ID: "a/b"}, errdefs.ErrInvalidConfig},
+		{"dotdot id", BundleSpec{ID: "a..b"}, errdefs.ErrInvalidConfig},
+		{"dot id", BundleSpec{ID: "."}, errdefs.ErrInvalidConfig},
+		{"empty id", BundleSpec{ID: ""}, errdefs.ErrInvalidConfig},
+		{"space in id", BundleSpec{ID: "a b"}, errdefs.ErrInvalidConfig},
+		{"long id", BundleSpec{ID: strings.Repeat("a", 129)}, errdefs.ErrInvalidConfig},
+		{"dir inside cache", BundleSpec{ID: "x", Dir: filepath.Join(c.Root(), "layers")}, errdefs.ErrInvalidConfig},
+		{"dir above cache", BundleSpec{ID: "x", Dir: filepath.Dir(c.Root())}, errdefs.ErrInvalidConfig},
+		{"layer not committed", BundleSpec{ID: "x", Dir: filepath.Join(outside, "b"), Layers: []digest.Digest{l, digest.FromString("nope")}}, ErrNotFound},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.spec.Config = testImageConfig()
+			if _, err := c.CreateBundle(ctx, tc.spec); !errors.Is(err, tc.want) {
+				t.Errorf("CreateBundle: %v, want %v", err, tc.want)
+			}
+		})
+	}
+	if _, err := os.Lstat(filepath.Join(outside, "b")); !os.IsNotExist(err) {
+		t.Errorf("refused bundle created its dir: %v", err)
+	}
+	for _, id := range []string{"abc", "0123456789abcdef", "my_ctr-1.2", strings.Repeat("f", 128)} {
+		if err := validateBundleID(id); err != nil {
+			t.Errorf("validateBundleID(%q): %v", id, err)
+		}
+	}
+}
+
+// manyLayers exceeds mount(2)'s one page of options with its lowerdir.
+func TestBundleManyLayers(t *testing.T) {
+	requireRoot(t)
+	ctx := context.Background()
+	c := openCache(t)
+	const n = 80
+	var diffIDs []digest.Digest
+	for i := range n {
+		diffIDs = append(diffIDs, commitLayer(t, c, tarLayer(t,
+			fileE(fmt.Sprintf("layer-%02d", i), fmt.Sprint(i), 0o644),
+			fileE("top", fmt.Sprint(i), 0o644),
+		)))
+	}
+	var legacy int
+	for range diffIDs {
+		legacy += len(c.layerDir(diffIDs[0].Encoded())) + len("/diff:")
+	}
+	if legacy < 4096 {
+		t.Fatalf("test needs a lowerdir longer than a page, has %d bytes", legacy)
+	}
+	cfg := testImageConfig()
+	cfg.Config.User = ""
+	b, err := c.CreateBundle(ctx, BundleSpec{ID: "many", Image: "many", Layers: diffIDs, Config: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unmountAll(b.Rootfs) })
+	if b.RootfsType != RootfsOverlay {
+		t.Fatalf("RootfsType %q", b.RootfsType)
+	}
+	if got := readFile(t, filepath.Join(b.Rootfs, "top")); got != fmt.Sprint(n-1) {
+		t.Errorf("top = %q, want the topmost layer's %d", got, n-1)
+	}
+	for i := range n {
+		if _, err := os.Stat(filepath.Join(b.Rootfs, fmt.Sprintf("layer-%02d", i))); err != nil {
+			t.Errorf("layer %d missing from the rootfs: %v", i, err)
+		}
+	}
+}
+
+// TestMountOverlayLegacy covers the mount(2) path kept for kernels
+// without fsconfig lowerdir+, including paths that need escaping.
+func TestMountOverlayLegacy(t *testing.T) {
+	requireRoot(t)
+	base := filepath.Join(t.TempDir(), "a,b:c")
+	var lowers []string
+	for i := range 3 {
+		l := filepath.Join(base, fmt.Sprint("l", i))
+		os.MkdirAll(l, 0o755)
+		os.WriteFile(filepath.Join(l, "f"), []byte(fmt.Sprint(i)), 0o644)
+		lowers = append(lowers, l)
+	}
+	upper, work, target := filepath.Join(base, "u"), filepath.Join(base, "w"), filepath.Join(base, "m")
+	for _, d := range []string{upper, work, target} {
+		os.Mkdir(d, 0o755)
+	}
+	if err := mountOverlayLegacy(target, lowers, upper, work, false); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unmountAll(target) })
+	if got := readFile(t, filepath.Join(target, "f")); got != "0" {
+		t.Errorf("f = %q, want the first (topmost) lower's", got)
+	}
+	long := make([]string, 200)
+	for i := range long {
+		long[i] = lowers[0]
+	}
+	if err := mountOverlayLegacy(filepath.Join(base, "m2"), long, upper, work, false); err == nil || !strings.Contains(err.Error(), "page") {
+		t.Errorf("legacy mount of 200 layers: %v, want a page-size error", err)
+	}
+}

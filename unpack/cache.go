@@ -1,0 +1,316 @@
+package unpack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
+
+	"github.com/guest-puller/guest-puller/internal/errdefs"
+)
+
+// Cache is the guest-local layer cache: committed layers keyed by diff_id,
+// image records, and bundles. Several processes may share one root; a
+// Cache is safe for concurrent use.
+type Cache struct {
+	root string
+	// userXattrs: layers mark whiteouts in user.overlay.* (see layout).
+	userXattrs bool
+	// rootless: owners cannot be set; umoci keeps them in an xattr.
+	rootless bool
+	log      *slog.Logger
+
+	// mknod caches whether this process may create device nodes.
+	mknodOnce sync.Once
+	mknodOK   bool
+
+	// forceCopy makes CreateBundle skip overlay, so tests can check the
+	// copy fallback on a machine that has overlay.
+	forceCopy bool
+
+	mu     sync.Mutex
+	pins   map[string]*os.File // layer name -> shared pin lock
+	closed bool
+}
+
+// Open opens (creating if needed, mode 0700) the cache at root, and removes
+// staging directories and half-made bundles left by killed processes.
+func Open(ctx context.Context, root string) (*Cache, error) {
+	if root == "" {
+		return nil, fmt.Errorf("cache root: %w: empty path", errdefs.ErrInvalidConfig)
+	}
+	abs, err := filepath.Abs(root)
+	if err != nil {
+		return nil, fmt.Errorf("cache root %s: %w", root, err)
+	}
+	if err := os.MkdirAll(abs, 0o700); err != nil {
+		return nil, fmt.Errorf("create cache %s: %w", abs, err)
+	}
+	// Resolve once so that mount sources and "is this inside the cache"
+	// checks see the real path.
+	if abs, err = filepath.EvalSymlinks(abs); err != nil {
+		return nil, fmt.Errorf("cache root %s: %w", root, err)
+	}
+	if err := os.Chmod(abs, 0o700); err != nil {
+		return nil, fmt.Errorf("cache root %s: %w", abs, err)
+	}
+	for _, d := range cacheDirs {
+		if err := os.Mkdir(filepath.Join(abs, d), 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+			return nil, fmt.Errorf("create cache %s: %w", abs, err)
+		}
+	}
+
+	c := &Cache{
+		root:     abs,
+		rootless: os.Geteuid() != 0,
+		log:      slog.Default().With("cache", abs),
+		pins:     map[string]*os.File{},
+	}
+
+	unlock, err := c.lockCache(ctx, unix.LOCK_EX)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if err := c.loadLayout(); err != nil {
+		return nil, err
+	}
+	if err := c.recover(ctx); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Close releases the cache's resources (not its mounts).
+func (c *Cache) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for name, f := range c.pins {
+		f.Close()
+		delete(c.pins, name)
+	}
+	c.closed = true
+	return nil
+}
+
+// Root is the cache's root directory.
+func (c *Cache) Root() string { return c.root }
+
+// HasLayer reports whether the layer with this diff_id is committed.
+func (c *Cache) HasLayer(diffID digest.Digest) bool {
+	name, err := layerName(diffID)
+	if err != nil {
+		return false
+	}
+	// A caller that sees the layer goes on to use it: pin it first, so a
+	// concurrent GC cannot remove it before the image record exists.
+	c.pin(name)
+	return c.hasLayer(name)
+}
+
+func (c *Cache) hasLayer(name string) bool {
+	fi, err := os.Lstat(filepath.Join(c.layerDir(name), layerMetaFile))
+	return err == nil && fi.Mode().IsRegular()
+}
+
+// LockLayer takes the exclusive lock on one layer, shared by every process
+// using the cache, so a layer is fetched and applied once at a time. After
+// taking it, call HasLayer again: another process may have committed it.
+func (c *Cache) LockLayer(ctx context.Context, diffID digest.Digest) (release func(), err error) {
+	name, err := layerName(diffID)
+	if err != nil {
+		return nil, err
+	}
+	c.pin(name)
+	f, err := lock(ctx, c.layerLock(name), unix.LOCK_EX)
+	if err != nil {
+		return nil, fmt.Errorf("layer %s: %w", diffID, err)
+	}
+	return sync.OnceFunc(func() { f.Close() }), nil
+}
+
+// pin holds a shared lock on the layer's pin file until an image record
+// names the layer (PutImage) or the Cache closes. GC removes only layers
+// whose pin it can lock exclusively, which closes the window between a
+// pull finding or committing a layer and recording the image.
+func (c *Cache) pin(name string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || c.pins[name] != nil {
+		return
+	}
+	// GC holds a pin exclusively only while it renames the layer away,
+	// so this wait is short.
+	f, err := lock(context.Background(), c.pinLock(name), unix.LOCK_SH)
+	if err != nil {
+		c.log.Warn("cannot pin layer; a concurrent gc may remove it", "layer", name, "err", err)
+		return
+	}
+	c.pins[name] = f
+}
+
+func (c *Cache) unpin(names []string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, name := range names {
+		if f := c.pins[name]; f != nil {
+			f.Close()
+			delete(c.pins, name)
+		}
+	}
+}
+
+// lockCache takes the cache-wide lock: shared for operations that add to
+// the cache, exclusive for those that remove from it (GC, RemoveImage,
+// Open's recovery).
+func (c *Cache) lockCache(ctx context.Context, how int) (unlock func(), err error) {
+	f, err := lock(ctx, c.cacheLock(), how)
+	if err != nil {
+		return nil, fmt.Errorf("cache %s: %w", c.root, err)
+	}
+	return func() { f.Close() }, nil
+}
+
+func (c *Cache) loadLayout() error {
+	p := c.path(layoutFile)
+	var l layout
+	err := readJSON(p, &l)
+	switch {
+	case isNotExist(err):
+		l = layout{Version: layoutVersion, OverlayXattrs: xattrsTrusted}
+		if c.rootless {
+			l.OverlayXattrs = xattrsUser
+		}
+		if err := writeJSONAtomic(p, l); err != nil {
+			return fmt.Errorf("cache %s: write layout: %w", c.root, err)
+		}
+	case err != nil:
+		return fmt.Errorf("cache %s: %w", c.root, err)
+	}
+	if l.Version != layoutVersion || (l.OverlayXattrs != xattrsTrusted && l.OverlayXattrs != xattrsUser) {
+		return fmt.Errorf("cache %s: %w: layout version %d with %q xattrs is not supported", c.root, errdefs.ErrInvalidConfig, l.Version, l.OverlayXattrs)
+	}
+	c.userXattrs = l.OverlayXattrs == xattrsUser
+	return nil
+}
+
+// recover removes what killed processes left behind. The caller holds the
+// cache lock exclusively, so no bundle is being made right now.
+func (c *Cache) recover(ctx context.Context) error {
+	if err := c.removeStaleStaging(); err != nil {
+		return err
+	}
+	ids, err := dirNames(c.path(dirContainers))
+	if err != nil {
+		return fmt.Errorf("cache %s: %w", c.root, err)
+	}
+	for _, id := range ids {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if validateBundleID(id) != nil {
+			continue
+		}
+		rec, err := c.readBundle(id)
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return err
+		}
+		if rec != nil && rec.State == bundleReady {
+			continue
+		}
+		c.log.Info("removing half-made bundle", "bundle", id)
+		if err := c.teardown(id, rec); err != nil {
+			return err
+		}
+	}
+	return c.emptyTrash()
+}
+
+// removeStaleStaging removes staging directories whose lock is free: their
+// owner is gone (a live owner holds its lock until Commit or Abort).
+func (c *Cache) removeStaleStaging() error {
+	names, err := dirNames(c.path(dirStaging))
+	if err != nil {
+		return fmt.Errorf("cache %s: %w", c.root, err)
+	}
+	for _, name := range names {
+		lockPath := c.stagingLock(name)
+		f, err := tryLock(lockPath, unix.LOCK_EX)
+		if errors.Is(err, errLocked) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("staging %s: %w", name, err)
+		}
+		c.log.Info("removing stale staging directory", "staging", name)
+		err = removeAll(c.path(dirStaging, name))
+		unlockAndRemove(f, lockPath)
+		if err != nil {
+			return fmt.Errorf("remove stale staging %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// moveToTrash renames path into trash/ (one atomic step that makes it
+// disappear from where readers look), then deletes it.
+func (c *Cache) moveToTrash(path string) error {
+	tmp, err := c.trash(path)
+	if err != nil || tmp == "" {
+		return err
+	}
+	return removeAll(tmp)
+}
+
+// trash renames path into trash/ and returns where it went, for the
+// caller to delete; "" if path did not exist. An interrupted delete is
+// finished by the next Open or GC.
+func (c *Cache) trash(path string) (string, error) {
+	tmp, err := os.MkdirTemp(c.path(dirTrash), filepath.Base(path)+"-")
+	if err != nil {
+		return "", err
+	}
+	if err := os.Rename(path, filepath.Join(tmp, "x")); err != nil {
+		os.Remove(tmp)
+		if isNotExist(err) {
+			return "", nil
+		}
+		return "", err
+	}
+	return tmp, nil
+}
+
+func (c *Cache) emptyTrash() error {
+	names, err := dirNames(c.path(dirTrash))
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		if err := removeAll(c.path(dirTrash, name)); err != nil {
+			return fmt.Errorf("empty trash: %w", err)
+		}
+	}
+	return nil
+}
+
+// canMknod finds out, once, whether device nodes can be created here:
+// euid 0 is not enough (user namespaces, dropped CAP_MKNOD). dir is a
+// directory the caller owns (its staging directory).
+func (c *Cache) canMknod(dir string) bool {
+	c.mknodOnce.Do(func() {
+		// The probe is /dev/null's numbers: a real device, unlike the 0:0
+		// whiteout that unprivileged users may create.
+		p := filepath.Join(dir, ".mknod-probe")
+		if err := unix.Mknod(p, unix.S_IFCHR|0o600, int(unix.Mkdev(1, 3))); err == nil {
+			c.mknodOK = true
+			os.Remove(p)
+		}
+	})
+	return c.mknodOK
+}

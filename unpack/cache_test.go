@@ -1,0 +1,453 @@
+package unpack
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	ispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/guest-puller/guest-puller/internal/errdefs"
+)
+
+func TestOpenLayout(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "cache")
+	c, err := Open(context.Background(), root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fi, err := os.Stat(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o700 {
+		t.Errorf("cache root mode %v, want 0700", fi.Mode().Perm())
+	}
+	for _, d := range cacheDirs {
+		fi, err := os.Stat(filepath.Join(root, d))
+		if err != nil || fi.Mode().Perm() != 0o700 {
+			t.Errorf("%s: %v %v, want a 0700 directory", d, fi, err)
+		}
+	}
+	var l layout
+	if err := readJSON(filepath.Join(root, layoutFile), &l); err != nil {
+		t.Fatal(err)
+	}
+	want := layout{Version: 1, OverlayXattrs: "trusted"}
+	if os.Geteuid() != 0 {
+		want.OverlayXattrs = "user"
+	}
+	if l != want {
+		t.Errorf("layout.json = %+v, want %+v", l, want)
+	}
+
+	// A layout this code does not know is refused, not guessed at.
+	if err := writeJSONAtomic(filepath.Join(root, layoutFile), layout{Version: 2, OverlayXattrs: "trusted"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(context.Background(), root); !errors.Is(err, errdefs.ErrInvalidConfig) {
+		t.Errorf("Open with layout version 2: %v, want ErrInvalidConfig", err)
+	}
+}
+
+// lockLog is a file each lock holder writes "start X" then "end X" to
+// while holding the lock; serialized holders never interleave.
+func checkSerialized(t *testing.T, path string, holders int) {
+	t.Helper()
+	lines := strings.Split(strings.TrimSpace(readFile(t, path)), "\n")
+	if len(lines) != 2*holders {
+		t.Fatalf("lock log has %d lines, want %d:\n%s", len(lines), 2*holders, strings.Join(lines, "\n"))
+	}
+	for i := 0; i < len(lines); i += 2 {
+		who, ok := strings.CutPrefix(lines[i], "start ")
+		if !ok || lines[i+1] != "end "+who {
+			t.Fatalf("lock holders interleaved:\n%s", strings.Join(lines, "\n"))
+		}
+	}
+}
+
+func TestLockLayerSerializesCachesAndProcesses(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	log := filepath.Join(t.TempDir(), "log")
+	d := digest.FromString("layer")
+
+	c1, err := Open(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c1.Close()
+	c2, err := Open(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+
+	release, err := c1.LockLayer(ctx, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendLine(log, "start cache1")
+
+	// Another Cache in this process, and another process, both wait.
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		r, err := c2.LockLayer(ctx, d)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		appendLine(log, "start cache2")
+		appendLine(log, "end cache2")
+		r()
+	}()
+	cmd := helperCmd(t, "", "locklayer", root, d.String(), log, "process")
+	sc, _, stderr := startHelper(t, cmd)
+	if line := expectLine(t, sc, stderr); line != "waiting" {
+		t.Fatalf("helper said %q", line)
+	}
+	// Give both waiters time to (wrongly) get the lock; if locking were
+	// broken, their lines would land between cache1's.
+	time.Sleep(300 * time.Millisecond)
+	appendLine(log, "end cache1")
+	release()
+	release() // idempotent
+
+	wg.Wait()
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("helper: %v; stderr: %s", err, stderr)
+	}
+	checkSerialized(t, log, 3)
+}
+
+func TestLockLayerHonoursContext(t *testing.T) {
+	c := openCache(t)
+	d := digest.FromString("layer")
+	release, err := c.LockLayer(context.Background(), d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := c.LockLayer(ctx, d); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("LockLayer on a held lock with an ending context: %v, want DeadlineExceeded", err)
+	}
+	// A different layer is not blocked.
+	r2, err := c.LockLayer(ctx, digest.FromString("other"))
+	if err != nil {
+		t.Fatalf("LockLayer on another layer: %v", err)
+	}
+	r2()
+}
+
+func TestOpenRemovesStaleStagingOnly(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	d := digest.FromString("layer")
+
+	// A pull that was killed mid-apply.
+	crashed := helperCmd(t, "", "stage", root, d.String(), "crash")
+	out, err := crashed.Output()
+	if err != nil {
+		t.Fatalf("helper: %v", err)
+	}
+	stale := strings.TrimSpace(string(out))
+	if _, err := os.Stat(filepath.Join(stale, layerDiffDir, "half-applied")); err != nil {
+		t.Fatalf("helper left no staging directory: %v", err)
+	}
+
+	// A pull still running in another process.
+	holder := helperCmd(t, "", "stage", root, d.String(), "hold")
+	sc, stdin, stderr := startHelper(t, holder)
+	live := expectLine(t, sc, stderr)
+
+	c, err := Open(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if _, err := os.Lstat(stale); !os.IsNotExist(err) {
+		t.Errorf("stale staging %s survived Open: %v", stale, err)
+	}
+	if _, err := os.Stat(filepath.Join(live, layerDiffDir, "half-applied")); err != nil {
+		t.Errorf("Open removed the live staging of another process: %v", err)
+	}
+
+	// Once that process dies too, its staging goes at the next Open.
+	stdin.Close()
+	if err := holder.Wait(); err != nil {
+		t.Fatalf("helper: %v; stderr: %s", err, stderr)
+	}
+	c, err = Open(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if _, err := os.Lstat(live); !os.IsNotExist(err) {
+		t.Errorf("staging of the dead process survived Open: %v", err)
+	}
+	if names, _ := dirNames(filepath.Join(root, dirStaging)); len(names) != 0 {
+		t.Errorf("staging/ not empty: %v", names)
+	}
+	if c.HasLayer(d) {
+		t.Error("a never-committed layer is in the cache")
+	}
+}
+
+func TestStagingCommitAbort(t *testing.T) {
+	ctx := context.Background()
+	c := openCache(t)
+	content := strings.Repeat("content ", 500)
+	layer := tarLayer(t, fileE("a", content, 0o644))
+	d := diffIDOf(layer)
+
+	// Abort (a failed check) leaves nothing.
+	s, err := c.Stage(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Apply(ctx, strings.NewReader(string(layer))); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Abort(); err != nil {
+		t.Fatal(err)
+	}
+	if c.HasLayer(d) {
+		t.Fatal("aborted layer is in the cache")
+	}
+	if names, _ := dirNames(c.path(dirStaging)); len(names) != 0 {
+		t.Errorf("staging/ after Abort: %v", names)
+	}
+
+	// A failed Apply cannot be committed.
+	s, err = c.Stage(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Apply(ctx, strings.NewReader(string(layer[:2000]))); err == nil {
+		t.Fatal("Apply of a tar truncated in a file succeeded")
+	}
+	if err := s.Commit(); err == nil {
+		t.Fatal("Commit after a failed Apply succeeded")
+	}
+	s.Abort()
+	if c.HasLayer(d) {
+		t.Fatal("failed layer is in the cache")
+	}
+
+	// Commit makes it visible, with its size.
+	commitLayer(t, c, layer)
+	if !c.HasLayer(d) {
+		t.Fatal("committed layer missing")
+	}
+	if got := readFile(t, filepath.Join(c.layerDir(d.Encoded()), layerDiffDir, "a")); got != content {
+		t.Errorf("layer file = %q", got)
+	}
+	l, err := c.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(l.Layers) != 1 || l.Layers[0].DiffID != d || l.Layers[0].Size != int64(len(content)) {
+		t.Errorf("List layers = %+v", l.Layers)
+	}
+}
+
+func TestApplyStopsAtEndOfArchive(t *testing.T) {
+	c := openCache(t)
+	layer := tarLayer(t, fileE("a", "x", 0o644))
+	trailing := strings.Repeat("\x00", 4096) + "garbage after the archive"
+	r := strings.NewReader(string(layer) + trailing)
+	s, err := c.Stage(diffIDOf(layer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Abort()
+	if err := s.Apply(context.Background(), r); err != nil {
+		t.Fatal(err)
+	}
+	// archive/tar reads the two zero blocks of the end marker and no
+	// further: the caller drains the rest for its diff_id hash.
+	if r.Len() < len(trailing)-1024 {
+		t.Errorf("Apply read %d bytes past the archive", len(trailing)-r.Len())
+	}
+}
+
+func TestApplyHonoursContext(t *testing.T) {
+	c := openCache(t)
+	layer := tarLayer(t, fileE("a", strings.Repeat("x", 1<<20), 0o644))
+	s, err := c.Stage(diffIDOf(layer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Abort()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := s.Apply(ctx, strings.NewReader(string(layer))); !errors.Is(err, context.Canceled) {
+		t.Errorf("Apply with a cancelled context: %v", err)
+	}
+}
+
+func imageRecord(ref string, layers ...digest.Digest) ImageRecord {
+	rec := ImageRecord{Ref: ref, ManifestDigest: digest.FromString("manifest " + ref), ConfigDigest: digest.FromString("config " + ref), Pulled: time.Now().UTC().Truncate(time.Second)}
+	for _, d := range layers {
+		rec.Layers = append(rec.Layers, LayerRecord{Digest: digest.FromString("blob " + d.String()), DiffID: d, MediaType: ispec.MediaTypeImageLayerGzip, Size: 1})
+	}
+	return rec
+}
+
+func TestGC(t *testing.T) {
+	requireRoot(t)
+	ctx := context.Background()
+	root := t.TempDir()
+	c, err := Open(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	l1 := commitLayer(t, c, tarLayer(t, fileE("only-a", "1", 0o644)))
+	l2 := commitLayer(t, c, tarLayer(t, fileE("shared", "22", 0o644)))
+	l3 := commitLayer(t, c, tarLayer(t, fileE("only-b", "333", 0o644)))
+	l4 := commitLayer(t, c, tarLayer(t, fileE("bundle-only", "4444", 0o644)))
+	l5 := commitLayer(t, c, tarLayer(t, fileE("orphan", "55555", 0o644)))
+	if err := c.PutImage(ctx, imageRecord("a", l1, l2)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.PutImage(ctx, imageRecord("b", l2, l3)); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testImageConfig()
+	cfg.Config.User = ""
+	mk := func(id, image string, layers ...digest.Digest) *Bundle {
+		b, err := c.CreateBundle(ctx, BundleSpec{ID: id, Image: image, ManifestDigest: digest.FromString("manifest " + image), Layers: layers, Config: cfg})
+		if err != nil {
+			t.Fatalf("CreateBundle %s: %v", id, err)
+		}
+		t.Cleanup(func() { unmountAll(b.Rootfs) })
+		return b
+	}
+	ba := mk("ctr-a", "a", l1, l2)
+	bb := mk("ctr-b", "b", l2, l3)
+	bc := mk("ctr-c", "c", l4) // its image has no record, yet it is live
+	bd := mk("ctr-d", "c", l4)
+	// The user deleted ctr-d's bundle: GC takes it.
+	if err := unmountAll(bd.Rootfs); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(bd.Dir); err != nil {
+		t.Fatal(err)
+	}
+	c.Close() // drop pins: this process is done pulling
+
+	list, err := Open(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer list.Close()
+	if err := list.RemoveImage(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := list.RemoveImage(ctx, "a"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("RemoveImage of an unknown ref: %v, want ErrNotFound", err)
+	}
+	l, err := list.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refs := map[digest.Digest]int{}
+	for _, li := range l.Layers {
+		refs[li.DiffID] = li.Refs
+	}
+	wantRefs := map[digest.Digest]int{l1: 0, l2: 2, l3: 2, l4: 1, l5: 0}
+	if !mapsEqual(refs, wantRefs) {
+		t.Errorf("layer refs = %v, want %v", refs, wantRefs)
+	}
+	removed := map[string]bool{}
+	for _, b := range l.Bundles {
+		removed[b.ID] = b.Removed
+	}
+	if want := map[string]bool{"ctr-a": true, "ctr-b": false, "ctr-c": false, "ctr-d": true}; !mapsEqual(removed, want) {
+		t.Errorf("bundles removed = %v, want %v", removed, want)
+	}
+	if len(l.Images) != 1 || l.Images[0].Ref != "b" {
+		t.Errorf("images = %+v, want only b", l.Images)
+	}
+
+	// A layer another process is about to record (pinned) survives GC.
+	pinner, err := Open(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !pinner.HasLayer(l5) {
+		t.Fatal("l5 missing")
+	}
+	report, err := list.GC(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(report.Bundles)
+	if !slices.Equal(report.Bundles, []string{"ctr-a", "ctr-d"}) {
+		t.Errorf("GC removed bundles %v, want ctr-a ctr-d", report.Bundles)
+	}
+	if !slices.Equal(report.Layers, []digest.Digest{l1}) {
+		t.Errorf("GC removed layers %v, want only %s", report.Layers, l1)
+	}
+	if report.FreedBytes != 1 {
+		t.Errorf("GC freed %d bytes, want 1", report.FreedBytes)
+	}
+	for d, want := range map[digest.Digest]bool{l1: false, l2: true, l3: true, l4: true, l5: true} {
+		if got := list.hasLayer(d.Encoded()); got != want {
+			t.Errorf("after GC, layer %s present = %v, want %v", d, got, want)
+		}
+	}
+	if mounted, _ := isMountPoint(ba.Rootfs); mounted {
+		t.Error("ctr-a's rootfs is still mounted")
+	}
+	for _, p := range []string{ba.Dir, filepath.Join(root, dirContainers, "ctr-a"), filepath.Join(root, dirContainers, "ctr-d")} {
+		if _, err := os.Lstat(p); !os.IsNotExist(err) {
+			t.Errorf("%s survived GC: %v", p, err)
+		}
+	}
+	if got := readFile(t, filepath.Join(bb.Rootfs, "only-b")); got != "333" {
+		t.Errorf("live bundle ctr-b: only-b = %q", got)
+	}
+	if got := readFile(t, filepath.Join(bc.Rootfs, "bundle-only")); got != "4444" {
+		t.Errorf("live bundle ctr-c: bundle-only = %q", got)
+	}
+
+	// Unpinned, the orphan goes.
+	pinner.Close()
+	report, err = list.GC(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(report.Bundles) != 0 || !slices.Equal(report.Layers, []digest.Digest{l5}) || report.FreedBytes != 5 {
+		t.Errorf("second GC = %+v, want only layer %s (5 bytes)", report, l5)
+	}
+	if names, _ := dirNames(filepath.Join(root, dirTrash)); len(names) != 0 {
+		t.Errorf("trash not emptied: %v", names)
+	}
+}
+
+func mapsEqual[K comparable, V comparable](a, b map[K]V) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}

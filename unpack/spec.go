@@ -1,0 +1,91 @@
+package unpack
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	pathrs "github.com/cyphar/filepath-securejoin/pathrs-lite"
+	ispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/opencontainers/umoci/oci/config/convert"
+	"golang.org/x/sys/unix"
+)
+
+// maxUserDB bounds the /etc/passwd and /etc/group read from an image.
+const maxUserDB = 8 << 20
+
+// writeRuntimeSpec writes bundleDir/config.json: the runtime spec `umoci
+// unpack` makes from the image config, with User names resolved through
+// the image's /etc/passwd and /etc/group.
+//
+// umoci opens <rootfs>/etc/passwd by path, which follows a symlink in the
+// image (say /etc/passwd -> /host/secret) out of the rootfs. So the two
+// files are first read with every symlink resolved inside rootfs, into a
+// private directory under scratch that umoci reads instead.
+func writeRuntimeSpec(bundleDir, rootfs, scratch string, img ispec.Image) error {
+	tmp, err := os.MkdirTemp(scratch, "userdb-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	view := filepath.Join(tmp, rootfsDir)
+	if err := os.MkdirAll(filepath.Join(view, "etc"), 0o700); err != nil {
+		return err
+	}
+	for _, name := range []string{"etc/passwd", "etc/group"} {
+		if err := copyConfined(rootfs, name, filepath.Join(view, name)); err != nil {
+			return fmt.Errorf("image /%s: %w", name, err)
+		}
+	}
+	spec, err := convert.ToRuntimeSpec(view, img)
+	if err != nil {
+		return fmt.Errorf("runtime spec from image config: %w", err)
+	}
+	spec.Root.Path = rootfsDir
+	data, err := json.MarshalIndent(spec, "", "\t")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(filepath.Join(bundleDir, configFile), append(data, '\n'), 0o600)
+}
+
+// copyConfined copies the regular file name, resolved inside root as if
+// root were "/", to dst. A missing or non-regular file is left out, as
+// user lookup treats an absent file.
+func copyConfined(root, name, dst string) error {
+	h, err := pathrs.OpenInRoot(root, name)
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ENOTDIR) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(h.Fd()), &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return nil
+	}
+	in, err := pathrs.Reopen(h, unix.O_RDONLY|unix.O_CLOEXEC)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	n, err := io.Copy(out, io.LimitReader(in, maxUserDB+1))
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && n > maxUserDB {
+		err = fmt.Errorf("larger than %d bytes", maxUserDB)
+	}
+	return err
+}

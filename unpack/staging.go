@@ -1,0 +1,215 @@
+package unpack
+
+import (
+	"archive/tar"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/opencontainers/umoci/oci/layer"
+	"golang.org/x/sys/unix"
+
+	"github.com/guest-puller/guest-puller/internal/errdefs"
+)
+
+// layerMeta is layers/<name>/layer.json.
+type layerMeta struct {
+	DiffID    digest.Digest `json:"diffID"`
+	Size      int64         `json:"size"`
+	Committed time.Time     `json:"committed"`
+}
+
+type stagingState int
+
+const (
+	stagingOpen    stagingState = iota // Apply not called yet
+	stagingApplied                     // Apply succeeded
+	stagingFailed                      // Apply failed: only Abort is left
+	stagingDone                        // committed or aborted
+)
+
+// Staging is a layer being applied. Exactly one of Commit or Abort ends it.
+// A Staging is used by one goroutine at a time.
+type Staging struct {
+	c        *Cache
+	diffID   digest.Digest
+	layer    string // layer directory name
+	name     string // staging directory name
+	lock     *os.File
+	state    stagingState
+	stats    ApplyStats
+	lockPath string
+}
+
+// Stage starts applying the layer diffID into a fresh staging directory.
+// The caller holds LockLayer.
+func (c *Cache) Stage(diffID digest.Digest) (*Staging, error) {
+	name, err := layerName(diffID)
+	if err != nil {
+		return nil, err
+	}
+	var rnd [8]byte
+	rand.Read(rnd[:])
+	s := &Staging{c: c, diffID: diffID, layer: name, name: name[:min(12, len(name))] + "-" + hex.EncodeToString(rnd[:])}
+	s.lockPath = c.stagingLock(s.name)
+	// The lock comes first: a staging directory whose lock is free is
+	// stale (see removeStaleStaging).
+	if s.lock, err = tryLock(s.lockPath, unix.LOCK_EX); err != nil {
+		return nil, fmt.Errorf("layer %s: stage: %w", diffID, err)
+	}
+	if err := os.Mkdir(s.dir(), 0o700); err != nil {
+		unlockAndRemove(s.lock, s.lockPath)
+		return nil, fmt.Errorf("layer %s: stage: %w", diffID, err)
+	}
+	if err := os.Mkdir(s.diffDir(), 0o755); err != nil {
+		s.Abort()
+		return nil, fmt.Errorf("layer %s: stage: %w", diffID, err)
+	}
+	return s, nil
+}
+
+func (s *Staging) dir() string     { return s.c.path(dirStaging, s.name) }
+func (s *Staging) diffDir() string { return filepath.Join(s.dir(), layerDiffDir) }
+
+// Apply unpacks the tar stream r (uncompressed, plaintext) into the staging
+// directory in OverlayfsRootfs format, reading until the tar end-of-archive
+// marker. Content that would create, change or link to anything outside
+// the layer's own directory is an error wrapping errdefs.ErrIntegrity.
+// Device nodes are kept when this process may create them, and otherwise
+// skipped and listed in Stats (see doc.go).
+func (s *Staging) Apply(ctx context.Context, r io.Reader) error {
+	if s.state != stagingOpen {
+		return fmt.Errorf("layer %s: apply: staging already used", s.diffID)
+	}
+	s.state = stagingFailed
+	te := layer.NewTarExtractor(&layer.UnpackOptions{
+		OnDiskFormat: layer.OverlayfsRootfs{
+			UserXattr:  s.c.userXattrs,
+			MapOptions: layer.MapOptions{Rootless: s.c.rootless},
+		},
+	})
+	root := s.diffDir()
+	tr := tar.NewReader(ctxReader{ctx: ctx, r: r})
+	for {
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("layer %s: %w", s.diffID, ctx.Err())
+			}
+			if errors.Is(err, tar.ErrHeader) || errors.Is(err, tar.ErrFieldTooLong) {
+				return fmt.Errorf("layer %s: %w: malformed tar: %w", s.diffID, errdefs.ErrIntegrity, err)
+			}
+			return fmt.Errorf("layer %s: read tar: %w", s.diffID, err)
+		}
+		entry := hdr.Name
+		if err := checkEntry(root, hdr); err != nil {
+			var unsafe errUnsafe
+			if errors.As(err, &unsafe) {
+				return fmt.Errorf("layer %s: entry %q: %w: %w", s.diffID, entry, errdefs.ErrIntegrity, err)
+			}
+			return fmt.Errorf("layer %s: entry %q: %w", s.diffID, entry, err)
+		}
+		if (hdr.Typeflag == tar.TypeChar || hdr.Typeflag == tar.TypeBlock) && !s.c.canMknod(s.dir()) {
+			s.stats.SkippedDevices = append(s.stats.SkippedDevices, hdr.Name)
+			s.c.log.WarnContext(ctx, "skipping device node: this process cannot create devices", "layer", s.diffID, "entry", hdr.Name)
+			continue
+		}
+		if err := te.UnpackEntry(root, hdr, tr); err != nil {
+			return fmt.Errorf("layer %s: entry %q: %w", s.diffID, entry, err)
+		}
+		s.stats.Entries++
+		if hdr.Typeflag == tar.TypeReg {
+			s.stats.Size += hdr.Size
+		}
+	}
+	s.state = stagingApplied
+	return nil
+}
+
+// Stats reports what Apply did.
+func (s *Staging) Stats() ApplyStats { return s.stats }
+
+// Commit atomically moves the staged layer into the cache. Call it only
+// once every check on the layer's bytes has passed.
+func (s *Staging) Commit() error {
+	if s.state != stagingApplied {
+		return fmt.Errorf("layer %s: commit: nothing successfully applied", s.diffID)
+	}
+	meta := layerMeta{DiffID: s.diffID, Size: s.stats.Size, Committed: time.Now().UTC()}
+	if err := writeJSONAtomic(filepath.Join(s.dir(), layerMetaFile), meta); err != nil {
+		return fmt.Errorf("layer %s: commit: %w", s.diffID, err)
+	}
+	// One syncfs instead of an fsync per file: the layer's content must
+	// be on disk before the rename makes it visible.
+	if err := syncFS(s.dir()); err != nil {
+		return fmt.Errorf("layer %s: commit: %w", s.diffID, err)
+	}
+	s.c.pin(s.layer)
+	dst := s.c.layerDir(s.layer)
+	if err := os.Rename(s.dir(), dst); err != nil {
+		if errors.Is(err, unix.EEXIST) || errors.Is(err, unix.ENOTEMPTY) {
+			// Committed meanwhile by a caller that did not hold
+			// LockLayer; same diff_id, same content.
+			return s.Abort()
+		}
+		return fmt.Errorf("layer %s: commit: %w", s.diffID, err)
+	}
+	if err := syncDir(s.c.path(dirLayers)); err != nil {
+		return fmt.Errorf("layer %s: commit: %w", s.diffID, err)
+	}
+	s.state = stagingDone
+	unlockAndRemove(s.lock, s.lockPath)
+	return nil
+}
+
+// Abort removes the staging directory. It is a no-op after Commit.
+func (s *Staging) Abort() error {
+	if s.state == stagingDone {
+		return nil
+	}
+	err := removeAll(s.dir())
+	if err != nil {
+		// Leave the lock file: the next Open sees a free lock and
+		// retries the removal.
+		s.lock.Close()
+	} else {
+		unlockAndRemove(s.lock, s.lockPath)
+	}
+	s.state = stagingDone
+	if err != nil {
+		return fmt.Errorf("layer %s: abort: %w", s.diffID, err)
+	}
+	return nil
+}
+
+func syncFS(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return unix.Syncfs(int(f.Fd()))
+}
+
+// ctxReader ends a read of the layer stream once ctx is done.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (r ctxReader) Read(p []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return r.r.Read(p)
+}
