@@ -93,6 +93,10 @@ func (p *Policy) evaluate(ctx context.Context, img Image) (*Decision, error) {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
+		res.Reason = oneLine(res.Reason)
+		for i := range sigs {
+			sigs[i].Reason = oneLine(sigs[i].Reason)
+		}
 		d.Allowed = d.Allowed && res.OK
 		d.Requirements = append(d.Requirements, res)
 		d.Signatures = append(d.Signatures, sigs...)
@@ -123,8 +127,8 @@ func scopeLabel(scope string) string {
 	}
 }
 
-// oneLine keeps error text on one line: reasons can carry text from
-// signatures and signature stores, which the registry controls.
+// oneLine keeps reasons and errors on one line: they can carry text from
+// signature stores, which the registry controls, to a terminal or a log.
 func oneLine(s string) string {
 	return strings.Map(func(r rune) rune {
 		if unicode.IsControl(r) {

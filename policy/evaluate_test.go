@@ -208,6 +208,11 @@ func TestEvidenceError(t *testing.T) {
 			if r := d.Requirements[0].Reason; !strings.Contains(r, "signature lookup failed") || !strings.Contains(r, errStoreDown.Error()) {
 				t.Errorf("reason %q does not carry the store's error", r)
 			}
+			for _, s := range d.Signatures {
+				if s.Verified || !strings.Contains(s.Reason, errStoreDown.Error()) || strings.Contains(s.Reason, "\n") {
+					t.Errorf("signature %+v: want unverified, the store's error on one line", s)
+				}
+			}
 			err := d.Err()
 			if errdefs.ExitCode(err) != 3 || !strings.Contains(err.Error(), errStoreDown.Error()) {
 				t.Errorf("Err() = %v, want exit 3 naming the store error", err)
