@@ -76,22 +76,18 @@ func (k *Keyring) Unwrap(ctx context.Context, desc ocispec.Descriptor) (*LayerKe
 }
 
 // NewReader returns the plaintext of ciphertext, streaming: nothing is
-// buffered beyond ocicrypt's 10 KiB read-ahead. The HMAC is only known at EOF; if it does
-// not match, the final Read returns an error wrapping errdefs.ErrIntegrity
-// instead of io.EOF, so a caller that reads to EOF before committing never
-// commits a forged layer.
-//
-// When the wrapped key options record the digest of the unencrypted blob
-// (ocicrypt always does), the final Read also checks it, with the same
-// ErrIntegrity on mismatch. Errors of ciphertext itself are returned as is.
-// Each call returns an independent reader.
+// buffered beyond a few hundred KiB of read-ahead. The HMAC is only known at
+// EOF; if it does not match, the final Read returns an error wrapping
+// errdefs.ErrIntegrity instead of io.EOF, so a caller that reads to EOF
+// before committing never commits a forged layer. Errors of ciphertext
+// itself are returned as they are. Each call returns an independent reader.
 func (lk *LayerKey) NewReader(ciphertext io.Reader) (io.Reader, error) {
 	return lk.newReader(ciphertext)
 }
 
 // PlainDigest is the digest of the unencrypted (still compressed) blob as
 // recorded by the encrypter in the wrapped key options, or "" if it recorded
-// none.
+// none. It is authenticated by the key wrap; NewReader does not check it.
 func (lk *LayerKey) PlainDigest() digest.Digest { return lk.opts.Private.Digest }
 
 // String names the layer only: a LayerKey must never print its key.
