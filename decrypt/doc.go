@@ -7,4 +7,10 @@
 // It also holds the wrap side of the attestation-agent key provider, which
 // `guest-puller keyprovider` serves to skopeo over ocicrypt's keyprovider
 // protocol.
+//
+// ocicrypt's key wrappers and block cipher are used directly; its top-level
+// package is not imported, because its init fills a package-level registry
+// and runs key provider commands named by $OCICRYPT_KEYPROVIDER_CONFIG.
+// Whatever cannot be checked is refused: unknown packet and option fields,
+// unauthenticated wrap types, public cipher options, keys that do not parse.
 package decrypt

@@ -116,8 +116,9 @@ func (s *keySet) addArg(ctx context.Context, arg string, rg ResourceGetter) erro
 		return nil
 	}
 
-	// skopeo splits at the first colon too; a password may contain colons,
-	// a path may not.
+	// skopeo splits at every colon and drops the password when that makes
+	// more than two parts; splitting at the first lets a password hold
+	// colons. A path cannot, as with skopeo.
 	path, pwSpec, hasPw := strings.Cut(arg, ":")
 	var pw []byte
 	if hasPw {
