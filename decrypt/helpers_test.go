@@ -45,7 +45,11 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if buildOnce.dir != "" {
+		os.RemoveAll(filepath.Dir(buildOnce.dir))
+	}
+	os.Exit(code)
 }
 
 // The files the test image holds, one layer each.
