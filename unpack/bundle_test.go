@@ -64,6 +64,8 @@ func threeLayers(t testing.TB) [][]byte {
 		charE("dev/null", 1, 3),
 		entry{name: "dev/fifo", typ: tar.TypeFifo, mode: 0o600},
 		fileE("swap", "file in base", 0o644),
+		dirE("forged/", 0o755),
+		fileE("forged/keep", "still here", 0o644),
 		dirE("swapdir/", 0o755),
 		fileE("swapdir/child", "c", 0o644),
 	)
@@ -77,6 +79,8 @@ func threeLayers(t testing.TB) [][]byte {
 		fileE("opq/c", "c", 0o644),
 		dirE("data/", 0o750).owned(1234, 5678),
 		fileE("data/file", "v2", 0o640).owned(1234, 5678).xattr("user.note", "from layer 2"),
+		// An image's own overlay xattr must not act on our overlay.
+		dirE("forged/", 0o755).xattr("trusted.overlay.opaque", "y"),
 	)
 	top := tarLayer(t,
 		dirE("swap/", 0o711),

@@ -438,6 +438,18 @@ func TestGC(t *testing.T) {
 	if names, _ := dirNames(filepath.Join(root, dirTrash)); len(names) != 0 {
 		t.Errorf("trash not emptied: %v", names)
 	}
+	// Only locks of what is left remain.
+	locks, _ := dirNames(filepath.Join(root, dirLocks))
+	for _, f := range locks {
+		for _, gone := range []string{l1.Encoded(), l5.Encoded(), "ctr-a", "ctr-d", "staging-"} {
+			if strings.Contains(f, gone) {
+				t.Errorf("lock file %s outlived what it guarded", f)
+			}
+		}
+	}
+	if !slices.Contains(locks, "layer-"+l2.Encoded()+".lock") || !slices.Contains(locks, "cache.lock") {
+		t.Errorf("locks of live layers gone: %v", locks)
+	}
 }
 
 func mapsEqual[K comparable, V comparable](a, b map[K]V) bool {
@@ -450,4 +462,77 @@ func mapsEqual[K comparable, V comparable](a, b map[K]V) bool {
 		}
 	}
 	return true
+}
+
+func TestOpenRemovesHalfMadeBundles(t *testing.T) {
+	requireRoot(t)
+	ctx := context.Background()
+	root := t.TempDir()
+	c, err := Open(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	l := commitLayer(t, c, tarLayer(t, fileE("f", "x", 0o644)))
+	cfg := testImageConfig()
+	cfg.Config.User = ""
+	outside := filepath.Join(t.TempDir(), "bundle")
+	var bundles []*Bundle
+	for _, spec := range []BundleSpec{
+		{ID: "half", Image: "img", Layers: []digest.Digest{l}, Config: cfg},
+		{ID: "half-outside", Dir: outside, Image: "img", Layers: []digest.Digest{l}, Config: cfg},
+		{ID: "whole", Image: "img", Layers: []digest.Digest{l}, Config: cfg},
+	} {
+		b, err := c.CreateBundle(ctx, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unmountAll(b.Rootfs) })
+		bundles = append(bundles, b)
+	}
+	// A process killed after mounting the rootfs but before recording
+	// the bundle ready leaves exactly this state on disk.
+	for _, b := range bundles[:2] {
+		rec, err := c.readBundle(b.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec.State = bundleCreating
+		if err := c.writeBundle(rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// And one killed before writing anything but its container dir.
+	if err := os.Mkdir(c.containerDir("norecord"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+
+	c2, err := Open(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	for _, b := range bundles[:2] {
+		if mounted, _ := isMountPoint(b.Rootfs); mounted {
+			t.Errorf("%s: rootfs still mounted", b.ID)
+		}
+		for _, p := range []string{b.Rootfs, filepath.Join(b.Dir, "config.json"), c.containerDir(b.ID)} {
+			if _, err := os.Lstat(p); !os.IsNotExist(err) {
+				t.Errorf("%s: %s survived Open: %v", b.ID, p, err)
+			}
+		}
+	}
+	if _, err := os.Lstat(c.containerDir("norecord")); !os.IsNotExist(err) {
+		t.Errorf("record-less container dir survived Open: %v", err)
+	}
+	if got := readFile(t, filepath.Join(bundles[2].Rootfs, "f")); got != "x" {
+		t.Errorf("the whole bundle was touched: f = %q", got)
+	}
+	l2, err := c2.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(l2.Bundles) != 1 || l2.Bundles[0].ID != "whole" || l2.Bundles[0].Removed {
+		t.Errorf("bundles after Open: %+v", l2.Bundles)
+	}
 }

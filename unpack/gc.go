@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -160,7 +161,56 @@ func (c *Cache) GC(ctx context.Context) (*GCReport, error) {
 	if err := c.removeStaleStaging(); err != nil {
 		return report, err
 	}
+	if err := c.pruneLocks(); err != nil {
+		return report, err
+	}
 	return report, c.emptyTrash()
+}
+
+// pruneLocks removes lock files that guard nothing any more (layers that
+// were never committed or are gone, bundles and staging directories that
+// are gone) and that nobody holds.
+func (c *Cache) pruneLocks() error {
+	files, err := dirNames(c.path(dirLocks))
+	if err != nil {
+		return fmt.Errorf("cache %s: %w", c.root, err)
+	}
+	for _, file := range files {
+		base, isLock := strings.CutSuffix(file, ".lock")
+		kind, name, ok := strings.Cut(base, "-")
+		if !isLock || !ok {
+			continue
+		}
+		var guarded string
+		switch kind {
+		case "layer", "pin":
+			guarded = c.layerDir(name)
+		case "bundle":
+			guarded = c.containerDir(name)
+		case "staging":
+			guarded = c.path(dirStaging, name)
+		default:
+			continue
+		}
+		if _, err := os.Lstat(guarded); !isNotExist(err) {
+			continue
+		}
+		p := c.path(dirLocks, file)
+		f, err := tryLock(p, unix.LOCK_EX)
+		if errors.Is(err, errLocked) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		// Checked again under the lock: a holder may have just made it.
+		if _, err := os.Lstat(guarded); isNotExist(err) {
+			unlockAndRemove(f, p)
+		} else {
+			f.Close()
+		}
+	}
+	return nil
 }
 
 // removeLayer removes an unreferenced layer unless a process has it

@@ -124,7 +124,13 @@ func (s *Staging) Apply(ctx context.Context, r io.Reader) error {
 			s.c.log.WarnContext(ctx, "skipping device node: this process cannot create devices", "layer", s.diffID, "entry", hdr.Name)
 			continue
 		}
-		if err := te.UnpackEntry(root, hdr, tr); err != nil {
+		var data io.Reader = tr
+		if hdr.Typeflag == tar.TypeReg {
+			// Sized reads let the copy buffers fit small files instead
+			// of taking 32 KiB each.
+			data = io.LimitReader(tr, hdr.Size)
+		}
+		if err := te.UnpackEntry(root, hdr, data); err != nil {
 			return fmt.Errorf("layer %s: entry %q: %w", s.diffID, entry, err)
 		}
 		s.stats.Entries++
