@@ -39,7 +39,7 @@ var ErrNotFound = errors.New("not found")
 type BundleSpec struct {
 	// ID names the bundle (the container id). It must be a safe file name:
 	// letters, digits, '_', '.', '-', starting with a letter or digit, no
-	// "..", at most 128 bytes.
+	// "..", at most 200 bytes.
 	ID string
 	// Dir is the bundle directory; "" means <root>/bundles/<ID>.
 	Dir string

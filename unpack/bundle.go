@@ -338,7 +338,9 @@ func (c *Cache) teardown(id string, rec *bundleState) error {
 		if mounted, err := isMountPoint(rec.Rootfs); err == nil && mounted {
 			return fmt.Errorf("bundle %s: %s is still mounted", id, rec.Rootfs)
 		}
-		for _, p := range []string{filepath.Join(rec.Dir, configFile), rec.Rootfs} {
+		// A crash while writing config.json leaves its temporary file.
+		tmps, _ := filepath.Glob(filepath.Join(rec.Dir, ".tmp-"+configFile+"-*"))
+		for _, p := range append(tmps, filepath.Join(rec.Dir, configFile), rec.Rootfs) {
 			if err := removeAll(p); err != nil {
 				return fmt.Errorf("bundle %s: %w", id, err)
 			}

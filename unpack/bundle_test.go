@@ -380,7 +380,7 @@ func TestCreateBundleRefusesBadSpecs(t *testing.T) {
 		{"dot id", BundleSpec{ID: "."}, errdefs.ErrInvalidConfig},
 		{"empty id", BundleSpec{ID: ""}, errdefs.ErrInvalidConfig},
 		{"space in id", BundleSpec{ID: "a b"}, errdefs.ErrInvalidConfig},
-		{"long id", BundleSpec{ID: strings.Repeat("a", 129)}, errdefs.ErrInvalidConfig},
+		{"long id", BundleSpec{ID: strings.Repeat("a", 201)}, errdefs.ErrInvalidConfig},
 		{"dir inside cache", BundleSpec{ID: "x", Dir: filepath.Join(c.Root(), "layers")}, errdefs.ErrInvalidConfig},
 		{"dir above cache", BundleSpec{ID: "x", Dir: filepath.Dir(c.Root())}, errdefs.ErrInvalidConfig},
 		{"layer not committed", BundleSpec{ID: "x", Dir: filepath.Join(outside, "b"), Layers: []digest.Digest{l, digest.FromString("nope")}}, ErrNotFound},
@@ -395,7 +395,7 @@ func TestCreateBundleRefusesBadSpecs(t *testing.T) {
 	if _, err := os.Lstat(filepath.Join(outside, "b")); !os.IsNotExist(err) {
 		t.Errorf("refused bundle created its dir: %v", err)
 	}
-	for _, id := range []string{"abc", "0123456789abcdef", "my_ctr-1.2", strings.Repeat("f", 128)} {
+	for _, id := range []string{"abc", "0123456789abcdef", "my_ctr-1.2", strings.Repeat("f", 200)} {
 		if err := validateBundleID(id); err != nil {
 			t.Errorf("validateBundleID(%q): %v", id, err)
 		}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 
 	"github.com/opencontainers/go-digest"
@@ -57,8 +58,8 @@ func Open(ctx context.Context, root string) (*Cache, error) {
 	if abs, err = filepath.EvalSymlinks(abs); err != nil {
 		return nil, fmt.Errorf("cache root %s: %w", root, err)
 	}
-	if err := os.Chmod(abs, 0o700); err != nil {
-		return nil, fmt.Errorf("cache root %s: %w", abs, err)
+	if err := makePrivate(abs); err != nil {
+		return nil, err
 	}
 	for _, d := range cacheDirs {
 		if err := os.Mkdir(filepath.Join(abs, d), 0o700); err != nil && !errors.Is(err, os.ErrExist) {
@@ -85,6 +86,35 @@ func Open(ctx context.Context, root string) (*Cache, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// makePrivate makes sure others cannot read the cache root: decrypted
+// layers live below it. A directory that is empty or already a cache is
+// made 0700; any other directory open to others is refused rather than
+// changed, since a mistyped --cache (say /tmp) must not alter a shared
+// directory.
+func makePrivate(root string) error {
+	var st unix.Stat_t
+	if err := unix.Stat(root, &st); err != nil {
+		return &os.PathError{Op: "stat", Path: root, Err: err}
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return fmt.Errorf("cache root %s: %w: not a directory", root, errdefs.ErrInvalidConfig)
+	}
+	if st.Uid != uint32(os.Geteuid()) {
+		return fmt.Errorf("cache root %s: %w: owned by uid %d, not this user", root, errdefs.ErrInvalidConfig, st.Uid)
+	}
+	if st.Mode&0o077 == 0 {
+		return nil
+	}
+	names, err := dirNames(root)
+	if err != nil {
+		return fmt.Errorf("cache root %s: %w", root, err)
+	}
+	if len(names) > 0 && !slices.Contains(names, layoutFile) {
+		return fmt.Errorf("cache root %s: %w: an existing directory with mode %04o that is not a cache; want an empty or 0700 directory", root, errdefs.ErrInvalidConfig, st.Mode&0o7777)
+	}
+	return os.Chmod(root, 0o700)
 }
 
 // Close releases the cache's resources (not its mounts).

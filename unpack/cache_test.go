@@ -49,6 +49,30 @@ func TestOpenLayout(t *testing.T) {
 		t.Errorf("layout.json = %+v, want %+v", l, want)
 	}
 
+	// A shared directory with content is no place for decrypted layers,
+	// and Open does not change it.
+	shared := t.TempDir()
+	os.WriteFile(filepath.Join(shared, "someone-elses"), nil, 0o644)
+	os.Chmod(shared, os.ModeSticky|0o777)
+	if _, err := Open(context.Background(), shared); !errors.Is(err, errdefs.ErrInvalidConfig) {
+		t.Errorf("Open of a shared directory: %v, want ErrInvalidConfig", err)
+	}
+	if fi, _ := os.Stat(shared); fi.Mode() != os.ModeDir|os.ModeSticky|0o777 {
+		t.Errorf("Open changed the mode of %s to %v", shared, fi.Mode())
+	}
+	// An empty one, or a cache someone loosened, is made private.
+	for _, dir := range []string{t.TempDir(), root} {
+		os.Chmod(dir, 0o755)
+		c, err := Open(context.Background(), dir)
+		if err != nil {
+			t.Fatalf("Open of %s: %v", dir, err)
+		}
+		c.Close()
+		if fi, _ := os.Stat(dir); fi.Mode().Perm() != 0o700 {
+			t.Errorf("%s has mode %v after Open, want 0700", dir, fi.Mode().Perm())
+		}
+	}
+
 	// A layout this code does not know is refused, not guessed at.
 	if err := writeJSONAtomic(filepath.Join(root, layoutFile), layout{Version: 2, OverlayXattrs: "trusted"}); err != nil {
 		t.Fatal(err)
