@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -78,25 +79,38 @@ func BenchmarkApply(b *testing.B) {
 // BenchmarkFlatten measures the copy fallback: merging a committed layer
 // into a plain directory.
 func BenchmarkFlatten(b *testing.B) {
-	layer := benchLayer(b, 64, 1<<20)
-	c := benchCache(b)
-	commitLayer(b, c, layer)
-	diff := c.layerDir(diffIDOf(layer).Encoded()) + "/" + layerDiffDir
-	ctx := context.Background()
-	b.SetBytes(64 << 20)
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := range b.N {
-		dst := fmt.Sprintf("%s/flat-%d", c.Root(), i)
-		b.StopTimer()
-		if err := mkdir(dst); err != nil {
-			b.Fatal(err)
-		}
-		b.StartTimer()
-		f := &flattener{dst: dst, ns: c.overlayNS(), rootless: c.rootless}
-		if err := f.flatten(ctx, []string{diff}); err != nil {
-			b.Fatal(err)
-		}
+	for _, bc := range []struct {
+		name        string
+		files, size int
+	}{
+		{"64x1MiB", 64, 1 << 20},
+		{"4000x4KiB", 4000, 4 << 10},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			c := benchCache(b)
+			layer := benchLayer(b, bc.files, bc.size)
+			commitLayer(b, c, layer)
+			diff := filepath.Join(c.layerDir(diffIDOf(layer).Encoded()), layerDiffDir)
+			ctx := context.Background()
+			b.SetBytes(int64(bc.files * bc.size))
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := range b.N {
+				dst := filepath.Join(c.Root(), fmt.Sprint("flat-", i))
+				if err := os.Mkdir(dst, 0o755); err != nil {
+					b.Fatal(err)
+				}
+				f := &flattener{dst: dst, ns: c.overlayNS(), rootless: c.rootless}
+				if err := f.flatten(ctx, []string{diff}); err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				if err := os.RemoveAll(dst); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+			}
+		})
 	}
 }
 

@@ -131,10 +131,27 @@ func (c *Cache) bundleDir(spec BundleSpec) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("bundle %s: dir: %w", spec.ID, err)
 	}
-	if dir != def && (within(dir, c.root) || within(c.root, dir)) {
+	// Compare real paths: a symlink must not lead a bundle into the cache.
+	real := resolveExisting(dir)
+	if dir != def && (within(real, c.root) || within(c.root, real)) {
 		return "", fmt.Errorf("bundle %s: %w: bundle dir %s overlaps the cache %s", spec.ID, errdefs.ErrInvalidConfig, dir, c.root)
 	}
 	return dir, nil
+}
+
+// resolveExisting resolves the symlinks of the longest existing prefix of
+// path, which need not exist yet.
+func resolveExisting(path string) string {
+	rest := ""
+	for p := path; ; p = filepath.Dir(p) {
+		if r, err := filepath.EvalSymlinks(p); err == nil {
+			return filepath.Join(r, rest)
+		}
+		if p == filepath.Dir(p) {
+			return path
+		}
+		rest = filepath.Join(filepath.Base(p), rest)
+	}
 }
 
 func (c *Cache) makeBundle(ctx context.Context, rec *bundleState, layers []string, spec BundleSpec) error {

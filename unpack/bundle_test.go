@@ -370,6 +370,9 @@ func TestCreateBundleRefusesBadSpecs(t *testing.T) {
 	c := openCache(t)
 	l := commitLayer(t, c, tarLayer(t, fileE("f", "x", 0o644)))
 	outside := t.TempDir()
+	if err := os.Symlink(c.path(dirLayers), filepath.Join(outside, "link")); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name string
 		spec BundleSpec
@@ -383,6 +386,7 @@ func TestCreateBundleRefusesBadSpecs(t *testing.T) {
 		{"long id", BundleSpec{ID: strings.Repeat("a", 201)}, errdefs.ErrInvalidConfig},
 		{"dir inside cache", BundleSpec{ID: "x", Dir: filepath.Join(c.Root(), "layers")}, errdefs.ErrInvalidConfig},
 		{"dir above cache", BundleSpec{ID: "x", Dir: filepath.Dir(c.Root())}, errdefs.ErrInvalidConfig},
+		{"dir through a symlink into the cache", BundleSpec{ID: "x", Dir: filepath.Join(outside, "link", "b")}, errdefs.ErrInvalidConfig},
 		{"layer not committed", BundleSpec{ID: "x", Dir: filepath.Join(outside, "b"), Layers: []digest.Digest{l, digest.FromString("nope")}}, ErrNotFound},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

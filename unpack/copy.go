@@ -106,16 +106,20 @@ func (f *flattener) merge(ctx context.Context, src string) error {
 
 func (f *flattener) entry(src, rel, target string, fi fs.FileInfo, st *syscall.Stat_t, links map[inodeKey]string) error {
 	mode := fi.Mode()
-	if mode&fs.ModeCharDevice != 0 && st.Rdev == 0 {
-		f.removed(rel, true)
-		return removeAll(target) // whiteout
-	}
 	if fi.IsDir() {
 		return f.dir(src, rel, target, fi, st)
 	}
-	f.removed(rel, true)
-	if err := removeAll(target); err != nil {
-		return err
+	// A whiteout, or a non-directory: either way what is at target goes.
+	if cur, err := os.Lstat(target); err == nil {
+		if cur.IsDir() {
+			f.removed(rel, true)
+		}
+		if err := removeAll(target); err != nil {
+			return err
+		}
+	}
+	if mode&fs.ModeCharDevice != 0 && st.Rdev == 0 {
+		return nil // whiteout
 	}
 	switch {
 	case mode.IsRegular():

@@ -161,5 +161,3 @@ func readFile(t testing.TB, path string) string {
 	}
 	return string(b)
 }
-
-func mkdir(p string) error { return os.Mkdir(p, 0o755) }
