@@ -111,7 +111,11 @@ func (c *Cache) CreateBundle(ctx context.Context, spec BundleSpec) (*Bundle, err
 		Created: time.Now().UTC(),
 	}
 	if err := c.makeBundle(ctx, rec, layers, spec); err != nil {
-		if terr := c.teardown(spec.ID, rec); terr != nil {
+		undo := rec
+		if errors.As(err, new(errNotOurs)) {
+			undo = nil
+		}
+		if terr := c.teardown(spec.ID, undo); terr != nil {
 			c.log.Warn("cannot undo failed bundle", "bundle", spec.ID, "err", terr)
 		}
 		return nil, fmt.Errorf("bundle %s: %w", spec.ID, err)
@@ -158,20 +162,26 @@ func (c *Cache) makeBundle(ctx context.Context, rec *bundleState, layers []strin
 	if err := os.Mkdir(c.containerDir(rec.ID), 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		return err
 	}
-	// Find out before recording whether Dir is ours to remove later.
+	// Find out before recording the bundle, which makes teardown remove
+	// Dir's rootfs (and Dir itself if created here), that neither holds
+	// anything not ours.
 	_, err := os.Lstat(rec.Dir)
 	rec.CreatedDir = isNotExist(err)
+	if !rec.CreatedDir {
+		if err := requireDir(rec.Dir); err != nil {
+			return errNotOurs{err}
+		}
+		if err := checkMountpoint(rec.Rootfs); err != nil {
+			return errNotOurs{err}
+		}
+	}
 	if err := c.writeBundle(rec); err != nil {
 		return err
 	}
-	if rec.CreatedDir {
-		if err := os.MkdirAll(rec.Dir, 0o700); err != nil {
-			return err
-		}
-	} else if err := requireDir(rec.Dir); err != nil {
+	if err := os.MkdirAll(rec.Dir, 0o700); err != nil {
 		return err
 	}
-	if err := prepareMountpoint(rec.Rootfs); err != nil {
+	if err := os.Mkdir(rec.Rootfs, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
 		return err
 	}
 	typ, err := c.makeRootfs(ctx, rec.ID, rec.Rootfs, layers)
@@ -186,14 +196,14 @@ func (c *Cache) makeBundle(ctx context.Context, rec *bundleState, layers []strin
 	return c.writeBundle(rec)
 }
 
-// prepareMountpoint makes rootfs an empty directory that is not a mount.
-// Anything else there is not ours to overwrite.
-func prepareMountpoint(rootfs string) error {
-	err := os.Mkdir(rootfs, 0o755)
-	if err == nil || !errors.Is(err, os.ErrExist) {
-		return err
+// checkMountpoint accepts a rootfs path that is absent or an empty
+// directory that is not a mount: anything else there is not ours.
+func checkMountpoint(rootfs string) error {
+	err := requireDir(rootfs)
+	if isNotExist(err) {
+		return nil
 	}
-	if err := requireDir(rootfs); err != nil {
+	if err != nil {
 		return err
 	}
 	if mounted, err := isMountPoint(rootfs); err != nil || mounted {
@@ -211,6 +221,12 @@ func prepareMountpoint(rootfs string) error {
 	}
 	return nil
 }
+
+// errNotOurs is a failure before the bundle was recorded: there is
+// nothing of it to undo in its directory.
+type errNotOurs struct{ error }
+
+func (e errNotOurs) Unwrap() error { return e.error }
 
 func requireDir(path string) error {
 	fi, err := os.Lstat(path)

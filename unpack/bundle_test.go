@@ -477,3 +477,62 @@ func TestMountOverlayLegacy(t *testing.T) {
 		t.Errorf("legacy mount of 200 layers: %v, want a page-size error", err)
 	}
 }
+
+func TestCreateBundleLeavesForeignContentAlone(t *testing.T) {
+	ctx := context.Background()
+	c := openCache(t)
+	l := commitLayer(t, c, tarLayer(t, fileE("f", "x", 0o644)))
+	cfg := testImageConfig()
+	cfg.Config.User = ""
+	elsewhere := t.TempDir()
+	for name, setup := range map[string]func(dir string) error{
+		"rootfs not empty": func(dir string) error {
+			os.MkdirAll(filepath.Join(dir, "rootfs"), 0o755)
+			return os.WriteFile(filepath.Join(dir, "rootfs", "precious"), []byte("mine"), 0o644)
+		},
+		"rootfs a symlink": func(dir string) error {
+			os.Mkdir(dir, 0o755)
+			return os.Symlink(elsewhere, filepath.Join(dir, "rootfs"))
+		},
+		"rootfs a file": func(dir string) error {
+			os.Mkdir(dir, 0o755)
+			return os.WriteFile(filepath.Join(dir, "rootfs"), []byte("mine"), 0o644)
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "bundle")
+			if err := setup(dir); err != nil {
+				t.Fatal(err)
+			}
+			before := treeOf(t, dir)
+			if _, err := c.CreateBundle(ctx, BundleSpec{ID: "x", Dir: dir, Image: "img", Layers: []digest.Digest{l}, Config: cfg}); err == nil {
+				t.Fatal("CreateBundle over foreign content succeeded")
+			}
+			if after := treeOf(t, dir); !slices.Equal(before, after) {
+				t.Errorf("bundle dir changed from %v to %v", before, after)
+			}
+			if _, err := os.Lstat(c.containerDir("x")); !os.IsNotExist(err) {
+				t.Errorf("refused bundle left its record: %v", err)
+			}
+		})
+	}
+}
+
+// treeOf lists dir's tree with each entry's type and content.
+func treeOf(t *testing.T, dir string) []string {
+	t.Helper()
+	var out []string
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			t.Fatal(err)
+		}
+		rel, _ := filepath.Rel(dir, p)
+		desc := rel + " " + d.Type().String()
+		if d.Type().IsRegular() {
+			desc += " " + readFile(t, p)
+		}
+		out = append(out, desc)
+		return nil
+	})
+	return out
+}

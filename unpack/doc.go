@@ -90,6 +90,11 @@
 // this process may not mount (EPERM, EACCES) or the kernel has no overlay
 // (ENODEV), the layers are flattened into the rootfs instead ("copy").
 //
+// In a bundle directory CreateBundle owns config.json and rootfs/ only: it
+// refuses a rootfs that exists and is not an empty directory, and its
+// teardown removes those two (and the directory, if it made it and it is
+// then empty).
+//
 // # Garbage collection
 //
 // RemoveImage drops the image record and marks its bundles removed. GC
