@@ -36,7 +36,9 @@ func (c *Cache) List(ctx context.Context) (*Listing, error) {
 	}
 	for _, b := range bundles {
 		r := b.BundleRecord
-		r.Removed = !c.live(b)
+		// One not ready yet is being made right now: List holds the
+		// cache lock shared, so a killed maker would have been cleaned.
+		r.Removed = b.Removed || (b.State == bundleReady && !c.configPresent(b))
 		l.Bundles = append(l.Bundles, r)
 	}
 	refs := c.layerRefs(images, bundles)

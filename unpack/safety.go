@@ -74,9 +74,9 @@ func checkEntry(root string, hdr *tar.Header) error {
 		return errUnsafe("layer root is not a directory")
 	}
 
-	base := path.Base(name)
-	if wo, ok := strings.CutPrefix(base, whiteoutPrefix); ok && base != whiteoutOpaque {
-		if wo == "" || wo == "." || wo == ".." {
+	if isWhiteout(name) {
+		base := path.Base(name)
+		if wo := strings.TrimPrefix(base, whiteoutPrefix); base != whiteoutOpaque && (wo == "" || wo == "." || wo == "..") {
 			return errUnsafe("whiteout names no file")
 		}
 		return nil
@@ -103,6 +103,12 @@ func checkEntry(root string, hdr *tar.Header) error {
 		hdr.Linkname = target
 	}
 	return nil
+}
+
+// isWhiteout reports whether the entry at name is a whiteout, whatever its
+// type: the name alone makes it one.
+func isWhiteout(name string) bool {
+	return strings.HasPrefix(path.Base(name), whiteoutPrefix)
 }
 
 // checkHardlinkTarget requires that target, resolved inside root the way

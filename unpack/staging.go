@@ -119,7 +119,7 @@ func (s *Staging) Apply(ctx context.Context, r io.Reader) error {
 			}
 			return fmt.Errorf("layer %s: entry %q: %w", s.diffID, entry, err)
 		}
-		if (hdr.Typeflag == tar.TypeChar || hdr.Typeflag == tar.TypeBlock) && !s.c.canMknod(s.dir()) {
+		if (hdr.Typeflag == tar.TypeChar || hdr.Typeflag == tar.TypeBlock) && !isWhiteout(hdr.Name) && !s.c.canMknod(s.dir()) {
 			s.stats.SkippedDevices = append(s.stats.SkippedDevices, hdr.Name)
 			s.c.log.WarnContext(ctx, "skipping device node: this process cannot create devices", "layer", s.diffID, "entry", hdr.Name)
 			continue
