@@ -36,9 +36,11 @@ func (c *Cache) List(ctx context.Context) (*Listing, error) {
 	}
 	for _, b := range bundles {
 		r := b.BundleRecord
-		// One not ready yet is being made right now: List holds the
-		// cache lock shared, so a killed maker would have been cleaned.
-		r.Removed = b.Removed || (b.State == bundleReady && !c.configPresent(b))
+		r.Removed = b.Removed || !c.configPresent(b)
+		if b.State != bundleReady {
+			// Being made right now, unless its maker was killed.
+			r.Removed = !c.bundleBusy(b.ID)
+		}
 		l.Bundles = append(l.Bundles, r)
 	}
 	refs := c.layerRefs(images, bundles)
@@ -50,6 +52,16 @@ func (c *Cache) List(ctx context.Context) (*Listing, error) {
 		l.Layers = append(l.Layers, LayerInfo{DiffID: m.DiffID, Size: m.Size, Refs: refs[m.DiffID]})
 	}
 	return l, nil
+}
+
+// bundleBusy reports whether a process holds the bundle's lock.
+func (c *Cache) bundleBusy(id string) bool {
+	f, err := tryLock(c.bundleLock(id), unix.LOCK_EX)
+	if err != nil {
+		return errors.Is(err, errLocked)
+	}
+	f.Close()
+	return false
 }
 
 // live reports whether a bundle is in use: made, its image not removed,
