@@ -13,6 +13,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sys/unix"
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
 )
@@ -526,6 +527,32 @@ func TestOpenRemovesHalfMadeBundles(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Until the next Open, List shows them removed: nobody is making them.
+	l1, err := c.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range l1.Bundles {
+		if want := b.ID != "whole"; b.Removed != want {
+			t.Errorf("List: bundle %s removed = %v, want %v", b.ID, b.Removed, want)
+		}
+	}
+	// One still being made (its lock held) is not removed.
+	hold, err := tryLock(c.bundleLock("half"), unix.LOCK_EX)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l1, err = c.List(ctx)
+	hold.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range l1.Bundles {
+		if b.ID == "half" && b.Removed {
+			t.Error("List: a bundle being made shows as removed")
+		}
+	}
+
 	// And one killed before writing anything but its container dir.
 	if err := os.Mkdir(c.containerDir("norecord"), 0o700); err != nil {
 		t.Fatal(err)
