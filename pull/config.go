@@ -153,7 +153,7 @@ func LoadPolicy(ctx context.Context, path string, read policy.ReadFunc) (*policy
 	}
 	p, err := policy.Load(ctx, data, policy.LoadOptions{BaseDir: base, Read: read})
 	if err != nil {
-		return nil, fmt.Errorf("policy %s: %w", path, err)
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return p, nil
 }
