@@ -78,6 +78,16 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
+// printFlags is flag.PrintDefaults with the double dashes DESIGN.md and
+// the README use (Go's flag package accepts both).
+func printFlags(fs *flag.FlagSet, w io.Writer) {
+	var b strings.Builder
+	fs.SetOutput(&b)
+	fs.PrintDefaults()
+	fs.SetOutput(w)
+	io.WriteString(w, strings.ReplaceAll("\n"+b.String(), "\n  -", "\n  --")[1:])
+}
+
 // errHelp ends a command after -h printed its usage: exit 0.
 var errHelp = errors.New("help")
 

@@ -23,7 +23,7 @@ func cmdPull(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	quiet := f.fs.Bool("quiet", false, "no progress on stderr")
 	f.fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: guest-puller pull IMAGE [flags]")
-		f.fs.PrintDefaults()
+		printFlags(f.fs, stderr)
 	}
 	pos, err := parseInterleaved(f.fs, args)
 	if err != nil {
@@ -80,7 +80,7 @@ func cmdPolicyCheck(ctx context.Context, args []string, stdout, stderr io.Writer
 	asJSON := f.fs.Bool("json", false, "print the decision as JSON on stdout")
 	f.fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: guest-puller policy check IMAGE [flags]")
-		f.fs.PrintDefaults()
+		printFlags(f.fs, stderr)
 	}
 	pos, err := parseInterleaved(f.fs, args)
 	if err != nil {

@@ -1,0 +1,331 @@
+package pull
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"golang.org/x/sys/unix"
+
+	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/registry"
+	"github.com/guest-puller/guest-puller/policy"
+	"github.com/guest-puller/guest-puller/unpack"
+)
+
+func TestCompressionOf(t *testing.T) {
+	for _, tc := range []struct {
+		mt   string
+		want compression
+		bad  bool
+	}{
+		{"application/vnd.oci.image.layer.v1.tar", uncompressed, false},
+		{"application/vnd.oci.image.layer.v1.tar+gzip", gzipped, false},
+		{"application/vnd.oci.image.layer.v1.tar+zstd", zstded, false},
+		{"application/vnd.oci.image.layer.v1.tar+gzip+encrypted", gzipped, false},
+		{"application/vnd.oci.image.layer.v1.tar+zstd+encrypted", zstded, false},
+		{"application/vnd.oci.image.layer.v1.tar+encrypted", uncompressed, false},
+		{"application/vnd.docker.image.rootfs.diff.tar.gzip", gzipped, false},
+		{"application/vnd.docker.image.rootfs.diff.tar.gzip+encrypted", gzipped, false},
+		{"application/vnd.docker.image.rootfs.foreign.diff.tar.gzip", gzipped, false},
+		{"application/vnd.oci.image.layer.v1.tar+bzip2", 0, true},
+		{"application/vnd.dev.cosign.simplesigning.v1+json", 0, true},
+		{"", 0, true},
+	} {
+		got, err := compressionOf(tc.mt)
+		if tc.bad != (err != nil) || got != tc.want {
+			t.Errorf("compressionOf(%q) = %v, %v; want %v, error %v", tc.mt, got, err, tc.want, tc.bad)
+		}
+	}
+}
+
+func TestDefaultContainerID(t *testing.T) {
+	d := v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("ab", 32)}
+	for in, want := range map[string]string{
+		"busybox":                        "docker.io_library_busybox-abababababab",
+		"Registry.Example.com:5000/A/b:1": "registry.example.com_5000_a_b-abababababab",
+	} {
+		ref, err := name.ParseReference(strings.ToLower(in))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := DefaultContainerID(ref, d); got != want {
+			t.Errorf("DefaultContainerID(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// fixture is an in-process registry, a real cache and a policy.
+type fixture struct {
+	t     *testing.T
+	host  string
+	cache *unpack.Cache
+	gets  *blobCounter
+}
+
+type blobCounter struct {
+	mu   sync.Mutex
+	n    map[string]int
+	next http.Handler
+}
+
+func (b *blobCounter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if i := strings.Index(r.URL.Path, "/blobs/"); i >= 0 && r.Method == http.MethodGet {
+		b.mu.Lock()
+		b.n[r.URL.Path[i+len("/blobs/"):]]++
+		b.mu.Unlock()
+	}
+	b.next.ServeHTTP(w, r)
+}
+
+func (b *blobCounter) count(d string) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.n[d]
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("pull's tests make overlay mounts and need root")
+	}
+	gets := &blobCounter{n: map[string]int{}, next: ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0)))}
+	srv := httptest.NewServer(gets)
+	t.Cleanup(srv.Close)
+	dir := t.TempDir()
+	t.Cleanup(func() { unmountUnder(t, dir) })
+	c, err := unpack.Open(context.Background(), filepath.Join(dir, "cache"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &fixture{t: t, host: strings.TrimPrefix(srv.URL, "http://"), cache: c, gets: gets}
+}
+
+func unmountUnder(t *testing.T, dir string) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+			unix.Unmount(f[4], unix.MNT_DETACH)
+		}
+	}
+}
+
+func (f *fixture) puller(policyJSON string) *Puller {
+	f.t.Helper()
+	pol, err := policy.Load(context.Background(), []byte(policyJSON), policy.LoadOptions{})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	rc, err := registry.New(registry.Options{Insecure: []string{f.host}})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	p, err := New(Options{Registry: rc, Cache: f.cache, Policy: pol})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return p
+}
+
+func (f *fixture) push(repo string, img v1.Image) string {
+	f.t.Helper()
+	ref, err := name.ParseReference(f.host+"/"+repo, name.Insecure)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	if err := remote.Write(ref, img); err != nil {
+		f.t.Fatal(err)
+	}
+	return ref.String()
+}
+
+func tarLayer(t *testing.T, files map[string]string) v1.Layer {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for p, c := range files {
+		tw.WriteHeader(&tar.Header{Name: p, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(c))})
+		io.WriteString(tw, c)
+	}
+	tw.Close()
+	data := buf.Bytes()
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func image(t *testing.T, layers ...v1.Layer) v1.Image {
+	t.Helper()
+	img, err := mutate.AppendLayers(empty.Image, layers...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", "amd64"
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+const acceptAll = `{"default":[{"type":"insecureAcceptAnything"}]}`
+
+func TestPullAndCacheHit(t *testing.T) {
+	f := newFixture(t)
+	ref := f.push("app:1", image(t, tarLayer(t, map[string]string{"a": "A"}), tarLayer(t, map[string]string{"b": "B"})))
+	p := f.puller(acceptAll)
+	ctx := context.Background()
+	res, err := p.Pull(ctx, Request{Image: ref, ContainerID: "one"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"a", "b"} {
+		if got, err := os.ReadFile(filepath.Join(res.Rootfs, name)); err != nil || string(got) != strings.ToUpper(name) {
+			t.Errorf("rootfs/%s = %q, %v", name, got, err)
+		}
+	}
+	res2, err := p.Pull(ctx, Request{Image: ref, ContainerID: "two"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, l := range res2.Layers {
+		if !l.Cached || res.Layers[i].Cached {
+			t.Errorf("layer %d: cached %v then %v, want false then true", i, res.Layers[i].Cached, l.Cached)
+		}
+		if n := f.gets.count(l.Digest); n != 1 {
+			t.Errorf("layer %d fetched %d times over two pulls, want 1", i, n)
+		}
+	}
+	// The policy is evaluated again on a cache hit.
+	reject := f.puller(`{"default":[{"type":"reject"}]}`)
+	reject.opts.Cache = f.cache
+	if _, err := reject.Pull(ctx, Request{Image: ref, ContainerID: "three"}); !errors.Is(err, errdefs.ErrRefused) {
+		t.Fatalf("cached image under reject: %v, want ErrRefused", err)
+	}
+}
+
+func TestPullRefusals(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	good := tarLayer(t, map[string]string{"x": "x"})
+
+	// A config whose diff_id does not match the layer's content.
+	img := image(t, good)
+	cf, _ := img.ConfigFile()
+	cf = cf.DeepCopy()
+	cf.RootFS.DiffIDs[0] = v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("0", 64)}
+	badDiff, err := mutate.ConfigFile(img, cf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A layer with a media type nobody can unpack.
+	weird := image(t, static.NewLayer([]byte("not a tar"), "application/vnd.example.unknown"))
+	// An encrypted layer when no key is configured.
+	enc, err := mutate.Append(empty.Image, mutate.Addendum{Layer: static.NewLayer([]byte("ciphertext"), types.MediaType("application/vnd.oci.image.layer.v1.tar+gzip+encrypted"))})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	p := f.puller(acceptAll)
+	for _, tc := range []struct {
+		name string
+		img  v1.Image
+		want error
+		// fetched says whether a layer blob may have been downloaded.
+		fetched bool
+	}{
+		{"diff_id mismatch", badDiff, errdefs.ErrIntegrity, true},
+		{"unknown layer media type", weird, nil, false},
+		{"encrypted without keys", enc, errdefs.ErrDecrypt, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ref := f.push("refuse/"+strings.ReplaceAll(tc.name, " ", "-")+":1", tc.img)
+			_, err := p.Pull(ctx, Request{Image: ref})
+			if err == nil || (tc.want != nil && !errors.Is(err, tc.want)) {
+				t.Fatalf("Pull = %v, want %v", err, tc.want)
+			}
+			if !strings.Contains(err.Error(), "refuse/") {
+				t.Errorf("error does not name the image: %v", err)
+			}
+			layers, _ := tc.img.Layers()
+			d, _ := layers[0].Digest()
+			if n := f.gets.count(d.String()); !tc.fetched && n != 0 {
+				t.Errorf("layer fetched %d times before the refusal", n)
+			}
+			l, err := f.cache.List(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, img := range l.Images {
+				if strings.Contains(img.Ref, "refuse/") {
+					t.Errorf("refused image recorded: %s", img.Ref)
+				}
+			}
+		})
+	}
+	if l, _ := f.cache.List(ctx); len(l.Layers) != 0 {
+		t.Errorf("%d layers cached after refused pulls", len(l.Layers))
+	}
+}
+
+func TestBadReference(t *testing.T) {
+	f := newFixture(t)
+	_, err := f.puller(acceptAll).Pull(context.Background(), Request{Image: "UPPER/Case::bad"})
+	if !errors.Is(err, errdefs.ErrInvalidConfig) {
+		t.Fatalf("Pull = %v, want ErrInvalidConfig", err)
+	}
+}
+
+func TestLoadConfig(t *testing.T) {
+	dir := t.TempDir()
+	write := func(s string) string {
+		p := filepath.Join(dir, "c.json")
+		os.WriteFile(p, []byte(s), 0o600)
+		return p
+	}
+	c, err := LoadConfig(write(`{"policy":"/p.json","decryption-key":["/k1","/k2:pw"],"max-concurrent-downloads":5,"insecure-registry":["r:5000"]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Policy != "/p.json" || len(c.DecryptionKeys) != 2 || c.MaxConcurrentDownloads != 5 || c.InsecureRegistries[0] != "r:5000" {
+		t.Errorf("config %+v", c)
+	}
+	for _, bad := range []string{`{"polciy":"x"}`, `{"policy":1}`, `{`, `{"policy":"x"} {}`} {
+		if _, err := LoadConfig(write(bad)); !errors.Is(err, errdefs.ErrInvalidConfig) {
+			t.Errorf("LoadConfig(%s) = %v, want ErrInvalidConfig", bad, err)
+		}
+	}
+	if _, err := Open(context.Background(), Config{}, nil); !errors.Is(err, errdefs.ErrInvalidConfig) || !strings.Contains(err.Error(), "no policy") {
+		t.Errorf("Open without a policy = %v, want ErrInvalidConfig naming the missing policy", err)
+	}
+}
