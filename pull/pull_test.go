@@ -61,7 +61,7 @@ func TestCompressionOf(t *testing.T) {
 func TestDefaultContainerID(t *testing.T) {
 	d := v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("ab", 32)}
 	for in, want := range map[string]string{
-		"busybox":                        "docker.io_library_busybox-abababababab",
+		"busybox":                         "docker.io_library_busybox-abababababab",
 		"Registry.Example.com:5000/A/b:1": "registry.example.com_5000_a_b-abababababab",
 	} {
 		ref, err := name.ParseReference(strings.ToLower(in))
