@@ -119,6 +119,9 @@ func New(cfg Config) (*Server, error) {
 	s.mux.HandleFunc("POST /kbs/v0/auth", s.auth)
 	s.mux.HandleFunc("POST /kbs/v0/attest", s.attest)
 	s.mux.HandleFunc("GET /kbs/v0/resource/{repo}/{type}/{tag}", s.resource)
+	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		s.problem(w, r, http.StatusNotFound, "NotFound", "no endpoint %s %s", r.Method, r.URL.Path)
+	})
 	return s, nil
 }
 
