@@ -234,6 +234,48 @@ func TestClientReusesOneAttestation(t *testing.T) {
 	}
 }
 
+// TestClientReattestsBeforeTokenExpiry: a token about to expire is not
+// used; the client attests again instead of sending it.
+func TestClientReattestsBeforeTokenExpiry(t *testing.T) {
+	e := newKBSEnv(t, func(e *kbsEnv, c *devkbs.Config) { c.TokenTTL = 5 * time.Second })
+	c := e.client(t, e.tpmAttester(t), attest.ClientOptions{})
+	for i := 0; i < 2; i++ {
+		if _, err := c.GetResource(context.Background(), "kbs:///default/key/1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if a := e.attests.Load(); a != 2 {
+		t.Fatalf("attested %d times with a token expiring within the client's margin, want 2", a)
+	}
+}
+
+// TestClientBoundedReauth: a KBS that keeps answering 401 is asked a
+// bounded number of times, and its RFC 7807 detail reaches the error on
+// one line.
+func TestClientBoundedReauth(t *testing.T) {
+	var auths atomic.Int32
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		auths.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusUnauthorized)
+		io.WriteString(w, `{"type":"https://kbs.example/errors/PolicyDeny","detail":"first line\nsecond line"}`)
+	}))
+	defer s.Close()
+	a, _ := attest.NewAttester("sample", attest.AttesterOptions{})
+	c, err := attest.NewClient(s.URL, a, attest.ClientOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.GetResource(context.Background(), "kbs:///default/key/1")
+	want := "kbs resource kbs:///default/key/1: cannot decrypt: kbs auth: 401 Unauthorized: PolicyDeny: first line second line"
+	if err == nil || err.Error() != want {
+		t.Fatalf("err = %v\nwant %s", err, want)
+	}
+	if n := auths.Load(); n != 3 {
+		t.Fatalf("%d auth requests, want 3 (one and two re-authentications)", n)
+	}
+}
+
 // roundTripper lets a test rewrite traffic as an attacker on the path would.
 type roundTripper func(*http.Request) (*http.Response, error)
 
