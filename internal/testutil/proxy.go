@@ -22,6 +22,8 @@ type Proxy struct {
 	opts      ProxyOptions
 	fullGets  map[string]int // blob digest → GETs without Range
 	rangeGets map[string]int // blob digest → GETs with Range
+	inFlight  int            // blob GETs being served now
+	maxFlight int            // the most ever served at once
 }
 
 // ProxyOptions say how a Proxy misbehaves.
@@ -54,7 +56,14 @@ func StartProxy(t testing.TB, host string, opts ProxyOptions) *Proxy {
 			p.fullGets[dgst]++
 		}
 		drop := p.opts.DropFirst && !ranged && p.fullGets[dgst] == 1
+		p.inFlight++
+		p.maxFlight = max(p.maxFlight, p.inFlight)
 		p.mu.Unlock()
+		defer func() {
+			p.mu.Lock()
+			p.inFlight--
+			p.mu.Unlock()
+		}()
 		if !drop && p.opts.BytesPerSecond == 0 {
 			rp.ServeHTTP(w, r)
 			return
@@ -129,6 +138,13 @@ func (p *Proxy) RangeGets(digest string) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.rangeGets[digest]
+}
+
+// MaxConcurrentBlobGets is the most blob downloads ever in flight at once.
+func (p *Proxy) MaxConcurrentBlobGets() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.maxFlight
 }
 
 // BlobGets is the total number of GETs of any blob.
