@@ -33,6 +33,7 @@ require (
 	github.com/blang/semver/v4 v4.0.0 // indirect
 	github.com/cloudflare/circl v1.6.3 // indirect
 	github.com/containerd/log v0.1.0 // indirect
+	github.com/containerd/ttrpc v1.2.10 // indirect
 	github.com/docker/docker-credential-helpers v0.9.3 // indirect
 	github.com/miekg/pkcs11 v1.1.2 // indirect
 	github.com/moby/sys/user v0.4.0 // indirect

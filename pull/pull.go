@@ -67,6 +67,9 @@ func New(opts Options) (*Puller, error) {
 	return &Puller{opts: opts}, nil
 }
 
+// Cache is the layer cache the Puller unpacks into (nil for a checker).
+func (p *Puller) Cache() *unpack.Cache { return p.opts.Cache }
+
 // Request is one pull.
 type Request struct {
 	// Image is the reference to pull ("registry.example.com/app:1.0").
@@ -76,6 +79,9 @@ type Request struct {
 	// BundleDir is where config.json and rootfs/ go; "" puts the bundle
 	// under the cache.
 	BundleDir string
+	// Creds, if set, are registry credentials USER[:PASS] for this pull
+	// only, in place of the Puller's.
+	Creds string
 }
 
 // Result is the outcome of a pull, as `--json` prints it.
@@ -114,7 +120,14 @@ func (p *Puller) Pull(ctx context.Context, req Request) (*Result, error) {
 	if p.opts.Cache == nil {
 		return nil, errors.New("pull: no cache")
 	}
-	img, decision, err := p.check(ctx, req.Image)
+	rc := p.opts.Registry
+	if req.Creds != "" {
+		var err error
+		if rc, err = rc.WithCredentials(registry.Credentials{Creds: req.Creds}); err != nil {
+			return nil, err
+		}
+	}
+	img, decision, err := p.check(ctx, rc, req.Image)
 	if err != nil {
 		return nil, err
 	}
@@ -165,7 +178,7 @@ func (p *Puller) Pull(ctx context.Context, req Request) (*Result, error) {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(p.opts.MaxConcurrentDownloads)
 	for _, j := range jobs {
-		g.Go(func() error { return p.fetchLayer(gctx, img.Repo(), j) })
+		g.Go(func() error { return p.fetchLayer(gctx, rc, img.Repo(), j) })
 	}
 	if err := g.Wait(); err != nil {
 		return nil, err
@@ -214,15 +227,15 @@ func (p *Puller) Pull(ctx context.Context, req Request) (*Result, error) {
 // Check resolves image and evaluates the policy over it, fetching no layer:
 // `guest-puller policy check`.
 func (p *Puller) Check(ctx context.Context, image string) (*registry.Image, *policy.Decision, error) {
-	return p.check(ctx, image)
+	return p.check(ctx, p.opts.Registry, image)
 }
 
-func (p *Puller) check(ctx context.Context, image string) (*registry.Image, *policy.Decision, error) {
+func (p *Puller) check(ctx context.Context, rc *registry.Client, image string) (*registry.Image, *policy.Decision, error) {
 	ref, err := name.ParseReference(image)
 	if err != nil {
 		return nil, nil, fmt.Errorf("image %q: %w: %v", image, errdefs.ErrInvalidConfig, err)
 	}
-	img, err := p.opts.Registry.Resolve(ctx, ref)
+	img, err := rc.Resolve(ctx, ref)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -232,7 +245,7 @@ func (p *Puller) check(ctx context.Context, image string) (*registry.Image, *pol
 	}
 	// Signatures are read over the same authenticated connections as the
 	// image, from where the image was found.
-	ropts, err := p.opts.Registry.RemoteOptions(ctx, img.Repo())
+	ropts, err := rc.RemoteOptions(ctx, img.Repo())
 	if err != nil {
 		return nil, nil, err
 	}
@@ -266,7 +279,7 @@ type layerJob struct {
 // fetchLayer brings one layer into the cache unless it is there already.
 // The per-layer cache lock makes concurrent pulls, in this process or
 // another, fetch a layer once: whoever waits finds it committed.
-func (p *Puller) fetchLayer(ctx context.Context, repo name.Repository, j *layerJob) error {
+func (p *Puller) fetchLayer(ctx context.Context, rc *registry.Client, repo name.Repository, j *layerJob) error {
 	prog := p.opts.Progress
 	if p.opts.Cache.HasLayer(j.diffID) {
 		j.cached = true
@@ -285,7 +298,7 @@ func (p *Puller) fetchLayer(ctx context.Context, repo name.Repository, j *layerJ
 		return nil
 	}
 	prog.LayerState(j.desc.Digest, j.desc.Size, StateDownloading)
-	if err := p.applyLayer(ctx, repo, j); err != nil {
+	if err := p.applyLayer(ctx, rc, repo, j); err != nil {
 		prog.LayerState(j.desc.Digest, j.desc.Size, StateFailed)
 		return fmt.Errorf("%s: layer %s: %w", j.image, j.desc.Digest, err)
 	}
@@ -298,11 +311,11 @@ func (p *Puller) fetchLayer(ctx context.Context, repo name.Repository, j *layerJ
 //	blob ─ sha256 = digest ─ decrypt ─ decompress ─ sha256 = diff_id ─ apply to staging
 //
 // and the commit into the cache once every check has held at EOF.
-func (p *Puller) applyLayer(ctx context.Context, repo name.Repository, j *layerJob) (err error) {
+func (p *Puller) applyLayer(ctx context.Context, rc *registry.Client, repo name.Repository, j *layerJob) (err error) {
 	if j.desc.Digest.Algorithm != "sha256" {
 		return fmt.Errorf("%w: unsupported digest algorithm %q", errdefs.ErrIntegrity, j.desc.Digest.Algorithm)
 	}
-	blob, err := p.opts.Registry.Blob(ctx, repo, j.desc)
+	blob, err := rc.Blob(ctx, repo, j.desc)
 	if err != nil {
 		return err
 	}

@@ -20,6 +20,7 @@ const usage = `usage: guest-puller COMMAND [ARGS] [FLAGS]
 
 commands:
   pull IMAGE            pull, check, decrypt, unpack; print the bundle path
+  serve                 the ttrpc daemon kata-agent calls
   policy check IMAGE    evaluate the policy without unpacking
   cache ls|rm IMAGE|gc  inspect and clean the layer cache
   keyprovider           ocicrypt keyprovider (stdin/stdout JSON): wrap side
@@ -53,6 +54,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	switch cmd {
 	case "pull":
 		return cmdPull(ctx, rest, stdout, stderr)
+	case "serve":
+		return cmdServe(ctx, rest, stderr)
 	case "policy":
 		if len(rest) == 0 || rest[0] != "check" {
 			return fmt.Errorf("%w: usage: guest-puller policy check IMAGE [flags]", errdefs.ErrInvalidConfig)

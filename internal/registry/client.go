@@ -56,6 +56,7 @@ type Options struct {
 
 // Client reads images from registries. It is safe for concurrent use.
 type Client struct {
+	opts     Options
 	keychain authn.Keychain
 	conf     *Conf
 	insecure map[string]bool
@@ -89,6 +90,7 @@ func New(opts Options) (*Client, error) {
 	}
 	p = platforms.Normalize(p)
 	c := &Client{
+		opts:     opts,
 		keychain: kc,
 		conf:     opts.Conf,
 		insecure: map[string]bool{},
@@ -116,6 +118,14 @@ func New(opts Options) (*Client, error) {
 	}
 	c.rt = &schemeGuard{secure: secure, insecure: insecure, allowed: c.isInsecure}
 	return c, nil
+}
+
+// WithCredentials returns a client like c that authenticates with creds
+// instead (per-request credentials of the daemon's API).
+func (c *Client) WithCredentials(creds Credentials) (*Client, error) {
+	opts := c.opts
+	opts.Credentials = creds
+	return New(opts)
 }
 
 // Platform is the platform the client selects from indexes.

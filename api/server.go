@@ -1,0 +1,269 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"time"
+
+	"github.com/containerd/ttrpc"
+	"github.com/google/go-containerregistry/pkg/name"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/guest-puller/guest-puller/api/agentpb"
+	"github.com/guest-puller/guest-puller/api/cdhpb"
+	guestpullerv1 "github.com/guest-puller/guest-puller/api/v1"
+	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/registry"
+	"github.com/guest-puller/guest-puller/pull"
+	"github.com/guest-puller/guest-puller/unpack"
+)
+
+// DefaultSocket is where kata-agent looks for the confidential-data-hub.
+const DefaultSocket = "/run/confidential-containers/cdh.sock"
+
+// Service implements the three ttrpc services over one Puller.
+type Service struct {
+	puller  *pull.Puller
+	log     *slog.Logger
+	version string
+}
+
+// NewService returns the handlers for p. Requests are logged to log (image,
+// container, outcome, duration; never credentials).
+func NewService(p *pull.Puller, log *slog.Logger, version string) *Service {
+	return &Service{puller: p, log: log, version: version}
+}
+
+// Register adds the three services to srv.
+func (s *Service) Register(srv *ttrpc.Server) {
+	cdhpb.RegisterImagePullServiceService(srv, cdhService{s})
+	agentpb.RegisterImageService(srv, agentService{s})
+	guestpullerv1.RegisterGuestPullerService(srv, nativeService{s})
+}
+
+// Serve serves the services on the unix socket at path until ctx ends. The
+// socket is made for root only, and the server only talks to root peers.
+func Serve(ctx context.Context, s *Service, path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("socket %s: %w", path, err)
+	}
+	// A socket left by a killed daemon would make Listen fail.
+	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		os.Remove(path)
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return fmt.Errorf("socket %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return fmt.Errorf("socket %s: %w", path, err)
+	}
+	srv, err := ttrpc.NewServer(ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireUidGid(os.Geteuid(), -1)))
+	if err != nil {
+		l.Close()
+		return err
+	}
+	s.Register(srv)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ctx, l) }()
+	select {
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+		os.Remove(path)
+		return nil
+	case err := <-errc:
+		if errors.Is(err, ttrpc.ErrServerClosed) {
+			return nil
+		}
+		return err
+	}
+}
+
+// pull runs one pull, logging it, and maps its error to a ttrpc status.
+func (s *Service) pull(ctx context.Context, api string, req pull.Request) (*pull.Result, error) {
+	start := time.Now()
+	res, err := s.puller.Pull(ctx, req)
+	attrs := []any{"api", api, "image", req.Image, "container", req.ContainerID, "duration", time.Since(start).Round(time.Millisecond)}
+	if err != nil {
+		s.log.Warn("pull failed", append(attrs, "exit", errdefs.ExitCode(err), "error", err.Error())...)
+		return nil, toStatus(err)
+	}
+	cached := 0
+	for _, l := range res.Layers {
+		if l.Cached {
+			cached++
+		}
+	}
+	s.log.Info("pulled", append(attrs, "manifest", res.ManifestDigest, "layers", len(res.Layers), "cached", cached, "bundle", res.Bundle)...)
+	return res, nil
+}
+
+// toStatus maps guest-puller's error kinds onto gRPC codes, so a caller
+// can tell a refusal from a failure without parsing the message.
+func toStatus(err error) error {
+	code := codes.Internal
+	switch {
+	case errors.Is(err, context.Canceled):
+		code = codes.Canceled
+	case errors.Is(err, context.DeadlineExceeded):
+		code = codes.DeadlineExceeded
+	case errors.Is(err, errdefs.ErrInvalidConfig):
+		code = codes.InvalidArgument
+	case errors.Is(err, errdefs.ErrRefused):
+		code = codes.PermissionDenied
+	case errors.Is(err, errdefs.ErrDecrypt):
+		code = codes.FailedPrecondition
+	case errors.Is(err, errdefs.ErrIntegrity):
+		code = codes.DataLoss
+	case errors.Is(err, unpack.ErrNotFound):
+		code = codes.NotFound
+	}
+	return status.Error(code, err.Error())
+}
+
+// containerIDFromBundle names the bundle of a CDH request after its
+// directory, as kata-agent makes one directory per container; a name the
+// cache cannot use falls back to the image's default.
+var safeID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$`)
+
+func containerIDFromBundle(bundle string) string {
+	id := filepath.Base(filepath.Clean(bundle))
+	if !safeID.MatchString(id) || id == "rootfs" {
+		return ""
+	}
+	return id
+}
+
+type cdhService struct{ *Service }
+
+func (s cdhService) PullImage(ctx context.Context, req *cdhpb.ImagePullRequest) (*cdhpb.ImagePullResponse, error) {
+	if req.ImageUrl == "" {
+		return nil, status.Error(codes.InvalidArgument, "image_url is empty")
+	}
+	res, err := s.pull(ctx, "api.ImagePullService", pull.Request{
+		Image:       req.ImageUrl,
+		BundleDir:   req.BundlePath,
+		ContainerID: containerIDFromBundle(req.BundlePath),
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &cdhpb.ImagePullResponse{ManifestDigest: res.ManifestDigest}, nil
+}
+
+type agentService struct{ *Service }
+
+func (s agentService) PullImage(ctx context.Context, req *agentpb.PullImageRequest) (*agentpb.PullImageResponse, error) {
+	if req.Image == "" {
+		return nil, status.Error(codes.InvalidArgument, "image is empty")
+	}
+	res, err := s.pull(ctx, "grpc.Image", pull.Request{
+		Image:       req.Image,
+		ContainerID: req.ContainerId,
+		Creds:       req.SourceCreds,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &agentpb.PullImageResponse{ImageRef: res.Image}, nil
+}
+
+type nativeService struct{ *Service }
+
+func (s nativeService) Pull(ctx context.Context, req *guestpullerv1.PullRequest) (*guestpullerv1.PullResponse, error) {
+	res, err := s.pull(ctx, "guestpuller.v1", pull.Request{
+		Image:       req.Image,
+		ContainerID: req.ContainerId,
+		BundleDir:   req.BundlePath,
+		Creds:       req.Creds,
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := &guestpullerv1.PullResponse{
+		Image:          res.Image,
+		ManifestDigest: res.ManifestDigest,
+		ConfigDigest:   res.ConfigDigest,
+		Bundle:         res.Bundle,
+		Rootfs:         res.Rootfs,
+		RootfsType:     res.RootfsType,
+		PolicyScope:    res.Policy.Scope,
+	}
+	for _, l := range res.Layers {
+		out.Layers = append(out.Layers, &guestpullerv1.Layer{Digest: l.Digest, DiffId: l.DiffID, MediaType: l.MediaType, Encrypted: l.Encrypted, Cached: l.Cached})
+	}
+	for _, sig := range res.Signatures {
+		out.Signatures = append(out.Signatures, &guestpullerv1.Signature{KeyName: sig.KeyName, KeyId: sig.KeyID, Verified: sig.Verified})
+	}
+	return out, nil
+}
+
+func (s nativeService) Status(ctx context.Context, _ *guestpullerv1.StatusRequest) (*guestpullerv1.StatusResponse, error) {
+	c := s.puller.Cache()
+	l, err := c.List(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &guestpullerv1.StatusResponse{
+		Version:   s.version,
+		CacheRoot: c.Root(),
+		Images:    int64(len(l.Images)),
+		Layers:    int64(len(l.Layers)),
+		Bundles:   int64(len(l.Bundles)),
+	}
+	for _, layer := range l.Layers {
+		out.LayerBytes += layer.Size
+	}
+	return out, nil
+}
+
+func (s nativeService) ListImages(ctx context.Context, _ *guestpullerv1.ListImagesRequest) (*guestpullerv1.ListImagesResponse, error) {
+	l, err := s.puller.Cache().List(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &guestpullerv1.ListImagesResponse{}
+	for _, img := range l.Images {
+		i := &guestpullerv1.Image{Ref: img.Ref, ManifestDigest: img.ManifestDigest.String()}
+		for _, layer := range img.Layers {
+			i.DiffIds = append(i.DiffIds, layer.DiffID.String())
+		}
+		out.Images = append(out.Images, i)
+	}
+	return out, nil
+}
+
+func (s nativeService) RemoveImage(ctx context.Context, req *guestpullerv1.RemoveImageRequest) (*guestpullerv1.RemoveImageResponse, error) {
+	ref, err := name.ParseReference(req.Image)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "image %q: %v", req.Image, err)
+	}
+	if err := s.puller.Cache().RemoveImage(ctx, registry.Familiar(ref)); err != nil {
+		return nil, toStatus(err)
+	}
+	s.log.Info("removed", "image", registry.Familiar(ref))
+	return &guestpullerv1.RemoveImageResponse{}, nil
+}
+
+func (s nativeService) GC(ctx context.Context, _ *guestpullerv1.GCRequest) (*guestpullerv1.GCResponse, error) {
+	rep, err := s.puller.Cache().GC(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &guestpullerv1.GCResponse{Bundles: rep.Bundles, FreedBytes: rep.FreedBytes}
+	for _, d := range rep.Layers {
+		out.Layers = append(out.Layers, d.String())
+	}
+	s.log.Info("gc", "bundles", len(rep.Bundles), "layers", len(rep.Layers), "freed", rep.FreedBytes)
+	return out, nil
+}
