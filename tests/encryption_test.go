@@ -783,11 +783,15 @@ func TestEncryptionSecretsStayPrivate(t *testing.T) {
 	ls := e.gp("cache", "ls", "--json")
 	assertNoSecrets(t, "cache ls", ls.Stdout+ls.Stderr, secrets)
 
+	// `openssl genpkey -aes256` writes this form; ocicrypt (and so skopeo)
+	// cannot read it: a clear configuration error, not "no key".
+	pkcs8 := key.EncryptedPKCS8(t, filepath.Join(dir, "protected.p8.pem"))
 	for _, tc := range []struct {
 		name, key, want string
 	}{
 		{"wrong password", key.Private + ":" + wrongPassword, key.Private},
 		{"no password", key.Private, "password"},
+		{"encrypted PKCS#8 key", pkcs8 + ":" + key.Password, pkcs8},
 		{"missing key file", filepath.Join(dir, "missing.pem"), filepath.Join(dir, "missing.pem")},
 		{"missing key file with password", filepath.Join(dir, "missing.pem") + ":" + key.Password, filepath.Join(dir, "missing.pem")},
 	} {

@@ -78,6 +78,28 @@ func RSAKey(t testing.TB, dir, name, password string) KeyPair {
 	return k
 }
 
+// EncryptedPKCS8 writes the password-protected key k as PKCS#8
+// "ENCRYPTED PRIVATE KEY" (what `openssl genpkey -aes256` writes) to path,
+// under the same password.
+func (k KeyPair) EncryptedPKCS8(t testing.TB, path string) string {
+	t.Helper()
+	if k.Password == "" {
+		t.Fatal("EncryptedPKCS8 needs a password-protected key")
+	}
+	// Two files: openssl reads the second line for -passout when both
+	// name the same one.
+	in, out := path+".passin", path+".passout"
+	for _, f := range []string{in, out} {
+		if err := os.WriteFile(f, []byte(k.Password), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		defer os.Remove(f)
+	}
+	Run(t, "openssl", "pkcs8", "-topk8", "-v2", "aes256", "-in", k.Private, "-passin", "file:"+in,
+		"-passout", "file:"+out, "-out", path)
+	return path
+}
+
 // ECKey makes a P-256 key pair named name in dir with openssl (SEC1 private
 // key, as `openssl ecparam -genkey` writes it).
 func ECKey(t testing.TB, dir, name string) KeyPair {
