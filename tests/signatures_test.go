@@ -6,9 +6,9 @@ package tests
 // real cosign, skopeo and gpg.
 //
 // cosign signs the repository ("host/repo", no tag) as the identity, which
-// containers/image's default signedIdentity (matchRepoDigestOrExact) refuses
-// for a tagged pull; the cosign policies here therefore say matchRepository,
-// as policy.example.json does.
+// containers/image's default signedIdentity (matchRepoDigestOrExact) never
+// accepts; the cosign policies here therefore say matchRepository, as
+// policy.example.json does.
 
 import (
 	"encoding/base64"
@@ -18,6 +18,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -223,6 +224,12 @@ func TestSigCosign(t *testing.T) {
 	signedRef, signedDigest := sigPush(t, reg, testutil.BuildImage(t, smallImage(t, "cosign signed")), "cosign/app:1", keyA)
 	unsignedRef, _ := sigPush(t, reg, testutil.BuildImage(t, smallImage(t, "cosign unsigned")), "cosign/unsigned:1")
 	exampleRef, _ := sigPush(t, reg, testutil.BuildImage(t, smallImage(t, "cosign example key")), "cosign/example:1", signer)
+	revokedRef, revokedDigest := sigPush(t, reg, testutil.BuildImage(t, smallImage(t, "cosign revoked")), "cosign/revoked:1", keyA)
+	// An index whose only signature is over the index digest.
+	platformRef := reg.Push(t, testutil.BuildImage(t, smallImage(t, "cosign index")), "cosign/platform:1")
+	indexRef := reg.Host + "/cosign/multi:1"
+	indexDigest := pushIndex(t, reg, indexRef, map[string]string{"linux/" + runtime.GOARCH: platformRef})
+	keyA.Sign(t, reg.Host+"/cosign/multi@"+indexDigest)
 
 	e := newEnv(t)
 	e.write("keys/a.pub", sigReadFile(t, keyA.Pub))
@@ -293,6 +300,45 @@ func TestSigCosign(t *testing.T) {
 		sigHello(t, res, "cosign example key")
 		e.pullFails(3, signedRef, append(base, "--policy", pol)...)
 	})
+	t.Run("pinned by digest", func(t *testing.T) {
+		e := sigEnv(e, t)
+		pinned := reg.Host + "/cosign/app@" + signedDigest
+		res := e.pull(pinned, append(base, "--policy", right, "--container-id", "pinned")...)
+		sigCheckSignatures(t, sigOf(res), sigSignature{"keys/a.pub", idA, true})
+		// Without signedIdentity (matchRepoDigestOrExact) cosign's
+		// repository-only identity is refused, tag or digest, as in
+		// containers/image (a name-only identity matches nothing there).
+		deflt := policy("default-identity.json", sigReq{"type": "sigstoreSigned", "keyPath": "keys/a.pub"})
+		for _, ref := range []string{pinned, signedRef} {
+			msg := e.pullFails(3, ref, append(base, "--policy", deflt)...)
+			sigWant(t, msg, ref, "matchRepoDigestOrExact")
+		}
+	})
+	t.Run("signed index", func(t *testing.T) {
+		e := sigEnv(e, t)
+		res := e.pull(indexRef, append(base, "--policy", right, "--container-id", "index")...)
+		if res.ManifestDigest == indexDigest {
+			t.Errorf("manifestDigest is the index's, want the platform manifest's")
+		}
+		sigCheckSignatures(t, sigOf(res), sigSignature{"keys/a.pub", idA, true})
+		sigHello(t, res, "cosign index")
+		// The platform manifest alone, elsewhere, carries no signature.
+		e.pullFails(3, platformRef, append(base, "--policy", right)...)
+	})
+	t.Run("attachments turned off", func(t *testing.T) {
+		e := sigEnv(e, t)
+		regD := filepath.Dir(e.write("regd-off/off.yaml", "docker:\n  "+scope+":\n    use-sigstore-attachments: false\n"))
+		msg := e.pullFails(3, signedRef, append(base, "--policy", right, "--registries-d", regD)...)
+		sigWant(t, msg, signedRef, "sigstoreSigned")
+	})
+	t.Run("signature removed after caching", func(t *testing.T) {
+		e := sigEnv(e, t)
+		e.pull(revokedRef, append(base, "--policy", right, "--container-id", "revoked-1")...)
+		_, sigManifest := testutil.ParseManifest(t, reg.RawManifest(t, "cosign/revoked", sigSigTag(revokedDigest)))
+		sigDeleteManifest(t, reg, "cosign/revoked", sigManifest)
+		msg := e.pullFails(3, revokedRef, append(base, "--policy", right, "--container-id", "revoked-2")...)
+		sigWant(t, msg, revokedRef, `scope "`+scope+`"`, "sigstoreSigned", "no signature")
+	})
 	t.Run("cached image under a policy it fails", func(t *testing.T) {
 		e := sigEnv(e, t)
 		first := e.pull(signedRef, append(base, "--policy", right, "--container-id", "cached-1")...)
@@ -307,6 +353,30 @@ func TestSigCosign(t *testing.T) {
 			t.Errorf("the earlier bundle is gone: %v", err)
 		}
 	})
+}
+
+// TestSigPrivateRegistry: signatures of an image in a registry that needs
+// credentials are read with the pull's credentials.
+func TestSigPrivateRegistry(t *testing.T) {
+	const user, pass = "signer", "S1gned-And-Sealed"
+	reg := testutil.StartRegistry(t, testutil.RegistryOptions{User: user, Password: pass})
+	key := testutil.NewCosignKey(t)
+	ref := reg.Push(t, testutil.BuildImage(t, smallImage(t, "private signed")), "private/app:1")
+	d := sigDigest(t, reg, "private/app:1")
+	key.SignIn(t, reg, reg.Host+"/private/app@"+d)
+	reg.RawManifest(t, "private/app", sigSigTag(d)) // the signature is there
+
+	e := newEnv(t)
+	e.write("keys/k.pub", sigReadFile(t, key.Pub))
+	scope := reg.Host + "/private"
+	pol := e.write("policy.json", sigPolicy(t, map[string][]sigReq{scope: {sigstoreKey("keys/k.pub")}}))
+	res := e.pull(ref, "--policy", pol, "--insecure-registry", reg.Host, "--creds", user+":"+pass)
+	sigCheckSignatures(t, sigOf(res), sigSignature{"keys/k.pub", key.KeyID(t), true})
+	sigHello(t, res, "private signed")
+	c := sigCheck(e, 0, ref, "--policy", pol, "--insecure-registry", reg.Host, "--creds", user+":"+pass)
+	if !c.Allowed {
+		t.Errorf("policy check: %+v", c)
+	}
 }
 
 // TestSigScopes: one policy with an exact-tag, a repository, a namespace
@@ -406,6 +476,8 @@ func TestSigThreshold(t *testing.T) {
 		"ci":      {"ci"},
 		"all":     {"ci", "qa", "release"},
 		"release": {"release"},
+		// One key signing twice counts once.
+		"ci-twice": {"ci", "ci"},
 	}
 	tkey := func(n string) sigReq {
 		if n == "other" { // inline, to cover keyData in threshold keys
@@ -426,7 +498,15 @@ func TestSigThreshold(t *testing.T) {
 		for _, n := range names {
 			ks = append(ks, keys[n])
 		}
-		sigPush(t, reg, src, "thr/"+repo+":2of3", ks...)
+		_, d := sigPush(t, reg, src, "thr/"+repo+":2of3")
+		for i, k := range ks {
+			// A distinct annotation each time, so that cosign keeps a
+			// second signature by the same key instead of deduplicating.
+			k.Sign(t, reg.Host+"/thr/"+repo+"@"+d, "-a", fmt.Sprintf("n=%d", i))
+		}
+		if m, _ := testutil.ParseManifest(t, reg.RawManifest(t, "thr/"+repo, sigSigTag(d))); len(m.Layers) != len(ks) {
+			t.Fatalf("thr/%s has %d signatures, want %d", repo, len(m.Layers), len(ks))
+		}
 		for _, tag := range []string{"3of3", "and"} {
 			reg.Push(t, src, "thr/"+repo+":"+tag)
 		}
@@ -459,6 +539,7 @@ func TestSigThreshold(t *testing.T) {
 		{"ci-qa", "and", false, []bool{true, false}, "2 of 2 keys signed (ci, qa), 2 needed"},
 		{"release", "and", false, []bool{false, true}, "0 of 2 keys signed, 2 needed"},
 		{"ci", "and", false, []bool{false, false}, "1 of 2 keys signed (ci), 2 needed"},
+		{"ci-twice", "2of3", false, []bool{false}, "1 of 3 keys signed (ci), 2 needed"},
 	} {
 		t.Run(tc.repo+":"+tc.tag, func(t *testing.T) {
 			e := sigEnv(e, t)
@@ -740,8 +821,9 @@ func TestSigEncryptedSwap(t *testing.T) {
 		return n
 	}
 
-	// While the registry is honest the policy lets the image through.
-	sigCheck(e, 0, ref, args...)
+	// While the registry is honest the policy lets the image through;
+	// deciding needs no decryption key.
+	sigCheck(e, 0, ref, "--policy", pol, "--insecure-registry", proxy.Host)
 	if n := layerGets(); n != 0 {
 		t.Fatalf("policy check fetched %d layer blobs", n)
 	}
@@ -802,6 +884,23 @@ func sigPutManifest(t *testing.T, reg *testutil.Registry, repo, tag string, raw 
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusCreated {
 		t.Fatalf("PUT manifest %s:%s: %s", repo, tag, resp.Status)
+	}
+}
+
+// sigDeleteManifest deletes the manifest digest of repo (and so its tags).
+func sigDeleteManifest(t *testing.T, reg *testutil.Registry, repo, digest string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodDelete, "http://"+reg.Host+"/v2/"+repo+"/manifests/"+digest, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("DELETE manifest %s@%s: %s", repo, digest, resp.Status)
 	}
 }
 

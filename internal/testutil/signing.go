@@ -2,6 +2,7 @@ package testutil
 
 import (
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/pem"
 	"os"
@@ -72,9 +73,28 @@ func ImportCosignKey(t testing.TB, pkcs8 string) CosignKey {
 // transparency log: the signature is pushed as the sha256-<hex>.sig
 // attachment of the image's repository. A loopback registry is plain
 // http to cosign.
-func (k CosignKey) Sign(t testing.TB, ref string) {
+// Extra arguments go to cosign sign (-a key=value annotations, ...).
+func (k CosignKey) Sign(t testing.TB, ref string, extra ...string) {
 	t.Helper()
-	RunEnv(t, cosignEnv(t), Cosign(t), "sign", "--key", k.Key, "--tlog-upload=false", "--yes", ref)
+	args := append([]string{"sign", "--key", k.Key, "--tlog-upload=false", "--yes"}, extra...)
+	RunEnv(t, cosignEnv(t), Cosign(t), append(args, ref)...)
+}
+
+// SignIn is Sign for an image of reg, with reg's credentials when it
+// requires them (given to cosign as a docker config.json).
+func (k CosignKey) SignIn(t testing.TB, reg *Registry, ref string) {
+	t.Helper()
+	env := cosignEnv(t)
+	if reg.User != "" {
+		dir := t.TempDir()
+		auth := base64.StdEncoding.EncodeToString([]byte(reg.User + ":" + reg.Password))
+		conf := `{"auths":{"` + reg.Host + `":{"auth":"` + auth + `"}}}`
+		if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(conf), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		env = append(env, "DOCKER_CONFIG="+dir)
+	}
+	RunEnv(t, env, Cosign(t), "sign", "--key", k.Key, "--tlog-upload=false", "--yes", ref)
 }
 
 // KeyID is the SHA-256 of the public key's DER (hex), the keyID a
