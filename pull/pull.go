@@ -281,7 +281,8 @@ type layerJob struct {
 // another, fetch a layer once: whoever waits finds it committed.
 func (p *Puller) fetchLayer(ctx context.Context, rc *registry.Client, repo name.Repository, j *layerJob) error {
 	prog := p.opts.Progress
-	if p.opts.Cache.HasLayer(j.diffID) {
+	blob := digest.Digest(j.desc.Digest.String())
+	if _, reusable := p.opts.Cache.Layer(j.diffID, blob); reusable {
 		j.cached = true
 		prog.LayerState(j.desc.Digest, j.desc.Size, StateCached)
 		return nil
@@ -292,13 +293,25 @@ func (p *Puller) fetchLayer(ctx context.Context, rc *registry.Client, repo name.
 		return fmt.Errorf("%s: layer %s: %w", j.image, j.desc.Digest, err)
 	}
 	defer release()
-	if p.opts.Cache.HasLayer(j.diffID) {
+	present, reusable := p.opts.Cache.Layer(j.diffID, blob)
+	if reusable {
 		j.cached = true
 		prog.LayerState(j.desc.Digest, j.desc.Size, StateCached)
 		return nil
 	}
 	prog.LayerState(j.desc.Digest, j.desc.Size, StateDownloading)
-	if err := p.applyLayer(ctx, rc, repo, j); err != nil {
+	if present {
+		// The cache has a confidential layer with this diff_id, made from
+		// another blob: this blob must prove it yields the same content
+		// before the cached one stands in for it.
+		err = p.verifyStream(ctx, rc, repo, j, nil)
+		if err == nil {
+			err = p.opts.Cache.AddLayerSource(j.diffID, blob)
+		}
+	} else {
+		err = p.applyLayer(ctx, rc, repo, j)
+	}
+	if err != nil {
 		prog.LayerState(j.desc.Digest, j.desc.Size, StateFailed)
 		return fmt.Errorf("%s: layer %s: %w", j.image, j.desc.Digest, err)
 	}
@@ -306,12 +319,28 @@ func (p *Puller) fetchLayer(ctx context.Context, rc *registry.Client, repo name.
 	return nil
 }
 
-// applyLayer is the one streaming pass over a layer:
+// applyLayer applies the layer into a staging directory as it streams and
+// commits it into the cache once every check has held at EOF.
+func (p *Puller) applyLayer(ctx context.Context, rc *registry.Client, repo name.Repository, j *layerJob) error {
+	stage, err := p.opts.Cache.Stage(j.diffID)
+	if err != nil {
+		return err
+	}
+	stage.SetSource(digest.Digest(j.desc.Digest.String()), j.key != nil)
+	if err := p.verifyStream(ctx, rc, repo, j, func(tar io.Reader) error { return stage.Apply(ctx, tar) }); err != nil {
+		stage.Abort()
+		return err
+	}
+	return stage.Commit()
+}
+
+// verifyStream is the one streaming pass over a layer:
 //
-//	blob ─ sha256 = digest ─ decrypt ─ decompress ─ sha256 = diff_id ─ apply to staging
+//	blob ─ sha256 = digest ─ decrypt ─ decompress ─ sha256 = diff_id ─ apply
 //
-// and the commit into the cache once every check has held at EOF.
-func (p *Puller) applyLayer(ctx context.Context, rc *registry.Client, repo name.Repository, j *layerJob) (err error) {
+// apply (nil to only verify) consumes the tar stream; the digests and the
+// HMAC are checked at EOF, after it returned.
+func (p *Puller) verifyStream(ctx context.Context, rc *registry.Client, repo name.Repository, j *layerJob, apply func(io.Reader) error) error {
 	if j.desc.Digest.Algorithm != "sha256" {
 		return fmt.Errorf("%w: unsupported digest algorithm %q", errdefs.ErrIntegrity, j.desc.Digest.Algorithm)
 	}
@@ -335,18 +364,10 @@ func (p *Puller) applyLayer(ctx context.Context, rc *registry.Client, repo name.
 	defer closeDecomp()
 	diffSum := sha256.New()
 	tarStream = io.TeeReader(tarStream, diffSum)
-
-	stage, err := p.opts.Cache.Stage(j.diffID)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			stage.Abort()
+	if apply != nil {
+		if err := apply(tarStream); err != nil {
+			return err
 		}
-	}()
-	if err := stage.Apply(ctx, tarStream); err != nil {
-		return err
 	}
 	// The tar's end-of-archive marker may be followed by padding, and the
 	// compressed stream by its trailer: all of it is covered by the digests.
@@ -365,7 +386,7 @@ func (p *Puller) applyLayer(ctx context.Context, rc *registry.Client, repo name.
 	if err := checkSum(diffSum, j.diffID.Encoded()); err != nil {
 		return fmt.Errorf("%w: uncompressed content does not match diff_id %s: %v", errdefs.ErrIntegrity, j.diffID, err)
 	}
-	return stage.Commit()
+	return nil
 }
 
 func checkSum(h hash.Hash, wantHex string) error {

@@ -144,6 +144,48 @@ func (c *Cache) HasLayer(diffID digest.Digest) bool {
 	return c.hasLayer(name)
 }
 
+// Layer says whether the layer diffID is committed, and whether a pull
+// whose layer blob is blob may use it without fetching blob. A layer that
+// was made by decrypting a blob is confidential: its diff_id is public (it
+// is in the image config), so another image claiming that diff_id must not
+// get the decrypted content for free. Such a layer is reusable only for a
+// blob already verified to yield it (whose key the pull has unwrapped);
+// for any other blob, the caller verifies the blob against the diff_id and
+// records it with AddLayerSource.
+func (c *Cache) Layer(diffID, blob digest.Digest) (present, reusable bool) {
+	if !c.HasLayer(diffID) {
+		return false, false
+	}
+	name, _ := layerName(diffID)
+	var m layerMeta
+	if err := readJSON(filepath.Join(c.layerDir(name), layerMetaFile), &m); err != nil {
+		return true, false
+	}
+	return true, !m.Confidential || slices.Contains(m.Sources, blob)
+}
+
+// AddLayerSource records that blob was verified to yield the committed
+// layer diffID. The caller holds LockLayer.
+func (c *Cache) AddLayerSource(diffID, blob digest.Digest) error {
+	name, err := layerName(diffID)
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(c.layerDir(name), layerMetaFile)
+	var m layerMeta
+	if err := readJSON(path, &m); err != nil {
+		return fmt.Errorf("layer %s: %w", diffID, err)
+	}
+	if slices.Contains(m.Sources, blob) {
+		return nil
+	}
+	m.Sources = append(m.Sources, blob)
+	if err := writeJSONAtomic(path, m); err != nil {
+		return fmt.Errorf("layer %s: %w", diffID, err)
+	}
+	return nil
+}
+
 func (c *Cache) hasLayer(name string) bool {
 	fi, err := os.Lstat(filepath.Join(c.layerDir(name), layerMetaFile))
 	return err == nil && fi.Mode().IsRegular()

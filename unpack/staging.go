@@ -24,6 +24,12 @@ type layerMeta struct {
 	DiffID    digest.Digest `json:"diffID"`
 	Size      int64         `json:"size"`
 	Committed time.Time     `json:"committed"`
+	// Confidential: the layer was first made by decrypting a blob, so its
+	// content is a secret of whoever holds that blob's key. Sources are
+	// the blob digests verified to yield this diff_id; a confidential
+	// layer is reused only for those (see Cache.Layer).
+	Confidential bool            `json:"confidential,omitempty"`
+	Sources      []digest.Digest `json:"sources,omitempty"`
 }
 
 type stagingState int
@@ -46,6 +52,16 @@ type Staging struct {
 	state    stagingState
 	stats    ApplyStats
 	lockPath string
+
+	source       digest.Digest
+	confidential bool
+}
+
+// SetSource records the blob the layer is made from, and whether that blob
+// was encrypted (the layer's content is then confidential). Call it before
+// Commit.
+func (s *Staging) SetSource(blob digest.Digest, confidential bool) {
+	s.source, s.confidential = blob, confidential
 }
 
 // Stage starts applying the layer diffID into a fresh staging directory.
@@ -151,7 +167,10 @@ func (s *Staging) Commit() error {
 	if s.state != stagingApplied {
 		return fmt.Errorf("layer %s: commit: nothing successfully applied", s.diffID)
 	}
-	meta := layerMeta{DiffID: s.diffID, Size: s.stats.Size, Committed: time.Now().UTC()}
+	meta := layerMeta{DiffID: s.diffID, Size: s.stats.Size, Committed: time.Now().UTC(), Confidential: s.confidential}
+	if s.source != "" {
+		meta.Sources = []digest.Digest{s.source}
+	}
 	if err := writeJSONAtomic(filepath.Join(s.dir(), layerMetaFile), meta); err != nil {
 		return fmt.Errorf("layer %s: commit: %w", s.diffID, err)
 	}
