@@ -927,9 +927,11 @@ func TestSigGPGLookaside(t *testing.T) {
 	unsignedRef := reg.Push(t, testutil.BuildImage(t, smallImage(t, "gpg unsigned")), "gpg/unsigned:1")
 
 	var httpGets atomic.Int32
+	// Served below a path prefix, as a web server's lookaside usually is.
+	files := http.StripPrefix("/sigstore", http.FileServer(http.Dir(sigs)))
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		httpGets.Add(1)
-		http.FileServer(http.Dir(sigs)).ServeHTTP(w, r)
+		files.ServeHTTP(w, r)
 	}))
 	defer srv.Close()
 
@@ -939,7 +941,7 @@ func TestSigGPGLookaside(t *testing.T) {
 	e.write("keys/cosign.pub", sigReadFile(t, cosignKey.Pub))
 	fileD := filepath.Dir(e.write("regd-file/lookaside.yaml", "default-docker:\n  lookaside: file://"+sigs+"\n"))
 	// Scoped to the namespace, to go through registries.d's scope lookup.
-	httpD := filepath.Dir(e.write("regd-http/lookaside.yaml", "docker:\n  "+reg.Host+"/gpg:\n    lookaside: "+srv.URL+"\n"))
+	httpD := filepath.Dir(e.write("regd-http/lookaside.yaml", "docker:\n  "+reg.Host+"/gpg:\n    lookaside: "+srv.URL+"/sigstore\n"))
 	scope := reg.Host + "/gpg"
 	signedBy := func(field string, v any) sigReq {
 		return sigReq{"type": "signedBy", "keyType": "GPGKeys", field: v}
@@ -989,6 +991,25 @@ func TestSigGPGLookaside(t *testing.T) {
 		wrongGPG := policy("both-wrong.json", signedBy("keyPath", "keys/two.asc"), sigstoreKey("keys/cosign.pub"))
 		msg := e.pullFails(3, ref, append(base, "--policy", wrongGPG)...)
 		sigWant(t, msg, "signedBy")
+	})
+	t.Run("keyring of two keys", func(t *testing.T) {
+		// The keyID reported is the fingerprint of the key that signed.
+		e := sigEnv(e, t)
+		e.write("keys/both.asc", sigReadFile(t, two.Pub)+sigReadFile(t, one.Pub))
+		pol := policy("keyring.json", signedBy("keyPath", "keys/both.asc"))
+		res := e.pull(ref, append(base, "--policy", pol, "--container-id", "gpg-keyring")...)
+		sigCheckSignatures(t, sigOf(res), sigSignature{"keys/both.asc", one.Fingerprint, true})
+	})
+	t.Run("identity", func(t *testing.T) {
+		// skopeo signs host/gpg/app:1. By digest the repository must
+		// match; by tag the tag must (matchRepoDigestOrExact).
+		e := sigEnv(e, t)
+		sigCheck(e, 0, reg.Host+"/gpg/app@"+d, append(base, "--policy", right)...)
+		sigCopy(t, reg, "gpg/app:1", "gpg/app:2")
+		c := sigCheck(e, 3, reg.Host+"/gpg/app:2", append(base, "--policy", right)...)
+		if len(c.Requirements) != 1 || !strings.Contains(c.Requirements[0].Reason, reg.Host+"/gpg/app:1") {
+			t.Errorf("requirements %+v: want the signed identity named", c.Requirements)
+		}
 	})
 	t.Run("lookaside server down", func(t *testing.T) {
 		e := sigEnv(e, t)
