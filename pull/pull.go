@@ -363,9 +363,16 @@ func (p *Puller) verifyStream(ctx context.Context, rc *registry.Client, repo nam
 	}
 	defer closeDecomp()
 	diffSum := sha256.New()
-	tarStream = io.TeeReader(tarStream, diffSum)
+	src := &errRecorder{r: tarStream}
+	tarStream = io.TeeReader(src, diffSum)
 	if apply != nil {
 		if err := apply(tarStream); err != nil {
+			// When the stream itself failed (HMAC, network, corrupt
+			// compression), that is the cause, not what the tar reader
+			// made of it.
+			if src.err != nil {
+				return src.err
+			}
 			return err
 		}
 	}
@@ -387,6 +394,20 @@ func (p *Puller) verifyStream(ctx context.Context, rc *registry.Client, repo nam
 		return fmt.Errorf("%w: uncompressed content does not match diff_id %s: %v", errdefs.ErrIntegrity, j.diffID, err)
 	}
 	return nil
+}
+
+// errRecorder remembers the first error, other than EOF, of its reader.
+type errRecorder struct {
+	r   io.Reader
+	err error
+}
+
+func (e *errRecorder) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil && err != io.EOF && e.err == nil {
+		e.err = err
+	}
+	return n, err
 }
 
 func checkSum(h hash.Hash, wantHex string) error {
