@@ -148,7 +148,17 @@ func LoadPolicy(ctx context.Context, path string, read policy.ReadFunc) (*policy
 		return nil, fmt.Errorf("policy %s: %w", path, err)
 	}
 	base := ""
-	if !isKBS(path) {
+	if isKBS(path) {
+		// A policy from the KBS has no directory: a relative key path
+		// would silently mean one of the guest's working directory.
+		kbsRead := read
+		read = func(ctx context.Context, p string) ([]byte, error) {
+			if !isKBS(p) && !filepath.IsAbs(p) {
+				return nil, fmt.Errorf("%w: key path %q is relative, but the policy came from the KBS: use an absolute path or kbs:///", errdefs.ErrInvalidConfig, p)
+			}
+			return kbsRead(ctx, p)
+		}
+	} else {
 		base = filepath.Dir(path)
 	}
 	p, err := policy.Load(ctx, data, policy.LoadOptions{BaseDir: base, Read: read})
