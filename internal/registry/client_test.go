@@ -330,3 +330,74 @@ func writeAuthFile(t *testing.T, path, key, user, pass string) {
 		t.Fatal(err)
 	}
 }
+
+// bearerAuth is a registry that wants a bearer token, issued by its token
+// endpoint to the right basic credentials (the distribution token flow).
+func bearerAuth(user, pass string) func(http.Handler) http.Handler {
+	const token = "tok-3f9a"
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/token" {
+				u, p, ok := r.BasicAuth()
+				if !ok || u != user || p != pass || r.URL.Query().Get("service") != "test-registry" || !strings.Contains(r.URL.Query().Get("scope"), "repository:") {
+					http.Error(w, "denied", http.StatusUnauthorized)
+					return
+				}
+				w.Header().Set("Content-Type", "application/json")
+				io.WriteString(w, `{"token":"`+token+`","expires_in":300}`)
+				return
+			}
+			if r.Header.Get("Authorization") != "Bearer "+token {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="http://`+r.Host+`/token",service="test-registry"`)
+				http.Error(w, `{"errors":[{"code":"UNAUTHORIZED"}]}`, http.StatusUnauthorized)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+}
+
+func TestBearerToken(t *testing.T) {
+	const user, pass = "bob", "t0ken-Pass"
+	host := testRegistry(t, bearerAuth(user, pass))
+	img, _ := random.Image(1000, 2)
+	ref := push(t, host, "bearer/app:1", img, remote.WithAuth(&authn.Basic{Username: user, Password: pass}))
+	c := newClient(t, Options{Insecure: []string{host}, Credentials: Credentials{Creds: user + ":" + pass}})
+	got, err := c.Resolve(context.Background(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := c.Blob(context.Background(), got.Repo(), got.Manifest.Layers[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := io.Copy(io.Discard, rc)
+	rc.Close()
+	if err != nil || n != got.Manifest.Layers[1].Size {
+		t.Fatalf("blob through the bearer token: %d bytes, %v", n, err)
+	}
+	bad := newClient(t, Options{Insecure: []string{host}, Credentials: Credentials{Creds: user + ":wrong"}})
+	if _, err := bad.Resolve(context.Background(), ref); err == nil || !strings.Contains(err.Error(), "authentication failed") {
+		t.Fatalf("wrong password: %v", err)
+	}
+}
+
+// TestCredentialHelper runs a docker credential helper named by the auth
+// file's credHelpers, as docker does.
+func TestCredentialHelper(t *testing.T) {
+	const user, pass = "helped", "Fr0m-Helper"
+	host := testRegistry(t, basicAuth(user, pass))
+	img, _ := random.Image(100, 1)
+	ref := push(t, host, "helper/app:1", img, remote.WithAuth(&authn.Basic{Username: user, Password: pass}))
+	dir := t.TempDir()
+	script := "#!/bin/sh\nread server\n[ \"$1\" = get ] && [ \"$server\" = \"" + host + "\" ] || exit 1\n" +
+		"echo '{\"ServerURL\":\"" + host + "\",\"Username\":\"" + user + "\",\"Secret\":\"" + pass + "\"}'\n"
+	if err := os.WriteFile(filepath.Join(dir, "docker-credential-gptest"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", dir+":"+os.Getenv("PATH"))
+	c := newClient(t, Options{Insecure: []string{host}, Credentials: Credentials{AuthFile: []byte(`{"credHelpers":{"` + host + `":"gptest"}}`)}})
+	if _, err := c.Resolve(context.Background(), ref); err != nil {
+		t.Fatal(err)
+	}
+}
