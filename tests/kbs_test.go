@@ -82,6 +82,9 @@ type kbsWorld struct {
 	tpm       *devkbstest.Swtpm
 	akFile    string
 	kek       []byte
+	kekFile   string
+	src       string
+	provider  string
 	resources string
 	kbs       *devkbstest.DevKBS
 
@@ -122,29 +125,26 @@ func newKBSWorld(t *testing.T) *kbsWorld {
 	w.kbs = devkbstest.StartDevKBS(t, bins["dev-kbs"], "--resources", w.resources, "--tpm-ak", w.akFile)
 
 	// Encrypt with `guest-puller keyprovider` as ocicrypt's key provider.
-	kekFile := filepath.Join(t.TempDir(), "kek")
-	if err := os.WriteFile(kekFile, w.kek, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	src := testutil.BuildImage(t, kbsImageSpec(t))
-	provider := testutil.WriteKeyProviderConfig(t, bins["guest-puller"], "keyprovider")
-	recipient := []string{"attestation-agent:keypath=" + kekFile + "::keyid=" + kbsKeyID}
-	encSrc := testutil.EncryptLayout(t, src, "enc", provider, recipient)
-	mixedSrc := testutil.EncryptLayout(t, src, "mixed", provider, recipient, 1)
+	w.kekFile = writeKEK(t, w.kek)
+	w.src = testutil.BuildImage(t, kbsImageSpec(t))
+	w.provider = testutil.WriteKeyProviderConfig(t, bins["guest-puller"], "keyprovider")
+	recipient := []string{"attestation-agent:keypath=" + w.kekFile + "::keyid=" + kbsKeyID}
+	encSrc := testutil.EncryptLayout(t, w.src, "enc", w.provider, recipient)
+	mixedSrc := testutil.EncryptLayout(t, w.src, "mixed", w.provider, recipient, 1)
 
-	w.plainRef = w.reg.Push(t, src, "kbs/plain:1")
+	w.plainRef = w.reg.Push(t, w.src, "kbs/plain:1")
 	w.encRef = w.reg.Push(t, encSrc, "kbs/enc:1")
 	w.mixedRef = w.reg.Push(t, mixedSrc, "kbs/mixed:1")
 	w.enc, w.encDigest = testutil.ParseManifest(t, w.reg.RawManifest(t, "kbs/enc", "1"))
 	w.mixed, _ = testutil.ParseManifest(t, w.reg.RawManifest(t, "kbs/mixed", "1"))
 	// What was pushed is what the attestation-agent provider writes.
 	for i, l := range w.enc.Layers {
-		checkAAPacket(t, fmt.Sprintf("kbs/enc layer %d", i), l.MediaType, l.Annotations)
+		checkAAPacket(t, fmt.Sprintf("kbs/enc layer %d", i), kbsKeyID, l.MediaType, l.Annotations)
 	}
 	if l := w.mixed.Layers[0]; strings.HasSuffix(l.MediaType, "+encrypted") || l.Annotations[aaAnnotationID] != "" {
 		t.Fatalf("kbs/mixed layer 0 is encrypted: %+v", l)
 	}
-	checkAAPacket(t, "kbs/mixed layer 1", w.mixed.Layers[1].MediaType, w.mixed.Layers[1].Annotations)
+	checkAAPacket(t, "kbs/mixed layer 1", kbsKeyID, w.mixed.Layers[1].MediaType, w.mixed.Layers[1].Annotations)
 
 	// The reference: the plain image's bundle.
 	e := newEnv(t)
@@ -159,9 +159,30 @@ func newKBSWorld(t *testing.T) *kbsWorld {
 	return w
 }
 
+// writeKEK stores a KEK for the keyprovider's keypath.
+func writeKEK(t *testing.T, kek []byte) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "kek")
+	if err := os.WriteFile(p, kek, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func kekSecrets(kek []byte) []string {
+	return []string{
+		hex.EncodeToString(kek),
+		base64.StdEncoding.EncodeToString(kek),
+		base64.RawStdEncoding.EncodeToString(kek),
+		base64.URLEncoding.EncodeToString(kek),
+		base64.RawURLEncoding.EncodeToString(kek),
+		string(kek),
+	}
+}
+
 // checkAAPacket checks that a layer is encrypted for the attestation-agent
 // provider with a v1 packet naming the KEK kbs:///default/key/1.
-func checkAAPacket(t *testing.T, what, mediaType string, ann map[string]string) {
+func checkAAPacket(t *testing.T, what, kid, mediaType string, ann map[string]string) {
 	t.Helper()
 	if !strings.HasSuffix(mediaType, "+encrypted") {
 		t.Fatalf("%s: media type %s is not encrypted", what, mediaType)
@@ -179,8 +200,8 @@ func checkAAPacket(t *testing.T, what, mediaType string, ann map[string]string) 
 	if err := json.Unmarshal(raw, &pkt); err != nil {
 		t.Fatalf("%s: packet %s: %v", what, raw, err)
 	}
-	if pkt.Kid != kbsKeyID || pkt.WrapType != "A256GCM" || pkt.WrappedData == "" || pkt.IV == "" {
-		t.Fatalf("%s: packet %s, want kid %s, wrap_type A256GCM", what, raw, kbsKeyID)
+	if pkt.Kid != kid || pkt.WrapType != "A256GCM" || pkt.WrappedData == "" || pkt.IV == "" {
+		t.Fatalf("%s: packet %s, want kid %s, wrap_type A256GCM", what, raw, kid)
 	}
 	for k := range ann {
 		if strings.HasPrefix(k, "org.opencontainers.image.enc.keys.") && k != aaAnnotationID {
@@ -213,16 +234,11 @@ func (w *kbsWorld) kbsArgs(url, attester string) []string {
 // secrets are what must never show in guest-puller's output: the KEK in
 // every usual encoding, the registry password and the auth file.
 func (w *kbsWorld) secrets() []string {
-	return []string{
-		hex.EncodeToString(w.kek),
-		base64.StdEncoding.EncodeToString(w.kek),
-		base64.RawStdEncoding.EncodeToString(w.kek),
-		base64.RawURLEncoding.EncodeToString(w.kek),
-		string(w.kek),
+	return append(kekSecrets(w.kek),
 		w.reg.Password,
-		base64.StdEncoding.EncodeToString([]byte(w.reg.User + ":" + w.reg.Password)),
+		base64.StdEncoding.EncodeToString([]byte(w.reg.User+":"+w.reg.Password)),
 		w.authJSON,
-	}
+	)
 }
 
 func kbsNoSecrets(t *testing.T, what, out string, secrets []string) {
@@ -296,8 +312,8 @@ func TestKBS(t *testing.T) {
 		if n := proxy.Requests("POST /kbs/v0/attest"); n != 1 {
 			t.Errorf("%d attestations for one pull, want 1", n)
 		}
-		if n := proxy.Requests("GET /kbs/v0/resource/default/key/1"); n < 1 {
-			t.Errorf("the KEK was never asked of the KBS")
+		if n := proxy.Requests("GET /kbs/v0/resource/default/key/1"); n != 1 {
+			t.Errorf("the KEK both layers share was asked of the KBS %d times, want 1", n)
 		}
 		// The session, the token and the JWE the KBS handed out stay
 		// private too: pull again (a fresh process, a fresh attestation)
@@ -394,6 +410,55 @@ func TestKBS(t *testing.T) {
 			t.Errorf("pull without credentials succeeded: the registry does not check them")
 		} else if !strings.Contains(r.Stderr, "kbs/enc") || !strings.Contains(r.Stderr, "authentication failed") {
 			t.Errorf("failure without credentials does not say which image failed to authenticate: %s", r.Stderr)
+		}
+	})
+
+	t.Run("each layer's kid names its own KEK", func(t *testing.T) {
+		// Layer 0 under default/key/1, layer 1 under another resource,
+		// named with a host part, which the KBS URL overrides.
+		kek2 := make([]byte, 32)
+		if _, err := rand.Read(kek2); err != nil {
+			t.Fatal(err)
+		}
+		testutil.WriteResource(t, w.resources, "team-a/layer-key/2", kek2)
+		t.Cleanup(func() { os.RemoveAll(filepath.Join(w.resources, "team-a")) })
+		kid2 := "kbs://kbs.example.com/team-a/layer-key/2"
+		half := testutil.EncryptLayout(t, w.src, "two-kids-0", w.provider, []string{"attestation-agent:keypath=" + w.kekFile + "::keyid=" + kbsKeyID}, 0)
+		both := testutil.EncryptLayout(t, half, "two-kids", w.provider, []string{"attestation-agent:keypath=" + writeKEK(t, kek2) + "::keyid=" + kid2}, 1)
+		ref := w.reg.Push(t, both, "kbs/two-kids:1")
+		m, _ := testutil.ParseManifest(t, w.reg.RawManifest(t, "kbs/two-kids", "1"))
+		checkAAPacket(t, "kbs/two-kids layer 0", kbsKeyID, m.Layers[0].MediaType, m.Layers[0].Annotations)
+		checkAAPacket(t, "kbs/two-kids layer 1", kid2, m.Layers[1].MediaType, m.Layers[1].Annotations)
+
+		proxy := testutil.StartKBSProxy(t, w.kbs.URL, testutil.KBSProxyOptions{})
+		e := newEnv(t)
+		args := append([]string{"--policy", e.write("policy.json", acceptAll), "--auth-file", w.authFile}, w.kbsArgs(proxy.URL, "tpm")...)
+		w.checkDecrypted(t, w.pullOK(t, e, append(w.secrets(), kekSecrets(kek2)...), ref, args...), m)
+		for path, want := range map[string]int{
+			"POST /kbs/v0/attest":                     1,
+			"GET /kbs/v0/resource/default/key/1":      1,
+			"GET /kbs/v0/resource/team-a/layer-key/2": 1,
+		} {
+			if n := proxy.Requests(path); n != want {
+				t.Errorf("%s: %d requests, want %d", path, n, want)
+			}
+		}
+
+		// Without the second KEK at the KBS the image cannot be pulled,
+		// though the first one is there.
+		if err := os.Remove(filepath.Join(w.resources, "team-a/layer-key/2")); err != nil {
+			t.Fatal(err)
+		}
+		e = newEnv(t)
+		args = append([]string{"--policy", e.write("policy.json", acceptAll), "--auth-file", w.authFile}, w.kbsArgs(w.kbs.URL, "tpm")...)
+		msg := e.pullFails(4, ref, args...)
+		for _, s := range []string{"kbs/two-kids", m.Layers[1].Digest, "team-a/layer-key/2"} {
+			if !strings.Contains(msg, s) {
+				t.Errorf("message does not say %q: %s", s, msg)
+			}
+		}
+		if l := e.cacheLs(); len(l.Images) != 0 || len(l.Layers) != 0 {
+			t.Errorf("refused pull left %+v", l)
 		}
 	})
 
