@@ -86,7 +86,10 @@ func (p *Policy) evaluate(ctx context.Context, img Image) (*Decision, error) {
 		sigstore: map[string]lookup{},
 		gpg:      map[[32]byte]lookup{},
 	}
-	d := &Decision{Allowed: true, Image: img.Ref.String(), Scope: scope}
+	// Signatures is empty rather than nil when no requirement looks for
+	// one, so that the JSON outputs (pull --json, policy check --json)
+	// show a list, as DESIGN.md's contract says, never null.
+	d := &Decision{Allowed: true, Image: img.Ref.String(), Scope: scope, Signatures: []SignatureResult{}}
 	for _, r := range reqs {
 		res, sigs := r.evaluate(ctx, ev)
 		// A canceled lookup is not a verdict on the image.
