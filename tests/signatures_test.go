@@ -430,6 +430,27 @@ func TestSigScopes(t *testing.T) {
 			sigHello(t, res, tc.hello)
 		})
 	}
+	t.Run("no signature requirement", func(t *testing.T) {
+		// "signatures" is a list in both JSON outputs (DESIGN.md), empty
+		// when the scope asks for none, never null.
+		e := sigEnv(e, t)
+		for _, cmd := range [][]string{
+			{"pull", hostRef, "--json", "--quiet", "--container-id", "host-json"},
+			{"policy", "check", hostRef, "--json"},
+		} {
+			r := e.gp(append(cmd, args...)...)
+			if r.Code != 0 {
+				t.Fatalf("%s: exit %d: %s", cmd[0], r.Code, r.Stderr)
+			}
+			var out map[string]json.RawMessage
+			if err := json.Unmarshal([]byte(r.Stdout), &out); err != nil {
+				t.Fatalf("%s --json: %v", cmd[0], err)
+			}
+			if got := string(out["signatures"]); got != "[]" {
+				t.Errorf("%s --json: \"signatures\": %s, want []", cmd[0], got)
+			}
+		}
+	})
 	t.Run("same digest other tag", func(t *testing.T) {
 		// Decided by the repository scope (key B), which A's signature
 		// does not satisfy.
