@@ -16,6 +16,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -376,6 +378,42 @@ func TestSigPrivateRegistry(t *testing.T) {
 	c := sigCheck(e, 0, ref, "--policy", pol, "--insecure-registry", reg.Host, "--creds", user+":"+pass)
 	if !c.Allowed {
 		t.Errorf("policy check: %+v", c)
+	}
+}
+
+// TestSigAttachmentStoreFails: the registry serves the image but fails on
+// its cosign attachment: the signature cannot be checked, so the image is
+// refused (exit 3), never let through.
+func TestSigAttachmentStoreFails(t *testing.T) {
+	reg := testutil.StartRegistry(t, testutil.RegistryOptions{})
+	key := testutil.NewCosignKey(t)
+	_, d := sigPush(t, reg, testutil.BuildImage(t, smallImage(t, "attachment")), "att/app:1", key)
+	target := &url.URL{Scheme: "http", Host: reg.Host}
+	rp := httputil.NewSingleHostReverseProxy(target)
+	var failed atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/manifests/"+sigSigTag(d)) {
+			failed.Add(1)
+			http.Error(w, "storage backend unavailable", http.StatusForbidden)
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+
+	e := newEnv(t)
+	e.write("keys/k.pub", sigReadFile(t, key.Pub))
+	pol := e.write("policy.json", sigPolicy(t, map[string][]sigReq{host + "/att": {sigstoreKey("keys/k.pub")}}))
+	ref := host + "/att/app:1"
+	msg := e.pullFails(3, ref, "--policy", pol, "--insecure-registry", host)
+	sigWant(t, msg, ref, `scope "`+host+`/att"`, "sigstoreSigned", sigSigTag(d))
+	if failed.Load() == 0 {
+		t.Fatal("the attachment was never asked for")
+	}
+	c := sigCheck(e, 3, ref, "--policy", pol, "--insecure-registry", host)
+	if len(c.Signatures) != 1 || c.Signatures[0].Verified || !strings.Contains(c.Signatures[0].Reason, "lookup failed") {
+		t.Errorf("signatures %+v: want the key, not verified, lookup failed", c.Signatures)
 	}
 }
 
