@@ -241,7 +241,13 @@ func (r *resources) newClient() (*attest.Client, error) {
 	}
 	att, err := attest.NewAttester(kind, attest.AttesterOptions{TPM: r.cfg.TPM})
 	if err != nil {
-		return nil, fmt.Errorf("attester %s: %w", kind, err)
+		// No evidence, no KBS resource: exit 4 as when the KBS refuses,
+		// unless --attester itself is wrong (exit 2). attest's error
+		// names the attester.
+		if errors.Is(err, errdefs.ErrInvalidConfig) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: %w", errdefs.ErrDecrypt, err)
 	}
 	var opts attest.ClientOptions
 	if r.cfg.KBSCert != "" {
