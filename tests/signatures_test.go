@@ -226,6 +226,16 @@ func TestSigCosign(t *testing.T) {
 	signedRef, signedDigest := sigPush(t, reg, testutil.BuildImage(t, smallImage(t, "cosign signed")), "cosign/app:1", keyA)
 	unsignedRef, _ := sigPush(t, reg, testutil.BuildImage(t, smallImage(t, "cosign unsigned")), "cosign/unsigned:1")
 	exampleRef, _ := sigPush(t, reg, testutil.BuildImage(t, smallImage(t, "cosign example key")), "cosign/example:1", signer)
+	// Stored as an OCI 1.1 referrer (the referrers tag schema on this
+	// registry) instead of the .sig attachment tag.
+	referrerRef, referrerDigest := sigPush(t, reg, testutil.BuildImage(t, smallImage(t, "cosign referrer")), "cosign/referrer:1")
+	keyA.Sign(t, reg.Host+"/cosign/referrer@"+referrerDigest, "--registry-referrers-mode=oci-1-1")
+	if resp, err := http.Get("http://" + reg.Host + "/v2/cosign/referrer/manifests/" + sigSigTag(referrerDigest)); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("cosign wrote an attachment tag in referrers mode (%v %v)", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	reg.RawManifest(t, "cosign/referrer", strings.Replace(referrerDigest, ":", "-", 1)) // the referrers tag schema
 	revokedRef, revokedDigest := sigPush(t, reg, testutil.BuildImage(t, smallImage(t, "cosign revoked")), "cosign/revoked:1", keyA)
 	// An index whose only signature is over the index digest.
 	platformRef := reg.Push(t, testutil.BuildImage(t, smallImage(t, "cosign index")), "cosign/platform:1")
@@ -315,6 +325,13 @@ func TestSigCosign(t *testing.T) {
 			msg := e.pullFails(3, ref, append(base, "--policy", deflt)...)
 			sigWant(t, msg, ref, "matchRepoDigestOrExact")
 		}
+	})
+	t.Run("OCI 1.1 referrer", func(t *testing.T) {
+		e := sigEnv(e, t)
+		res := e.pull(referrerRef, append(base, "--policy", right, "--container-id", "referrer")...)
+		sigCheckSignatures(t, sigOf(res), sigSignature{"keys/a.pub", idA, true})
+		sigHello(t, res, "cosign referrer")
+		e.pullFails(3, referrerRef, append(base, "--policy", wrong)...)
 	})
 	t.Run("signed index", func(t *testing.T) {
 		e := sigEnv(e, t)

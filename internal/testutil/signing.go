@@ -76,8 +76,14 @@ func ImportCosignKey(t testing.TB, pkcs8 string) CosignKey {
 // Extra arguments go to cosign sign (-a key=value annotations, ...).
 func (k CosignKey) Sign(t testing.TB, ref string, extra ...string) {
 	t.Helper()
+	env := cosignEnv(t)
+	for _, a := range extra {
+		if strings.HasPrefix(a, "--registry-referrers-mode") {
+			env = append(env, "COSIGN_EXPERIMENTAL=1") // cosign gates the flag
+		}
+	}
 	args := append([]string{"sign", "--key", k.Key, "--tlog-upload=false", "--yes"}, extra...)
-	RunEnv(t, cosignEnv(t), Cosign(t), append(args, ref)...)
+	RunEnv(t, env, Cosign(t), append(args, ref)...)
 }
 
 // SignIn is Sign for an image of reg, with reg's credentials when it
