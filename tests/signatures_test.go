@@ -434,6 +434,50 @@ func TestSigAttachmentStoreFails(t *testing.T) {
 	}
 }
 
+// TestSigMirror: an image pulled through a registries.conf mirror is
+// decided on the name the user asked for, with the signatures stored next
+// to the image at the mirror. A signature claiming the mirror's own name
+// does not stand for the user's name.
+func TestSigMirror(t *testing.T) {
+	mirror := testutil.StartRegistry(t, testutil.RegistryOptions{})
+	key := testutil.NewCosignKey(t)
+	src := testutil.BuildImage(t, smallImage(t, "mirrored"))
+	const asked = "registry.example.com/team/app"
+	_, d := sigPush(t, mirror, src, "cache/app:1")
+	key.Sign(t, mirror.Host+"/cache/app@"+d, "--sign-container-identity", asked)
+	// Another image at the mirror, signed under the mirror's name.
+	_, d2 := sigPush(t, mirror, testutil.BuildImage(t, smallImage(t, "mirror-named")), "cache/other:1")
+	key.Sign(t, mirror.Host+"/cache/other@"+d2)
+
+	e := newEnv(t)
+	e.write("keys/k.pub", sigReadFile(t, key.Pub))
+	conf := e.write("registries.conf", fmt.Sprintf(`
+[[registry]]
+prefix = "registry.example.com/team"
+location = "%[1]s/team"
+insecure = true
+
+[[registry.mirror]]
+location = "%[1]s/cache"
+insecure = true
+`, mirror.Host))
+	scope := "registry.example.com/team"
+	pol := e.write("policy.json", sigPolicy(t, map[string][]sigReq{scope: {sigstoreKey("keys/k.pub")}}))
+	args := []string{"--policy", pol, "--registries-conf", conf}
+
+	res := e.pull(asked+":1", append(args, "--container-id", "mirrored")...)
+	if res.Image != asked+":1" || res.ManifestDigest != d {
+		t.Errorf("image %s digest %s, want %s:1 %s", res.Image, res.ManifestDigest, asked, d)
+	}
+	sigCheckPolicy(t, res, scope, "sigstoreSigned")
+	sigCheckSignatures(t, sigOf(res), sigSignature{"keys/k.pub", key.KeyID(t), true})
+	sigHello(t, res, "mirrored")
+
+	other := "registry.example.com/team/other:1"
+	msg := e.pullFails(3, other, args...)
+	sigWant(t, msg, other, `scope "`+scope+`"`, "sigstoreSigned", mirror.Host+"/cache/other")
+}
+
 // TestSigScopes: one policy with an exact-tag, a repository, a namespace
 // and a host scope and a rejecting default; images in different repos and
 // tags are each decided by their most specific scope.
