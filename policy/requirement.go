@@ -148,6 +148,12 @@ type keyItem struct {
 	data []byte
 }
 
+// invalid is a policy error about the key it holds, naming the file (or
+// the keyData entry) as well as where the policy names it.
+func (it keyItem) invalid(err error) error {
+	return invalid(it.at, fmt.Errorf("%w in %q", err, it.name))
+}
+
 // keyItems reads the keys named by field of o, which is a path (keyPath),
 // a list of paths (keyPaths), inline base64 (keyData) or a list of it
 // (keyDatas), or the rekorPublicKey… forms of the same.
@@ -222,7 +228,7 @@ func parseSignedBy(ctx context.Context, l *loader, o *object) (requirement, erro
 		// missing later) but not parsed: evaluation refuses them anyway.
 		if keyType == "GPGKeys" {
 			if kr.fingerprints, err = parseKeyring(it.data); err != nil {
-				return nil, invalid(it.at, err)
+				return nil, it.invalid(err)
 			}
 		}
 		r.keyrings = append(r.keyrings, kr)
@@ -269,7 +275,7 @@ func parseSigstoreSigned(ctx context.Context, l *loader, o *object) (requirement
 		for _, it := range items {
 			pub, id, err := parsePublicKey(it.data)
 			if err != nil {
-				return nil, invalid(it.at, err)
+				return nil, it.invalid(err)
 			}
 			r.keys = append(r.keys, publicKey{name: it.name, id: id, pub: pub})
 		}
@@ -295,7 +301,7 @@ func parseSigstoreSigned(ctx context.Context, l *loader, o *object) (requirement
 		}
 		for _, it := range items {
 			if _, _, err := parsePublicKey(it.data); err != nil {
-				return nil, invalid(it.at, err)
+				return nil, it.invalid(err)
 			}
 		}
 		if r.keyless == "" {
@@ -465,7 +471,7 @@ func parseThresholdKey(ctx context.Context, l *loader, raw json.RawMessage, at s
 	}
 	pub, id, err := parsePublicKey(items[0].data)
 	if err != nil {
-		return publicKey{}, invalid(items[0].at, err)
+		return publicKey{}, items[0].invalid(err)
 	}
 	if err := o.done(); err != nil {
 		return publicKey{}, err
