@@ -21,6 +21,16 @@ const (
 	zstded
 )
 
+func (c compression) String() string {
+	switch c {
+	case gzipped:
+		return "gzip"
+	case zstded:
+		return "zstd"
+	}
+	return "tar"
+}
+
 // compressionOf maps a layer media type, OCI or Docker, encrypted or not,
 // to its compression. Anything that is not a layer is refused.
 func compressionOf(mediaType string) (compression, error) {

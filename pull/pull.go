@@ -9,6 +9,7 @@ import (
 	"hash"
 	"io"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -357,34 +358,35 @@ func (p *Puller) verifyStream(ctx context.Context, rc *registry.Client, repo nam
 			return err
 		}
 	}
-	tarStream, closeDecomp, err := j.compression.reader(r)
+	in := &errRecorder{r: r}
+	out := &errRecorder{}
+	tarStream, closeDecomp, err := j.compression.reader(in)
 	if err != nil {
-		return fmt.Errorf("%w: decompress: %v", errdefs.ErrIntegrity, err)
+		// The decompressor rejected the stream's header.
+		out.err, closeDecomp = err, func() {}
 	}
 	defer closeDecomp()
+	out.r = tarStream
 	diffSum := sha256.New()
-	src := &errRecorder{r: tarStream}
-	tarStream = io.TeeReader(src, diffSum)
-	if apply != nil {
-		if err := apply(tarStream); err != nil {
-			// When the stream itself failed (HMAC, network, corrupt
-			// compression), that is the cause, not what the tar reader
-			// made of it.
-			if src.err != nil {
-				return src.err
-			}
-			return err
+	if err == nil {
+		tarStream = io.TeeReader(out, diffSum)
+		if apply != nil {
+			err = apply(tarStream)
+		}
+		if err == nil {
+			// The tar's end-of-archive marker may be followed by padding,
+			// and the compressed stream by its trailer: all of it is
+			// covered by the digests.
+			_, err = io.Copy(io.Discard, tarStream)
 		}
 	}
-	// The tar's end-of-archive marker may be followed by padding, and the
-	// compressed stream by its trailer: all of it is covered by the digests.
-	if _, err := io.Copy(io.Discard, tarStream); err != nil {
-		return err
-	}
 	// The decompressor reads ahead in its own goroutine; stop it before
-	// reading what it left of r here.
+	// looking at what it read, or reading what it left.
 	closeDecomp()
-	if _, err := io.Copy(io.Discard, r); err != nil {
+	if err != nil {
+		return j.cause(err, in, out)
+	}
+	if _, err := io.Copy(io.Discard, in); err != nil {
 		return err
 	}
 	if err := checkSum(blobSum, j.desc.Digest.Hex); err != nil {
@@ -396,18 +398,52 @@ func (p *Puller) verifyStream(ctx context.Context, rc *registry.Client, repo nam
 	return nil
 }
 
+// cause finds why a layer's pass failed with err, so that the error names
+// the first thing that went wrong rather than what a later stage made of
+// it: the blob's own error (network) or the decryption's verdict (HMAC)
+// first; then data the decompressor rejected, which is corrupt content
+// (for an encrypted layer the HMAC, read to the end, says so precisely);
+// and only then the tar reader's or the filesystem's error.
+func (j *layerJob) cause(err error, in, out *errRecorder) error {
+	if ierr := in.first(); ierr != nil {
+		return ierr
+	}
+	oerr := out.first()
+	if oerr == nil {
+		return err
+	}
+	if j.key != nil {
+		if _, derr := io.Copy(io.Discard, in); derr != nil && errors.Is(derr, errdefs.ErrIntegrity) {
+			return derr
+		}
+	}
+	return fmt.Errorf("%w: the layer's %s data is corrupt: %v", errdefs.ErrIntegrity, j.compression, oerr)
+}
+
 // errRecorder remembers the first error, other than EOF, of its reader.
+// The decompressors read from their own goroutines, hence the lock.
 type errRecorder struct {
 	r   io.Reader
+	mu  sync.Mutex
 	err error
 }
 
 func (e *errRecorder) Read(p []byte) (int, error) {
 	n, err := e.r.Read(p)
-	if err != nil && err != io.EOF && e.err == nil {
-		e.err = err
+	if err != nil && err != io.EOF {
+		e.mu.Lock()
+		if e.err == nil {
+			e.err = err
+		}
+		e.mu.Unlock()
 	}
 	return n, err
+}
+
+func (e *errRecorder) first() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.err
 }
 
 func checkSum(h hash.Hash, wantHex string) error {

@@ -250,6 +250,8 @@ func TestPullRefusals(t *testing.T) {
 	}
 	// A layer with a media type nobody can unpack.
 	weird := image(t, static.NewLayer([]byte("not a tar"), "application/vnd.example.unknown"))
+	// A gzip layer whose bytes are not gzip (its digest is right).
+	notGzip := image(t, static.NewLayer([]byte("this is not gzip data"), types.OCILayer))
 	// An encrypted layer when no key is configured.
 	enc, err := mutate.Append(empty.Image, mutate.Addendum{Layer: static.NewLayer([]byte("ciphertext"), types.MediaType("application/vnd.oci.image.layer.v1.tar+gzip+encrypted"))})
 	if err != nil {
@@ -266,6 +268,7 @@ func TestPullRefusals(t *testing.T) {
 	}{
 		{"diff_id mismatch", badDiff, errdefs.ErrIntegrity, true},
 		{"unknown layer media type", weird, nil, false},
+		{"corrupt gzip", notGzip, errdefs.ErrIntegrity, true},
 		{"encrypted without keys", enc, errdefs.ErrDecrypt, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
