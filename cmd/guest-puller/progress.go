@@ -31,6 +31,7 @@ type layerProgress struct {
 	bytes   int64
 	state   pull.LayerState
 	started time.Time
+	fetched time.Time // when the last byte arrived
 	ended   time.Time
 }
 
@@ -76,6 +77,9 @@ func (p *progress) LayerBytes(layer v1.Hash, n int64) {
 	p.mu.Lock()
 	if l, ok := p.layers[layer]; ok {
 		l.bytes += n
+		if l.bytes >= l.size && l.fetched.IsZero() {
+			l.fetched = time.Now()
+		}
 	}
 	p.mu.Unlock()
 }
@@ -125,9 +129,15 @@ func (p *progress) draw() {
 			frac = 1
 		}
 		filled := int(frac * width)
+		state := string(l.state)
+		if l.state == pull.StateDownloading && !l.fetched.IsZero() {
+			// Every byte is in; the rest of the layer is being verified
+			// and unpacked.
+			state = "unpacking"
+		}
 		fmt.Fprintf(&b, "\x1b[2K%s [%s%s] %9s / %-9s %9s/s  %s\n", short(h),
 			strings.Repeat("=", filled), strings.Repeat(" ", width-filled),
-			human(l.bytes), human(l.size), human(rate(l)), l.state)
+			human(l.bytes), human(l.size), human(rate(l)), state)
 	}
 	p.drawn = len(p.order)
 	io.WriteString(p.w, b.String())
@@ -137,7 +147,10 @@ func rate(l *layerProgress) int64 {
 	if l.started.IsZero() {
 		return 0
 	}
-	end := l.ended
+	end := l.fetched
+	if end.IsZero() {
+		end = l.ended
+	}
 	if end.IsZero() {
 		end = time.Now()
 	}
