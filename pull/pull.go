@@ -146,34 +146,12 @@ func (p *Puller) Pull(ctx context.Context, req Request) (*Result, error) {
 	if err := json.Unmarshal(img.RawConfig, &cfg); err != nil {
 		return nil, fmt.Errorf("%s: image config: %w", res.Image, err)
 	}
-	layers := img.Manifest.Layers
-	if len(cfg.RootFS.DiffIDs) != len(layers) {
-		return nil, fmt.Errorf("%s: %w: config lists %d diff_ids for %d layers", res.Image, errdefs.ErrIntegrity, len(cfg.RootFS.DiffIDs), len(layers))
+	jobs, err := planLayers(res.Image, img.Manifest.Layers, cfg.RootFS.DiffIDs)
+	if err != nil {
+		return nil, err
 	}
-
-	jobs := make([]*layerJob, len(layers))
-	for i, desc := range layers {
-		j := &layerJob{image: res.Image, desc: desc, diffID: cfg.RootFS.DiffIDs[i]}
-		if err := j.diffID.Validate(); err != nil || j.diffID.Algorithm() != digest.SHA256 {
-			return nil, fmt.Errorf("%s: layer %s: %w: bad diff_id %q", res.Image, desc.Digest, errdefs.ErrIntegrity, j.diffID)
-		}
-		if j.compression, err = compressionOf(string(desc.MediaType)); err != nil {
-			return nil, fmt.Errorf("%s: layer %s: %w", res.Image, desc.Digest, err)
-		}
-		jobs[i] = j
-	}
-	// Every layer key is unwrapped before the first byte of any layer is
-	// fetched, cached or not: a missing key fails fast, and costs nothing.
-	for _, j := range jobs {
-		if !decrypt.IsEncrypted(string(j.desc.MediaType)) {
-			continue
-		}
-		if p.opts.Keys == nil {
-			return nil, fmt.Errorf("%s: layer %s: %w: the layer is encrypted and no decryption key or KBS is configured", res.Image, j.desc.Digest, errdefs.ErrDecrypt)
-		}
-		if j.key, err = p.opts.Keys.Unwrap(ctx, toOCI(j.desc)); err != nil {
-			return nil, fmt.Errorf("%s: %w", res.Image, err)
-		}
+	if err := p.unwrapKeys(ctx, res.Image, jobs); err != nil {
+		return nil, err
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
@@ -223,6 +201,46 @@ func (p *Puller) Pull(ctx context.Context, req Request) (*Result, error) {
 	}
 	res.Bundle, res.Rootfs, res.RootfsType = b.Dir, b.Rootfs, b.RootfsType
 	return res, nil
+}
+
+// planLayers pairs each layer with its diff_id and compression, refusing
+// what cannot be pulled before anything is fetched.
+func planLayers(image string, layers []v1.Descriptor, diffIDs []digest.Digest) ([]*layerJob, error) {
+	if len(diffIDs) != len(layers) {
+		return nil, fmt.Errorf("%s: %w: config lists %d diff_ids for %d layers", image, errdefs.ErrIntegrity, len(diffIDs), len(layers))
+	}
+	jobs := make([]*layerJob, len(layers))
+	for i, desc := range layers {
+		j := &layerJob{image: image, desc: desc, diffID: diffIDs[i]}
+		if err := j.diffID.Validate(); err != nil || j.diffID.Algorithm() != digest.SHA256 {
+			return nil, fmt.Errorf("%s: layer %s: %w: bad diff_id %q", image, desc.Digest, errdefs.ErrIntegrity, j.diffID)
+		}
+		var err error
+		if j.compression, err = compressionOf(string(desc.MediaType)); err != nil {
+			return nil, fmt.Errorf("%s: layer %s: %w", image, desc.Digest, err)
+		}
+		jobs[i] = j
+	}
+	return jobs, nil
+}
+
+// unwrapKeys unwraps every layer key before the first byte of any layer is
+// fetched, cached or not: a missing key fails fast and costs nothing, and a
+// cached layer is never a way around it.
+func (p *Puller) unwrapKeys(ctx context.Context, image string, jobs []*layerJob) error {
+	for _, j := range jobs {
+		if !decrypt.IsEncrypted(string(j.desc.MediaType)) {
+			continue
+		}
+		if p.opts.Keys == nil {
+			return fmt.Errorf("%s: layer %s: %w: the layer is encrypted and no decryption key or KBS is configured", image, j.desc.Digest, errdefs.ErrDecrypt)
+		}
+		var err error
+		if j.key, err = p.opts.Keys.Unwrap(ctx, toOCI(j.desc)); err != nil {
+			return fmt.Errorf("%s: %w", image, err)
+		}
+	}
+	return nil
 }
 
 // Check resolves image and evaluates the policy over it, fetching no layer:
