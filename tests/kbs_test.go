@@ -653,7 +653,7 @@ func TestKBS(t *testing.T) {
 func TestKBSAttestAK(t *testing.T) {
 	testutil.Need(t, "swtpm", "tpm2_readpublic")
 	state := devkbstest.StateDir(t)
-	tpm := testutil.StartSwtpmTools(t, state)
+	tpm := devkbstest.StartSwtpmWithState(t, state)
 	ak := func(uri string) string {
 		t.Helper()
 		r := testutil.Exec(t, nil, bins["guest-puller"], "attest", "ak", "--tpm", uri)
@@ -691,7 +691,7 @@ func TestKBSAttestAK(t *testing.T) {
 	}
 
 	tpm.Stop()
-	if again := ak(testutil.StartSwtpmTools(t, state).URI); again != first {
+	if again := ak(devkbstest.StartSwtpmWithState(t, state).URI); again != first {
 		t.Errorf("after a TPM restart attest ak printed another key:\n%s", again)
 	}
 	if other := ak(devkbstest.StartSwtpm(t).URI); other == first {

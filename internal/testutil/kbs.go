@@ -11,7 +11,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"io"
 	"math/big"
@@ -21,7 +20,6 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -397,87 +395,6 @@ func (p *KBSProxy) Requests(methodPath string) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.requests[methodPath]
-}
-
-// SwtpmTools is a swtpm whose control port is its command port + 1, as the
-// mssim and swtpm TCTIs of tpm2-tools expect (devkbstest.StartSwtpm picks
-// unrelated ports).
-type SwtpmTools struct {
-	// URI is mssim://127.0.0.1:PORT for guest-puller --tpm.
-	URI string
-	// TCTI is the TPM2TOOLS_TCTI value for tpm2-tools.
-	TCTI string
-	stop func()
-}
-
-// Stop kills swtpm and waits for it.
-func (s *SwtpmTools) Stop() { s.stop() }
-
-// StartSwtpmTools starts swtpm with its state in stateDir (no comma in
-// the path) on two adjacent loopback ports; it is stopped when the test
-// ends.
-func StartSwtpmTools(t testing.TB, stateDir string) *SwtpmTools {
-	t.Helper()
-	Need(t, "swtpm")
-	var lastErr error
-	for attempt := 0; attempt < 10; attempt++ {
-		port := FreePort(t)
-		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port+1))
-		if err != nil {
-			lastErr = err
-			continue
-		}
-		l.Close()
-		var logs bytes.Buffer
-		cmd := exec.Command("swtpm", "socket", "--tpm2",
-			"--tpmstate", "dir="+stateDir,
-			"--server", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port),
-			"--ctrl", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port+1),
-			"--flags", "not-need-init,startup-clear")
-		cmd.Stdout, cmd.Stderr = &logs, &logs
-		if err := cmd.Start(); err != nil {
-			t.Fatalf("start swtpm: %v", err)
-		}
-		exited := make(chan struct{})
-		go func() { cmd.Wait(); close(exited) }()
-		addr := fmt.Sprintf("127.0.0.1:%d", port)
-		if err := kbsWaitTCP(addr, exited); err != nil {
-			cmd.Process.Kill()
-			<-exited
-			lastErr = fmt.Errorf("%v: %s", err, logs.String())
-			continue
-		}
-		var once sync.Once
-		stop := func() {
-			once.Do(func() {
-				cmd.Process.Kill()
-				<-exited
-			})
-		}
-		t.Cleanup(stop)
-		return &SwtpmTools{URI: "mssim://" + addr, TCTI: fmt.Sprintf("swtpm:host=127.0.0.1,port=%d", port), stop: stop}
-	}
-	t.Fatalf("swtpm did not start: %v", lastErr)
-	return nil
-}
-
-// kbsWaitTCP waits until something accepts connections at addr, or the
-// process watched by exited ends.
-func kbsWaitTCP(addr string, exited <-chan struct{}) error {
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		select {
-		case <-exited:
-			return errors.New("exited early")
-		default:
-		}
-		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
-			c.Close()
-			return nil
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return fmt.Errorf("nothing listening on %s", addr)
 }
 
 // SelfSignedTLS writes a self-signed P-256 certificate for 127.0.0.1 and

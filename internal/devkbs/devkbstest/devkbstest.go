@@ -21,10 +21,13 @@ import (
 
 const startTimeout = 20 * time.Second
 
-// Swtpm is a running swtpm.
+// Swtpm is a running swtpm. Its control port is its command port + 1, as
+// the mssim and swtpm TCTIs of tpm2-tools expect.
 type Swtpm struct {
 	// URI is the command port as mssim://127.0.0.1:PORT.
-	URI  string
+	URI string
+	// TCTI is the TPM2TOOLS_TCTI value for tpm2-tools.
+	TCTI string
 	stop func()
 }
 
@@ -65,8 +68,12 @@ func StartSwtpmWithState(t testing.TB, stateDir string) *Swtpm {
 	// The ports are free when picked but not reserved; a start that loses
 	// the race exits at once and is retried on new ports.
 	var lastErr error
-	for attempt := 0; attempt < 5; attempt++ {
-		cmdPort, ctrlPort := freePorts(t)
+	for attempt := 0; attempt < 10; attempt++ {
+		cmdPort, ctrlPort, err := adjacentPorts()
+		if err != nil {
+			lastErr = err
+			continue
+		}
 		cmd := exec.Command(bin, "socket", "--tpm2",
 			"--tpmstate", "dir="+stateDir,
 			"--server", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", cmdPort),
@@ -95,25 +102,26 @@ func StartSwtpmWithState(t testing.TB, stateDir string) *Swtpm {
 			})
 		}
 		t.Cleanup(stop)
-		return &Swtpm{URI: "mssim://" + addr, stop: stop}
+		return &Swtpm{URI: "mssim://" + addr, TCTI: fmt.Sprintf("swtpm:host=127.0.0.1,port=%d", cmdPort), stop: stop}
 	}
 	t.Fatalf("swtpm did not start: %v", lastErr)
 	return nil
 }
 
-// freePorts picks two distinct free loopback ports.
-func freePorts(t testing.TB) (int, int) {
-	t.Helper()
-	var ports [2]int
-	for i := range ports {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("pick a port: %v", err)
-		}
-		defer l.Close()
-		ports[i] = l.Addr().(*net.TCPAddr).Port
+// adjacentPorts picks a free loopback port whose successor is free too.
+func adjacentPorts() (int, int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, 0, fmt.Errorf("pick a port: %w", err)
 	}
-	return ports[0], ports[1]
+	defer l.Close()
+	port := l.Addr().(*net.TCPAddr).Port
+	l2, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port+1))
+	if err != nil {
+		return 0, 0, fmt.Errorf("port %d: %w", port+1, err)
+	}
+	l2.Close()
+	return port, port + 1, nil
 }
 
 func waitListening(addr string, exited <-chan error) error {
