@@ -90,19 +90,11 @@ func (a *tpmAttester) Evidence(ctx context.Context, reportData []byte) (json.Raw
 	if len(reportData) < tpmQualifyingDataSize {
 		return nil, fmt.Errorf("tpm: report data is %d bytes, want at least %d", len(reportData), tpmQualifyingDataSize)
 	}
-	t, err := openTPM(ctx, a.path)
+	t, ak, der, err := openAK(ctx, a.path)
 	if err != nil {
 		return nil, err
 	}
 	defer t.Close()
-	ak, err := loadOrCreateAK(ctx, t)
-	if err != nil {
-		return nil, err
-	}
-	der, err := akDER(ak.public)
-	if err != nil {
-		return nil, err
-	}
 	for attempt := 0; attempt < quoteAttempts; attempt++ {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -156,20 +148,30 @@ func AKPublicPEM(ctx context.Context, tpm string) ([]byte, error) {
 	if tpm == "" {
 		tpm = defaultTPM
 	}
-	t, err := openTPM(ctx, tpm)
+	t, _, der, err := openAK(ctx, tpm)
 	if err != nil {
 		return nil, err
 	}
 	defer t.Close()
-	ak, err := loadOrCreateAK(ctx, t)
-	if err != nil {
-		return nil, err
-	}
-	der, err := akDER(ak.public)
-	if err != nil {
-		return nil, err
-	}
 	return pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), nil
+}
+
+// openAK opens the TPM at path and loads (or creates) the AK; the caller
+// closes the TPM.
+func openAK(ctx context.Context, path string) (transport.TPMCloser, *akInfo, []byte, error) {
+	t, err := openTPM(ctx, path)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ak, err := loadOrCreateAK(ctx, t)
+	if err == nil {
+		var der []byte
+		if der, err = akDER(ak.public); err == nil {
+			return t, ak, der, nil
+		}
+	}
+	t.Close()
+	return nil, nil, nil, err
 }
 
 func openTPM(ctx context.Context, path string) (transport.TPMCloser, error) {
