@@ -20,7 +20,7 @@ import (
 	"github.com/guest-puller/guest-puller/api/cdhpb"
 	guestpullerv1 "github.com/guest-puller/guest-puller/api/v1"
 	"github.com/guest-puller/guest-puller/internal/errdefs"
-	"github.com/guest-puller/guest-puller/internal/registry"
+	"github.com/guest-puller/guest-puller/internal/refname"
 	"github.com/guest-puller/guest-puller/pull"
 	"github.com/guest-puller/guest-puller/unpack"
 )
@@ -248,10 +248,10 @@ func (s nativeService) RemoveImage(ctx context.Context, req *guestpullerv1.Remov
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "image %q: %v", req.Image, err)
 	}
-	if err := s.puller.Cache().RemoveImage(ctx, registry.Familiar(ref)); err != nil {
+	if err := s.puller.Cache().RemoveImage(ctx, refname.Reference(ref)); err != nil {
 		return nil, toStatus(err)
 	}
-	s.log.Info("removed", "image", registry.Familiar(ref))
+	s.log.Info("removed", "image", refname.Reference(ref))
 	return &guestpullerv1.RemoveImageResponse{}, nil
 }
 

@@ -13,6 +13,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/refname"
 )
 
 // evaluation is the state of one Evaluate call. Claims are remembered per
@@ -33,21 +34,12 @@ type lookup struct {
 // form: docker.io rather than go-containerregistry's index.docker.io,
 // checked against the docker reference grammar.
 func dockerReference(ref name.Reference) (reference.Named, error) {
-	repo := ref.Context()
-	host := repo.RegistryStr()
-	if host == name.DefaultRegistry {
-		host = "docker.io"
-	}
-	s := host + "/" + repo.RepositoryStr()
-	switch r := ref.(type) {
-	case name.Tag:
-		s += ":" + r.TagStr()
-	case name.Digest:
-		s += "@" + r.DigestStr()
+	switch ref.(type) {
+	case name.Tag, name.Digest:
 	default:
 		return nil, fmt.Errorf("reference %s has neither a tag nor a digest", ref)
 	}
-	named, err := reference.ParseNamed(s)
+	named, err := reference.ParseNamed(refname.Reference(ref))
 	if err != nil {
 		return nil, fmt.Errorf("reference %s: %w", ref, err)
 	}

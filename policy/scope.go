@@ -9,6 +9,8 @@ import (
 
 	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/guest-puller/guest-puller/internal/refname"
 )
 
 // Scope names Decision.Scope uses for the two defaults.
@@ -215,34 +217,12 @@ func onlyDefaultScope(string) error {
 // a wildcard never matches the host it is written for). The transport's ""
 // scope and the global default come after these.
 func dockerScopes(ref reference.Named) []string {
-	name := ref.Name()
 	var identity string
 	switch r := ref.(type) {
 	case reference.Canonical:
-		identity = name + "@" + r.Digest().String()
+		identity = ref.Name() + "@" + r.Digest().String()
 	case reference.NamedTagged:
-		identity = name + ":" + r.Tag()
+		identity = ref.Name() + ":" + r.Tag()
 	}
-	scopes := []string{identity}
-	for {
-		scopes = append(scopes, name)
-		i := strings.LastIndexByte(name, '/')
-		if i < 0 {
-			break
-		}
-		name = name[:i]
-	}
-	// name is the host now; wildcards ignore its port.
-	if i := strings.IndexByte(name, ':'); i >= 0 {
-		name = name[:i]
-	}
-	for {
-		i := strings.IndexByte(name, '.')
-		if i < 0 {
-			break
-		}
-		name = name[i+1:]
-		scopes = append(scopes, "*."+name)
-	}
-	return scopes
+	return append([]string{identity}, refname.Namespaces(ref.Name())...)
 }

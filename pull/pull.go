@@ -20,6 +20,7 @@ import (
 
 	"github.com/guest-puller/guest-puller/decrypt"
 	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/refname"
 	"github.com/guest-puller/guest-puller/internal/registry"
 	"github.com/guest-puller/guest-puller/policy"
 	"github.com/guest-puller/guest-puller/unpack"
@@ -136,7 +137,7 @@ func (p *Puller) Pull(ctx context.Context, req Request) (*Result, error) {
 		return nil, err
 	}
 	res := &Result{
-		Image:          registry.Familiar(img.Ref),
+		Image:          refname.Reference(img.Ref),
 		ManifestDigest: img.Digest.String(),
 		ConfigDigest:   img.Manifest.Config.Digest.String(),
 		Policy:         PolicyResult{Scope: decision.Scope, Requirements: decision.Requirements},
@@ -281,7 +282,7 @@ func (p *Puller) check(ctx context.Context, rc *registry.Client, image string) (
 		Evidence:        v.Evidence(verify.Target{Repo: img.Repo(), Identity: ref, Digests: digests}),
 	})
 	if err != nil {
-		return nil, nil, fmt.Errorf("%s: policy: %w", registry.Familiar(ref), err)
+		return nil, nil, fmt.Errorf("%s: policy: %w", refname.Reference(ref), err)
 	}
 	return img, d, nil
 }
@@ -476,7 +477,7 @@ func checkSum(h hash.Hash, wantHex string) error {
 // the repository, made file-name safe, and the manifest digest's prefix, so
 // a second pull of the same image reuses the bundle.
 func DefaultContainerID(ref name.Reference, d v1.Hash) string {
-	repo := registry.FamiliarRepo(ref.Context())
+	repo := refname.Repository(ref.Context())
 	safe := strings.Map(func(r rune) rune {
 		switch {
 		case r >= 'a' && r <= 'z', r >= '0' && r <= '9', r == '-', r == '.':

@@ -18,6 +18,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/refname"
 )
 
 // registriesDFile is one file of a containers-registries.d directory, as
@@ -162,7 +163,7 @@ func (r *RegistriesD) useSigstoreAttachments(repo name.Repository) bool {
 	if r == nil {
 		return true
 	}
-	for _, scope := range scopes(repositoryName(repo), repositoryName(repo)) {
+	for _, scope := range scopes(refname.Repository(repo), refname.Repository(repo)) {
 		if ns, ok := r.docker[scope]; ok && ns.UseSigstoreAttachments != nil {
 			return *ns.UseSigstoreAttachments
 		}
@@ -181,7 +182,7 @@ func (r *RegistriesD) lookaside(ref name.Reference) (*url.URL, error) {
 		return nil, nil
 	}
 	loc := ""
-	for _, scope := range scopes(referenceIdentity(ref), repositoryName(ref.Context())) {
+	for _, scope := range scopes(refname.Reference(ref), refname.Repository(ref.Context())) {
 		if ns, ok := r.docker[scope]; ok && ns.readLocation() != "" {
 			loc = ns.readLocation()
 			break
@@ -216,54 +217,13 @@ func lookasideURL(base *url.URL, d v1.Hash, index int) *url.URL {
 
 // scopes lists the registries.d keys that can configure an image, most
 // specific first, as containers/image looks them up: the full identity,
-// the repository and its parent namespaces up to the registry host, then
-// wildcard parents of the host (*.example.com).
+// then refname.Namespaces of the repository.
 func scopes(identity, repo string) []string {
 	out := []string{identity}
-	for n := repo; ; {
+	for _, n := range refname.Namespaces(repo) {
 		if n != identity {
 			out = append(out, n)
 		}
-		i := strings.LastIndex(n, "/")
-		if i < 0 {
-			break
-		}
-		n = n[:i]
-	}
-	host := repo
-	if i := strings.Index(host, "/"); i >= 0 {
-		host = host[:i]
-	}
-	for {
-		i := strings.Index(host, ".")
-		if i < 0 {
-			break
-		}
-		host = host[i+1:]
-		out = append(out, "*."+host)
 	}
 	return out
-}
-
-// repositoryName is repo as containers/image names it: Docker Hub is
-// docker.io, not go-containerregistry's index.docker.io.
-func repositoryName(repo name.Repository) string {
-	reg := repo.RegistryStr()
-	if reg == name.DefaultRegistry {
-		reg = "docker.io"
-	}
-	return reg + "/" + repo.RepositoryStr()
-}
-
-// referenceIdentity is containers/image's policy identity of ref:
-// repository:tag or repository@digest.
-func referenceIdentity(ref name.Reference) string {
-	switch r := ref.(type) {
-	case name.Tag:
-		return repositoryName(r.Context()) + ":" + r.TagStr()
-	case name.Digest:
-		return repositoryName(r.Context()) + "@" + r.DigestStr()
-	default:
-		return repositoryName(ref.Context())
-	}
 }

@@ -11,7 +11,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
-	"github.com/guest-puller/guest-puller/internal/registry"
+	"github.com/guest-puller/guest-puller/internal/refname"
 	"github.com/guest-puller/guest-puller/unpack"
 )
 
@@ -58,10 +58,10 @@ func cmdCache(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if err != nil {
 			return fmt.Errorf("image %q: %w: %v", pos[0], errdefs.ErrInvalidConfig, err)
 		}
-		if err := c.RemoveImage(ctx, registry.Familiar(ref)); err != nil {
+		if err := c.RemoveImage(ctx, refname.Reference(ref)); err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "removed %s (its bundles and unused layers go at the next 'cache gc')\n", registry.Familiar(ref))
+		fmt.Fprintf(stdout, "removed %s (its bundles and unused layers go at the next 'cache gc')\n", refname.Reference(ref))
 		return nil
 	case "gc":
 		rep, err := c.GC(ctx)

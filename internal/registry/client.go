@@ -24,6 +24,7 @@ import (
 	ispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/refname"
 )
 
 const (
@@ -178,7 +179,7 @@ func (c *Client) Resolve(ctx context.Context, ref name.Reference) (*Image, error
 		}
 		errs = append(errs, fmt.Sprintf("%s: %v", src.Ref.Context().RegistryStr(), err))
 	}
-	return nil, fmt.Errorf("%s: no source has the image: %s", Familiar(ref), strings.Join(errs, "; "))
+	return nil, fmt.Errorf("%s: no source has the image: %s", refname.Reference(ref), strings.Join(errs, "; "))
 }
 
 func (c *Client) nameOpts(host string) []name.Option {
@@ -215,11 +216,11 @@ func (c *Client) resolveAt(ctx context.Context, ref name.Reference, src Source) 
 	if mt.IsIndex() {
 		idx, err := v1.ParseIndexManifest(bytes.NewReader(raw))
 		if err != nil {
-			return nil, fmt.Errorf("%s: index %s: %w", Familiar(ref), dgst, err)
+			return nil, fmt.Errorf("%s: index %s: %w", refname.Reference(ref), dgst, err)
 		}
 		child, err := c.selectPlatform(idx)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", Familiar(ref), err)
+			return nil, fmt.Errorf("%s: %w", refname.Reference(ref), err)
 		}
 		img.IndexDigest = dgst
 		childRef := src.Ref.Context().Digest(child.Digest.String())
@@ -227,32 +228,32 @@ func (c *Client) resolveAt(ctx context.Context, ref name.Reference, src Source) 
 			return nil, err
 		}
 		if mt.IsIndex() {
-			return nil, fmt.Errorf("%s: index entry %s is itself an index", Familiar(ref), child.Digest)
+			return nil, fmt.Errorf("%s: index entry %s is itself an index", refname.Reference(ref), child.Digest)
 		}
 	}
 	switch mt {
 	case types.OCIManifestSchema1, types.DockerManifestSchema2:
 	case types.DockerManifestSchema1, types.DockerManifestSchema1Signed:
-		return nil, fmt.Errorf("%s: Docker schema 1 manifests are not supported", Familiar(ref))
+		return nil, fmt.Errorf("%s: Docker schema 1 manifests are not supported", refname.Reference(ref))
 	default:
-		return nil, fmt.Errorf("%s: unsupported manifest media type %q", Familiar(ref), mt)
+		return nil, fmt.Errorf("%s: unsupported manifest media type %q", refname.Reference(ref), mt)
 	}
 	m, err := v1.ParseManifest(bytes.NewReader(raw))
 	if err != nil {
-		return nil, fmt.Errorf("%s: manifest %s: %w", Familiar(ref), dgst, err)
+		return nil, fmt.Errorf("%s: manifest %s: %w", refname.Reference(ref), dgst, err)
 	}
 	img.Digest, img.MediaType, img.Manifest, img.RawManifest = dgst, mt, m, raw
 	if m.Config.Size > maxConfigSize {
-		return nil, fmt.Errorf("%s: config %s is %d bytes, more than the %d allowed", Familiar(ref), m.Config.Digest, m.Config.Size, maxConfigSize)
+		return nil, fmt.Errorf("%s: config %s is %d bytes, more than the %d allowed", refname.Reference(ref), m.Config.Digest, m.Config.Size, maxConfigSize)
 	}
 	rc, err := c.Blob(ctx, img.Repo(), m.Config)
 	if err != nil {
-		return nil, fmt.Errorf("%s: config: %w", Familiar(ref), err)
+		return nil, fmt.Errorf("%s: config: %w", refname.Reference(ref), err)
 	}
 	defer rc.Close()
 	img.RawConfig, err = readVerified(rc, m.Config.Digest, m.Config.Size)
 	if err != nil {
-		return nil, fmt.Errorf("%s: config %s: %w", Familiar(ref), m.Config.Digest, err)
+		return nil, fmt.Errorf("%s: config %s: %w", refname.Reference(ref), m.Config.Digest, err)
 	}
 	return img, nil
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/refname"
 )
 
 // Conf is a containers-registries.conf(5) file in its version 2 format: the
@@ -155,7 +156,7 @@ func (c *Conf) Sources(ref name.Reference, opts ...name.Option) ([]Source, error
 	if c == nil {
 		return []Source{{Ref: ref}}, nil
 	}
-	full := Familiar(ref)
+	full := refname.Reference(ref)
 	reg, matched := c.match(full)
 	if reg == nil {
 		return []Source{{Ref: ref}}, nil
@@ -273,28 +274,4 @@ func (c *Conf) match(full string) (*confRegistry, string) {
 
 func rewrite(full, prefix, location string, opts ...name.Option) (name.Reference, error) {
 	return name.ParseReference(location+full[len(prefix):], append([]name.Option{name.StrictValidation}, opts...)...)
-}
-
-// Familiar is the reference as containers/image spells it: docker.io rather
-// than go-containerregistry's index.docker.io, library/ kept, tag or digest
-// included.
-func Familiar(ref name.Reference) string {
-	repo := FamiliarRepo(ref.Context())
-	switch r := ref.(type) {
-	case name.Digest:
-		return repo + "@" + r.DigestStr()
-	case name.Tag:
-		return repo + ":" + r.TagStr()
-	default:
-		return repo + ":" + ref.Identifier()
-	}
-}
-
-// FamiliarRepo is the repository as containers/image spells it.
-func FamiliarRepo(repo name.Repository) string {
-	reg := repo.RegistryStr()
-	if reg == name.DefaultRegistry {
-		reg = "docker.io"
-	}
-	return reg + "/" + repo.RepositoryStr()
 }

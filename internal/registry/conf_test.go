@@ -142,24 +142,3 @@ func TestParseConfErrors(t *testing.T) {
 		})
 	}
 }
-
-func TestFamiliar(t *testing.T) {
-	for in, want := range map[string]string{
-		"busybox":                       "docker.io/library/busybox:latest",
-		"index.docker.io/foo/bar:1":     "docker.io/foo/bar:1",
-		"localhost:5000/a/b":            "localhost:5000/a/b:latest",
-		"quay.io/x/y@sha256:" + hex64(): "quay.io/x/y@sha256:" + hex64(),
-	} {
-		ref, err := name.ParseReference(in)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := Familiar(ref); got != want {
-			t.Errorf("Familiar(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
-func hex64() string {
-	return "0123456789012345678901234567890123456789012345678901234567890123"
-}
