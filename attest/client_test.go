@@ -29,6 +29,7 @@ import (
 	"github.com/guest-puller/guest-puller/internal/devkbs"
 	"github.com/guest-puller/guest-puller/internal/devkbs/devkbstest"
 	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/testutil"
 )
 
 // kbsEnv is a swtpm-backed guest and an in-process dev-kbs holding a KEK
@@ -43,7 +44,7 @@ type kbsEnv struct {
 	auths     atomic.Int32
 	attests   atomic.Int32
 	handler   atomic.Pointer[devkbs.Server]
-	log       *syncBuffer
+	log       *testutil.SyncBuffer
 	cfg       devkbs.Config
 }
 
@@ -64,23 +65,6 @@ func (c *clock) advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func writeResource(t *testing.T, dir, name string, data []byte) {
 	t.Helper()
 	p := filepath.Join(dir, filepath.FromSlash(name))
@@ -94,7 +78,7 @@ func writeResource(t *testing.T, dir, name string, data []byte) {
 
 func newKBSEnv(t *testing.T, configure func(*kbsEnv, *devkbs.Config)) *kbsEnv {
 	t.Helper()
-	e := &kbsEnv{tpm: devkbstest.StartSwtpm(t), resources: t.TempDir(), clock: &clock{}, log: &syncBuffer{}}
+	e := &kbsEnv{tpm: devkbstest.StartSwtpm(t), resources: t.TempDir(), clock: &clock{}, log: &testutil.SyncBuffer{}}
 	akPEM, err := attest.AKPublicPEM(context.Background(), e.tpm.URI)
 	if err != nil {
 		t.Fatal(err)

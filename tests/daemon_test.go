@@ -1,7 +1,6 @@
 package tests
 
 import (
-	"bytes"
 	"context"
 	"net"
 	"os"
@@ -27,30 +26,13 @@ import (
 type daemon struct {
 	cmd    *exec.Cmd
 	socket string
-	logs   *syncBuffer
+	logs   *testutil.SyncBuffer
 	client *ttrpc.Client
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func startDaemon(t *testing.T, e *env, args ...string) *daemon {
 	t.Helper()
-	d := &daemon{socket: filepath.Join(e.dir, "run", "cdh.sock"), logs: &syncBuffer{}}
+	d := &daemon{socket: filepath.Join(e.dir, "run", "cdh.sock"), logs: &testutil.SyncBuffer{}}
 	d.cmd = exec.Command(bins["guest-puller"], append([]string{"serve", "--socket", d.socket, "--cache", e.cache}, args...)...)
 	d.cmd.Stderr = d.logs
 	if err := d.cmd.Start(); err != nil {
