@@ -312,14 +312,16 @@ func TestCredentials(t *testing.T) {
 	}
 }
 
-func TestBadAuthFile(t *testing.T) {
-	_, err := New(Options{Credentials: Credentials{AuthFile: []byte("{not json"), AuthFileName: "x.json"}})
-	if !errors.Is(err, errdefs.ErrInvalidConfig) {
-		t.Fatalf("New = %v, want ErrInvalidConfig", err)
-	}
-	_, err = New(Options{Credentials: Credentials{Creds: ":pw"}})
-	if !errors.Is(err, errdefs.ErrInvalidConfig) {
-		t.Fatalf("New = %v, want ErrInvalidConfig", err)
+func TestBadOptions(t *testing.T) {
+	for name, opts := range map[string]Options{
+		"auth file not JSON": {Credentials: Credentials{AuthFile: []byte("{not json"), AuthFileName: "x.json"}},
+		"creds without user": {Credentials: Credentials{Creds: ":pw"}},
+		"bad platform":       {Platform: "linux/amd64/v3/extra"},
+		"bad insecure host":  {Insecure: []string{"not a host"}},
+	} {
+		if _, err := New(opts); !errors.Is(err, errdefs.ErrInvalidConfig) {
+			t.Errorf("%s: New = %v, want ErrInvalidConfig", name, err)
+		}
 	}
 }
 
