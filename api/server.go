@@ -22,7 +22,6 @@ import (
 	"github.com/guest-puller/guest-puller/internal/errdefs"
 	"github.com/guest-puller/guest-puller/internal/refname"
 	"github.com/guest-puller/guest-puller/pull"
-	"github.com/guest-puller/guest-puller/unpack"
 )
 
 // DefaultSocket is where kata-agent looks for the confidential-data-hub.
@@ -108,27 +107,18 @@ func (s *Service) pull(ctx context.Context, api string, req pull.Request) (*pull
 	return res, nil
 }
 
-// toStatus maps guest-puller's error kinds onto gRPC codes, so a caller
-// can tell a refusal from a failure without parsing the message.
+// toStatus maps guest-puller's error kinds onto gRPC codes (one mapping,
+// errdefs.GRPCCode), so a caller can tell a refusal from a failure without
+// parsing the message.
 func toStatus(err error) error {
-	code := codes.Internal
-	switch {
-	case errors.Is(err, context.Canceled):
-		code = codes.Canceled
-	case errors.Is(err, context.DeadlineExceeded):
-		code = codes.DeadlineExceeded
-	case errors.Is(err, errdefs.ErrInvalidConfig):
-		code = codes.InvalidArgument
-	case errors.Is(err, errdefs.ErrRefused):
-		code = codes.PermissionDenied
-	case errors.Is(err, errdefs.ErrDecrypt):
-		code = codes.FailedPrecondition
-	case errors.Is(err, errdefs.ErrIntegrity):
-		code = codes.DataLoss
-	case errors.Is(err, unpack.ErrNotFound):
-		code = codes.NotFound
+	code := errdefs.GRPCCode(err)
+	msg := err.Error()
+	if code == codes.Unauthenticated {
+		// The command line names its flags; a daemon's caller has its own
+		// credentials in the request, or relies on the daemon's.
+		msg += "; check the request's registry credentials (source_creds), or the daemon's --creds / --auth-file"
 	}
-	return status.Error(code, err.Error())
+	return status.Error(code, msg)
 }
 
 // containerIDFromBundle names the bundle of a CDH request after its

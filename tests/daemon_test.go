@@ -129,8 +129,11 @@ func TestDaemon(t *testing.T) {
 			t.Errorf("image_ref %q, want %q", resp.ImageRef, privRef)
 		}
 		_, err = agent.PullImage(ctx, &agentpb.PullImageRequest{Image: privRef, ContainerId: "agent-2", SourceCreds: user + ":wrong"})
-		if err == nil || !strings.Contains(err.Error(), "authentication failed") {
-			t.Errorf("wrong source_creds: %v", err)
+		// A daemon's caller is told which credentials to check, in its own
+		// terms, with a code it can act on.
+		if st, _ := status.FromError(err); st.Code() != codes.Unauthenticated || !strings.Contains(st.Message(), "authentication failed") ||
+			!strings.Contains(st.Message(), "source_creds") || strings.Contains(st.Message(), "check --creds") {
+			t.Errorf("wrong source_creds: %v, want Unauthenticated naming source_creds", err)
 		}
 		if strings.Contains(d.logs.String(), pass) {
 			t.Errorf("daemon log leaks source_creds")

@@ -58,7 +58,7 @@ func TestPrivateRegistry(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			msg := e.pullFails(1, ref, append(base, args...)...)
-			if !strings.Contains(msg, "authentication failed") || !strings.Contains(msg, "private/app") {
+			if !strings.Contains(msg, "authentication failed") || !strings.Contains(msg, "private/app") || !strings.Contains(msg, "check --creds or --auth-file") {
 				t.Errorf("unclear error: %s", msg)
 			}
 			if strings.Contains(msg, "Wr0ng") || strings.Contains(msg, pass) {

@@ -5,11 +5,12 @@ package unpack
 // Staging live in cache.go, staging.go, images.go, bundle.go and gc.go.
 
 import (
-	"errors"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 	ispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/guest-puller/guest-puller/internal/errdefs"
 )
 
 // DefaultRoot is the default cache root.
@@ -32,8 +33,9 @@ type ImageRecord struct {
 	Pulled         time.Time     `json:"pulled"`
 }
 
-// ErrNotFound is returned for an unknown image or bundle.
-var ErrNotFound = errors.New("not found")
+// ErrNotFound is returned for an unknown image or bundle. It is
+// errdefs.ErrNotFound, so the command line and the daemon map it once.
+var ErrNotFound = errdefs.ErrNotFound
 
 // BundleSpec says which bundle to make.
 type BundleSpec struct {

@@ -36,7 +36,7 @@ func main() {
 	stop()
 	if err != nil {
 		if !errors.Is(err, errSilent) {
-			fmt.Fprintf(os.Stderr, "guest-puller: %s\n", oneLine(err))
+			fmt.Fprintf(os.Stderr, "guest-puller: %s\n", oneLine(withHint(err)))
 		}
 		os.Exit(errdefs.ExitCode(err))
 	}
@@ -80,6 +80,15 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		fmt.Fprint(stderr, usage)
 		return fmt.Errorf("%w: unknown command %q", errdefs.ErrInvalidConfig, cmd)
 	}
+}
+
+// withHint adds to err what the user can do about it, where the error
+// alone does not say: the packages below know nothing of flags.
+func withHint(err error) error {
+	if errors.Is(err, errdefs.ErrUnauthenticated) {
+		return fmt.Errorf("%w; check --creds or --auth-file", err)
+	}
+	return err
 }
 
 // oneLine keeps an error on the single line DESIGN.md promises.

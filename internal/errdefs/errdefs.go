@@ -1,14 +1,23 @@
 // Package errdefs holds the error kinds that the command line maps to exit
-// codes (see DESIGN.md, "Exit codes"). Packages wrap one of these sentinels
-// into the error they return, with the context of what failed:
+// codes (see DESIGN.md, "Exit codes") and the daemon to gRPC status codes.
+// Packages wrap one of these sentinels into the error they return, with the
+// context of what failed:
 //
 //	fmt.Errorf("layer %s: %w: blob digest is %s", d, errdefs.ErrIntegrity, got)
 //
 // and callers test with errors.Is. An error that wraps none of them is a
-// plain failure (network, I/O): exit 1.
+// plain failure (network, I/O): exit 1, gRPC Internal.
+//
+// ExitCode and GRPCCode are the only two mappings; both read the kinds
+// table, so a new sentinel is one new row.
 package errdefs
 
-import "errors"
+import (
+	"context"
+	"errors"
+
+	"google.golang.org/grpc/codes"
+)
 
 var (
 	// ErrInvalidConfig: usage or bad configuration (policy file, flags,
@@ -23,22 +32,58 @@ var (
 	// ErrIntegrity: digest, diff_id or HMAC mismatch, or unsafe layer
 	// content. Exit 5.
 	ErrIntegrity = errors.New("integrity failure")
+	// ErrUnauthenticated: a registry refused the credentials this pull
+	// presented (or their absence): 401 or 403. Exit 1, as DESIGN.md's
+	// exit codes have no own code for it; gRPC Unauthenticated, so that a
+	// caller of the daemon can tell wrong source_creds from a failure.
+	ErrUnauthenticated = errors.New("authentication failed")
+	// ErrNotFound: the image, bundle or resource asked for does not exist.
+	// Exit 1; gRPC NotFound.
+	ErrNotFound = errors.New("not found")
 )
+
+// kinds maps each sentinel to its exit code and gRPC code. The first row
+// an error wraps decides: an error that is both a configuration problem
+// and a decryption failure (a policy named by a kbs:// URI that does not
+// exist) is a configuration problem.
+var kinds = []struct {
+	err  error
+	exit int
+	code codes.Code
+}{
+	{ErrInvalidConfig, 2, codes.InvalidArgument},
+	{ErrRefused, 3, codes.PermissionDenied},
+	{ErrDecrypt, 4, codes.FailedPrecondition},
+	{ErrIntegrity, 5, codes.DataLoss},
+	{ErrUnauthenticated, 1, codes.Unauthenticated},
+	{ErrNotFound, 1, codes.NotFound},
+	{context.Canceled, 1, codes.Canceled},
+	{context.DeadlineExceeded, 1, codes.DeadlineExceeded},
+}
 
 // ExitCode maps err to the exit codes of DESIGN.md.
 func ExitCode(err error) int {
-	switch {
-	case err == nil:
+	if err == nil {
 		return 0
-	case errors.Is(err, ErrInvalidConfig):
-		return 2
-	case errors.Is(err, ErrRefused):
-		return 3
-	case errors.Is(err, ErrDecrypt):
-		return 4
-	case errors.Is(err, ErrIntegrity):
-		return 5
-	default:
-		return 1
 	}
+	for _, k := range kinds {
+		if errors.Is(err, k.err) {
+			return k.exit
+		}
+	}
+	return 1
+}
+
+// GRPCCode maps err to the gRPC status code the daemon answers with, so a
+// caller can tell a refusal from a failure without parsing the message.
+func GRPCCode(err error) codes.Code {
+	if err == nil {
+		return codes.OK
+	}
+	for _, k := range kinds {
+		if errors.Is(err, k.err) {
+			return k.code
+		}
+	}
+	return codes.Internal
 }

@@ -191,7 +191,7 @@ func (b *blobReader) request() (io.ReadCloser, error) {
 		return nil, err
 	}
 	if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
-		err = fmt.Errorf("blob %s: authentication failed (%s): check --creds or --auth-file", b.desc.Digest, resp.Status)
+		err = fmt.Errorf("blob %s: %w: the registry answered %s", b.desc.Digest, errdefs.ErrUnauthenticated, resp.Status)
 	}
 	return nil, permanentError{err}
 }

@@ -376,9 +376,11 @@ func describe(what fmt.Stringer, err error) error {
 	if errors.As(err, &terr) {
 		switch terr.StatusCode {
 		case http.StatusUnauthorized, http.StatusForbidden:
-			return fmt.Errorf("%s: authentication failed (%d %s): check --creds or --auth-file", what, terr.StatusCode, http.StatusText(terr.StatusCode))
+			// Which credentials to check is for the caller to say: flags
+			// on the command line, source_creds in the daemon.
+			return fmt.Errorf("%s: %w: the registry answered %d %s", what, errdefs.ErrUnauthenticated, terr.StatusCode, http.StatusText(terr.StatusCode))
 		case http.StatusNotFound:
-			return fmt.Errorf("%s: not found in the registry", what)
+			return fmt.Errorf("%s: %w in the registry", what, errdefs.ErrNotFound)
 		}
 	}
 	return fmt.Errorf("%s: %w", what, err)
