@@ -117,6 +117,13 @@ func TestBundleRootfs(t *testing.T) {
 			if mounted, _ := isMountPoint(b.Rootfs); mounted != (mode == RootfsOverlay) {
 				t.Errorf("rootfs mounted = %v", mounted)
 			}
+			// Nothing of the bundle stays open once it is made (the user
+			// database was read to resolve the image's user): kata
+			// unmounts the rootfs, without MNT_DETACH, when the container
+			// ends.
+			if open := openFilesUnder(t, b.Dir); len(open) != 0 {
+				t.Errorf("after CreateBundle this process still has open: %v", open)
+			}
 			checkMergedRootfs(t, b.Rootfs)
 
 			if mode == RootfsOverlay {
@@ -134,6 +141,24 @@ func TestBundleRootfs(t *testing.T) {
 			}
 		})
 	}
+}
+
+// openFilesUnder lists this process's open file descriptors that refer to
+// dir or anything below it.
+func openFilesUnder(t *testing.T, dir string) []string {
+	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var open []string
+	for _, fd := range fds {
+		target, err := os.Readlink(filepath.Join("/proc/self/fd", fd.Name()))
+		if err == nil && within(target, dir) {
+			open = append(open, fd.Name()+" -> "+target)
+		}
+	}
+	return open
 }
 
 func checkMergedRootfs(t *testing.T, rootfs string) {
