@@ -27,22 +27,64 @@ import (
 // DefaultSocket is where kata-agent looks for the confidential-data-hub.
 const DefaultSocket = "/run/confidential-containers/cdh.sock"
 
-// Service implements the three ttrpc services over one Puller.
+// Service implements the ttrpc services. Its pulls all go through one
+// pull.Puller, so concurrent requests share downloads.
 type Service struct {
-	puller  *pull.Puller
-	log     *slog.Logger
-	version string
+	opts Options
 }
 
-// NewService returns the handlers for p. Requests are logged to log (image,
-// container, outcome, duration; never credentials).
+// Options configure a Service.
+type Options struct {
+	// Puller returns the Puller that serves every pull. It is asked at each
+	// request, so that a daemon may build its Puller at the first request
+	// that needs one (loading the policy, contacting the KBS) and try again
+	// at the next request after a failure: the error fails that request
+	// only.
+	Puller func(ctx context.Context) (*pull.Puller, error)
+	// Cache is the layer cache the native service reports on and cleans.
+	Cache *unpack.Cache
+	// Log receives one line per request (image, container, outcome,
+	// duration; never credentials nor secrets).
+	Log     *slog.Logger
+	Version string
+	// Pulled, if set, is told of every successful pull before it is
+	// answered, with the image as the caller named it; an error fails the
+	// request. The confidential-data-hub mode records measured pulls here.
+	Pulled func(ctx context.Context, image string, res *pull.Result) error
+	// Resources, Secrets and Mounts serve the confidential-data-hub's other
+	// three services; a nil one answers Unimplemented, saying why.
+	Resources ResourceGetter
+	Secrets   SecretUnsealer
+	Mounts    SecureMounter
+}
+
+// New returns the handlers for opts.
+func New(opts Options) *Service {
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	return &Service{opts: opts}
+}
+
+// NewService returns the handlers of `guest-puller serve`: every pull goes
+// through p, and the confidential-data-hub's services other than
+// ImagePullService answer Unimplemented. Requests are logged to log.
 func NewService(p *pull.Puller, log *slog.Logger, version string) *Service {
-	return &Service{puller: p, log: log, version: version}
+	return New(Options{
+		Puller:  func(context.Context) (*pull.Puller, error) { return p, nil },
+		Cache:   p.Cache(),
+		Log:     log,
+		Version: version,
+	})
 }
 
-// Register adds the three services to srv.
+// Register adds the services to srv: the confidential-data-hub's four
+// (package api), kata-agent's grpc.Image, and guestpuller.v1.
 func (s *Service) Register(srv *ttrpc.Server) {
 	cdhpb.RegisterImagePullServiceService(srv, cdhService{s})
+	cdhpb.RegisterGetResourceServiceService(srv, cdhService{s})
+	cdhpb.RegisterSealedSecretServiceService(srv, cdhService{s})
+	cdhpb.RegisterSecureMountServiceService(srv, cdhService{s})
 	agentpb.RegisterImageService(srv, agentService{s})
 	guestpullerv1.RegisterGuestPullerService(srv, nativeService{s})
 }
@@ -91,10 +133,10 @@ func Serve(ctx context.Context, s *Service, path string) error {
 // pull runs one pull, logging it, and maps its error to a ttrpc status.
 func (s *Service) pull(ctx context.Context, api string, req pull.Request) (*pull.Result, error) {
 	start := time.Now()
-	res, err := s.puller.Pull(ctx, req)
+	res, err := s.pullAndRecord(ctx, req)
 	attrs := []any{"api", api, "image", req.Image, "container", req.ContainerID, "duration", time.Since(start).Round(time.Millisecond)}
 	if err != nil {
-		s.log.Warn("pull failed", append(attrs, "exit", errdefs.ExitCode(err), "error", err.Error())...)
+		s.opts.Log.Warn("pull failed", append(attrs, "exit", errdefs.ExitCode(err), "error", err.Error())...)
 		return nil, toStatus(err)
 	}
 	cached := 0
@@ -103,7 +145,24 @@ func (s *Service) pull(ctx context.Context, api string, req pull.Request) (*pull
 			cached++
 		}
 	}
-	s.log.Info("pulled", append(attrs, "manifest", res.ManifestDigest, "layers", len(res.Layers), "cached", cached, "bundle", res.Bundle)...)
+	s.opts.Log.Info("pulled", append(attrs, "manifest", res.ManifestDigest, "layers", len(res.Layers), "cached", cached, "bundle", res.Bundle)...)
+	return res, nil
+}
+
+func (s *Service) pullAndRecord(ctx context.Context, req pull.Request) (*pull.Result, error) {
+	p, err := s.opts.Puller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	res, err := p.Pull(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	if s.opts.Pulled != nil {
+		if err := s.opts.Pulled(ctx, req.Image, res); err != nil {
+			return nil, fmt.Errorf("%s: pulled %s, but recording the pull failed: %w", req.Image, res.ManifestDigest, err)
+		}
+	}
 	return res, nil
 }
 
@@ -199,13 +258,13 @@ func (s nativeService) Pull(ctx context.Context, req *guestpullerv1.PullRequest)
 }
 
 func (s nativeService) Status(ctx context.Context, _ *guestpullerv1.StatusRequest) (*guestpullerv1.StatusResponse, error) {
-	c := s.puller.Cache()
+	c := s.opts.Cache
 	l, err := c.List(ctx)
 	if err != nil {
 		return nil, toStatus(err)
 	}
 	out := &guestpullerv1.StatusResponse{
-		Version:   s.version,
+		Version:   s.opts.Version,
 		CacheRoot: c.Root(),
 		Images:    int64(len(l.Images)),
 		Layers:    int64(len(l.Layers)),
@@ -218,7 +277,7 @@ func (s nativeService) Status(ctx context.Context, _ *guestpullerv1.StatusReques
 }
 
 func (s nativeService) ListImages(ctx context.Context, _ *guestpullerv1.ListImagesRequest) (*guestpullerv1.ListImagesResponse, error) {
-	l, err := s.puller.Cache().List(ctx)
+	l, err := s.opts.Cache.List(ctx)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -238,15 +297,15 @@ func (s nativeService) RemoveImage(ctx context.Context, req *guestpullerv1.Remov
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "image %q: %v", req.Image, err)
 	}
-	if err := s.puller.Cache().RemoveImage(ctx, refname.Reference(ref)); err != nil {
+	if err := s.opts.Cache.RemoveImage(ctx, refname.Reference(ref)); err != nil {
 		return nil, toStatus(err)
 	}
-	s.log.Info("removed", "image", refname.Reference(ref))
+	s.opts.Log.Info("removed", "image", refname.Reference(ref))
 	return &guestpullerv1.RemoveImageResponse{}, nil
 }
 
 func (s nativeService) GC(ctx context.Context, _ *guestpullerv1.GCRequest) (*guestpullerv1.GCResponse, error) {
-	rep, err := s.puller.Cache().GC(ctx)
+	rep, err := s.opts.Cache.GC(ctx)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -254,6 +313,6 @@ func (s nativeService) GC(ctx context.Context, _ *guestpullerv1.GCRequest) (*gue
 	for _, d := range rep.Layers {
 		out.Layers = append(out.Layers, d.String())
 	}
-	s.log.Info("gc", "bundles", len(rep.Bundles), "layers", len(rep.Layers), "freed", rep.FreedBytes)
+	s.opts.Log.Info("gc", "bundles", len(rep.Bundles), "layers", len(rep.Layers), "freed", rep.FreedBytes)
 	return out, nil
 }

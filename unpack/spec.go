@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 
 	pathrs "github.com/cyphar/filepath-securejoin/pathrs-lite"
 	ispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -19,7 +20,8 @@ const maxUserDB = 8 << 20
 
 // writeRuntimeSpec writes bundleDir/config.json: the runtime spec `umoci
 // unpack` makes from the image config, with User names resolved through
-// the image's /etc/passwd and /etc/group.
+// the image's /etc/passwd and /etc/group, and the image's Env taken
+// verbatim (see runtimeEnv).
 //
 // umoci opens <rootfs>/etc/passwd by path, which follows a symlink in the
 // image (say /etc/passwd -> /host/secret) out of the rootfs. So the two
@@ -45,6 +47,7 @@ func writeRuntimeSpec(bundleDir, rootfs, scratch string, img ispec.Image) error 
 		return fmt.Errorf("runtime spec from image config: %w", err)
 	}
 	spec.Root.Path = rootfsDir
+	spec.Process.Env = runtimeEnv(img.Config.Env, spec.Process.Env)
 	data, err := json.MarshalIndent(spec, "", "\t")
 	if err != nil {
 		return err
@@ -88,4 +91,30 @@ func copyConfined(root, name, dst string) error {
 		err = fmt.Errorf("larger than %d bytes", maxUserDB)
 	}
 	return err
+}
+
+// runtimeEnv is the process environment of the bundle: the image's Env
+// verbatim, as the image spec's conversion rules require (Config.Env is a
+// verbatim field; a converter "SHOULD NOT add entries that have variable
+// names present in Config.Env"), followed by the entries umoci generated
+// for names the image does not set: its default PATH and TERM, and HOME
+// from the user's passwd entry. umoci itself lets the passwd entry replace
+// an image's HOME and drops duplicate names; image-rs, which kata-agent
+// runs today, keeps the image's list as it is.
+func runtimeEnv(image, generated []string) []string {
+	set := make(map[string]bool, len(image))
+	env := make([]string, 0, len(image)+len(generated))
+	for _, e := range image {
+		name, _, _ := strings.Cut(e, "=")
+		set[name] = true
+		env = append(env, e)
+	}
+	for _, e := range generated {
+		name, _, _ := strings.Cut(e, "=")
+		if !set[name] {
+			set[name] = true
+			env = append(env, e)
+		}
+	}
+	return env
 }
