@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/containerd/ttrpc"
-	"github.com/google/go-containerregistry/pkg/name"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -293,7 +292,7 @@ func (s nativeService) ListImages(ctx context.Context, _ *guestpullerv1.ListImag
 }
 
 func (s nativeService) RemoveImage(ctx context.Context, req *guestpullerv1.RemoveImageRequest) (*guestpullerv1.RemoveImageResponse, error) {
-	ref, err := name.ParseReference(req.Image)
+	ref, err := refname.Parse(req.Image)
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "image %q: %v", req.Image, err)
 	}

@@ -32,6 +32,9 @@ type LoadOptions struct {
 type Policy struct {
 	def    []requirement
 	docker map[string][]requirement // scope → requirements; "" is the transport default
+	// scopeNames maps a docker scope, its host spelled by refname.Scope,
+	// to the scope as the policy file wrote it (Decision.Scope).
+	scopeNames map[string]string
 }
 
 // Load parses and validates a policy. Every key it names is read and parsed

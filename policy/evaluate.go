@@ -51,7 +51,7 @@ func dockerReference(ref name.Reference) (reference.Named, error) {
 func (p *Policy) lookup(ref reference.Named) (string, []requirement) {
 	for _, scope := range dockerScopes(ref) {
 		if reqs, ok := p.docker[scope]; ok {
-			return scope, reqs
+			return p.scopeNames[scope], reqs
 		}
 	}
 	if reqs, ok := p.docker[ScopeTransportDefault]; ok {

@@ -3,6 +3,8 @@ package policy
 import (
 	"context"
 	"fmt"
+
+	"github.com/guest-puller/guest-puller/internal/refname"
 )
 
 func load(ctx context.Context, data []byte, opts LoadOptions) (*Policy, error) {
@@ -22,7 +24,7 @@ func load(ctx context.Context, data []byte, opts LoadOptions) (*Policy, error) {
 	}
 
 	l := newLoader(opts)
-	p := &Policy{docker: map[string][]requirement{}}
+	p := &Policy{docker: map[string][]requirement{}, scopeNames: map[string]string{}}
 	if p.def, err = parseRequirements(ctx, l, rawDefault, "default"); err != nil {
 		return nil, err
 	}
@@ -45,10 +47,19 @@ func load(ctx context.Context, data []byte, opts LoadOptions) (*Policy, error) {
 		}
 		for _, scope := range scopes.names {
 			at := fmt.Sprintf("%s[%q]", scopes.at, scope)
+			// Docker scopes are looked up with the image's registry host
+			// spelled canonically (lower case, no :443): so is the scope.
+			key := scope
+			if transport == "docker" {
+				key = refname.Scope(scope)
+			}
 			if scope != "" {
-				if err := validate(scope); err != nil {
+				if err := validate(key); err != nil {
 					return nil, invalidf(at, "invalid %s scope: %w", transport, err)
 				}
+			}
+			if first, dup := p.scopeNames[key]; dup && transport == "docker" {
+				return nil, invalidf(at, "scope %q names the same registry and repository as %q", scope, first)
 			}
 			raw, _ := scopes.raw(scope)
 			reqs, err := parseRequirements(ctx, l, raw, at)
@@ -58,7 +69,8 @@ func load(ctx context.Context, data []byte, opts LoadOptions) (*Policy, error) {
 			// Other transports are validated in full, keys included, but
 			// guest-puller only pulls from registries.
 			if transport == "docker" {
-				p.docker[scope] = reqs
+				p.docker[key] = reqs
+				p.scopeNames[key] = scope
 			}
 		}
 	}

@@ -251,7 +251,7 @@ func (p *Puller) Check(ctx context.Context, image string) (*registry.Image, *pol
 }
 
 func (p *Puller) check(ctx context.Context, rc *registry.Client, image string) (*registry.Image, *policy.Decision, error) {
-	ref, err := name.ParseReference(image)
+	ref, err := refname.Parse(image)
 	if err != nil {
 		return nil, nil, fmt.Errorf("image %q: %w: %v", image, errdefs.ErrInvalidConfig, err)
 	}

@@ -80,10 +80,13 @@ func loadRegistriesD(dir string) (*RegistriesD, error) {
 			r.defaultDocker = f.DefaultDocker
 		}
 		for scope, ns := range f.Docker {
-			if _, dup := r.docker[scope]; dup {
-				return nil, fmt.Errorf("registries.d %s: %w: docker namespace %q is defined in more than one file", p, errdefs.ErrInvalidConfig, scope)
+			// Looked up with the registry host spelled canonically
+			// (refname.Host), so it is spelled that way here too.
+			key := refname.Scope(scope)
+			if _, dup := r.docker[key]; dup {
+				return nil, fmt.Errorf("registries.d %s: %w: docker namespace %q is defined more than once", p, errdefs.ErrInvalidConfig, scope)
 			}
-			r.docker[scope] = ns
+			r.docker[key] = ns
 		}
 	}
 	return r, nil

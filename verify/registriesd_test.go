@@ -37,6 +37,8 @@ docker:
     use-sigstore-attachments: false
   quay.example.com/off/on:
     use-sigstore-attachments: true
+  SPELLED.Example.com:443:
+    lookaside: https://spelled.example.com
 `)
 	writeFile(t, filepath.Join(dir, "notes.txt"), "not: [yaml")
 	rd, err := LoadRegistriesD(dir)
@@ -60,6 +62,10 @@ docker:
 		{"eu.mirror.example.com/x/y:v1", "https://wild.example.com/x/y" + sig},
 		{"busybox", "https://hub.example.com/library/busybox" + sig},
 		{"other.example.org/x@" + d.String(), "https://default.example.com/sigs/x" + sig},
+		// Every spelling of a host is the same registry.
+		{"Registry.Example.com:443/team/app:v1", "file:///var/lib/sigs/team/app" + sig},
+		{"EU.Mirror.example.com/x/y:v1", "https://wild.example.com/x/y" + sig},
+		{"Spelled.example.com/x:v1", "https://spelled.example.com/x" + sig},
 	} {
 		t.Run("lookaside "+tc.ref, func(t *testing.T) {
 			base, err := rd.lookaside(mustRef(t, tc.ref))

@@ -8,8 +8,6 @@ import (
 	"io"
 	"text/tabwriter"
 
-	"github.com/google/go-containerregistry/pkg/name"
-
 	"github.com/guest-puller/guest-puller/internal/errdefs"
 	"github.com/guest-puller/guest-puller/internal/refname"
 	"github.com/guest-puller/guest-puller/unpack"
@@ -54,7 +52,7 @@ func cmdCache(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		printListing(stdout, l)
 		return nil
 	case "rm":
-		ref, err := name.ParseReference(pos[0])
+		ref, err := refname.Parse(pos[0])
 		if err != nil {
 			return fmt.Errorf("image %q: %w: %v", pos[0], errdefs.ErrInvalidConfig, err)
 		}

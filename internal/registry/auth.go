@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/refname"
 )
 
 // Credentials say where registry credentials come from. At most one of
@@ -55,6 +56,9 @@ func (c Credentials) Keychain() (authn.Keychain, error) {
 	if err != nil {
 		return nil, fmt.Errorf("auth file %s: %w: not a docker config.json or containers auth.json", src, errdefs.ErrInvalidConfig)
 	}
+	if err := canonicalKeys(cf); err != nil {
+		return nil, fmt.Errorf("auth file %s: %w: %v", src, errdefs.ErrInvalidConfig, err)
+	}
 	return &fileKeychain{cf: cf}, nil
 }
 
@@ -83,6 +87,46 @@ func defaultAuthFile() ([]byte, string, error) {
 		return data, p, nil
 	}
 	return nil, "", nil
+}
+
+// canonicalKeys spells the hosts of the auth file's keys as refname.Host
+// does, so that credentials written for "Registry.Example.com:443" are
+// those of registry.example.com, and no other spelling of a host finds
+// different credentials. Two keys that become one are an error: which
+// credentials were meant is not clear.
+func canonicalKeys(cf *configfile.ConfigFile) error {
+	auths := make(map[string]types.AuthConfig, len(cf.AuthConfigs))
+	for k, v := range cf.AuthConfigs {
+		ck := canonicalAuthKey(k)
+		if _, dup := auths[ck]; dup {
+			return fmt.Errorf("two entries of \"auths\" name %s", ck)
+		}
+		auths[ck] = v
+	}
+	cf.AuthConfigs = auths
+	helpers := make(map[string]string, len(cf.CredentialHelpers))
+	for k, v := range cf.CredentialHelpers {
+		ck := canonicalAuthKey(k)
+		if _, dup := helpers[ck]; dup {
+			return fmt.Errorf("two entries of \"credHelpers\" name %s", ck)
+		}
+		helpers[ck] = v
+	}
+	cf.CredentialHelpers = helpers
+	return nil
+}
+
+// canonicalAuthKey is an auth file key ("host[:port][/path]", or docker's
+// "https://host/v1/" form) with its host spelled as refname.Host does.
+func canonicalAuthKey(k string) string {
+	scheme := ""
+	for _, s := range []string{"https://", "http://"} {
+		if strings.HasPrefix(strings.ToLower(k), s) {
+			scheme, k = s, k[len(s):]
+			break
+		}
+	}
+	return scheme + refname.Scope(k)
 }
 
 func parseAuthFile(data []byte) (*configfile.ConfigFile, error) {
@@ -139,7 +183,7 @@ func fromDocker(ac types.AuthConfig) authn.Authenticator {
 
 // authKeys lists the auth file keys to try for target, most specific first.
 func authKeys(target authn.Resource) []string {
-	reg := target.RegistryStr()
+	reg := refname.Host(target.RegistryStr())
 	if reg == name.DefaultRegistry {
 		reg = "docker.io"
 	}

@@ -108,10 +108,10 @@ func New(opts Options) (*Client, error) {
 		if _, err := name.NewRegistry(h, name.StrictValidation); err != nil {
 			return nil, fmt.Errorf("--insecure-registry %q: %w: %v", h, errdefs.ErrInvalidConfig, err)
 		}
-		c.insecure[h] = true
+		c.insecure[refname.Host(h)] = true
 	}
 	for _, h := range opts.Conf.InsecureHosts() {
-		c.insecure[h] = true
+		c.insecure[refname.Host(h)] = true
 	}
 	secure, insecure := opts.Transport, opts.Transport
 	if opts.Transport == nil {
@@ -133,6 +133,7 @@ func (c *Client) WithCredentials(creds Credentials) (*Client, error) {
 func (c *Client) Platform() ispec.Platform { return c.platform }
 
 func (c *Client) isInsecure(host string) bool {
+	host = refname.Host(host)
 	return c.insecure[host] || c.conf.insecureWildcard(host)
 }
 

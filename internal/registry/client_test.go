@@ -27,6 +27,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/refname"
 )
 
 // testRegistry serves go-containerregistry's in-process registry behind
@@ -271,6 +272,8 @@ func TestCredentials(t *testing.T) {
 	writeAuthFile(t, authFile, host, user, pass)
 	repoKeyed := filepath.Join(t.TempDir(), "auth.json")
 	writeAuthFile(t, repoKeyed, host+"/private", user, pass)
+	upperKeyed := filepath.Join(t.TempDir(), "auth.json")
+	writeAuthFile(t, upperKeyed, "https://"+strings.ToUpper(strings.Replace(host, "127.0.0.1", "localhost", 1))+"/v1/", user, pass)
 	wrongFile := filepath.Join(t.TempDir(), "auth.json")
 	writeAuthFile(t, wrongFile, host, user, "wrong")
 
@@ -292,10 +295,20 @@ func TestCredentials(t *testing.T) {
 		{"wrong password", Credentials{Creds: user + ":nope-" + pass}, false},
 		{"wrong auth file", Credentials{AuthFile: read(wrongFile)}, false},
 		{"anonymous", Credentials{AuthFile: []byte(`{}`)}, false},
+		// The auth file's key and the image name spell the host
+		// differently: still the same registry.
+		{"auth file keyed by another spelling", Credentials{AuthFile: read(upperKeyed)}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := newClient(t, Options{Insecure: []string{host}, Credentials: tc.creds})
-			_, err := c.Resolve(context.Background(), ref)
+			c := newClient(t, Options{Insecure: []string{host, "LocalHost" + host[len("127.0.0.1"):]}, Credentials: tc.creds})
+			r := ref
+			if strings.Contains(tc.name, "spelling") {
+				var err error
+				if r, err = refname.Parse(strings.Replace(ref.String(), "127.0.0.1", "LOCALHOST", 1)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_, err := c.Resolve(context.Background(), r)
 			if tc.ok {
 				if err != nil {
 					t.Fatal(err)

@@ -81,6 +81,9 @@ func ParseConf(data []byte) (*Conf, error) {
 		if r.Prefix == "" {
 			r.Prefix = r.Location
 		}
+		// Prefixes are matched against references whose host is spelled
+		// canonically (refname.Parse), so they are spelled the same way.
+		r.Prefix = refname.Scope(r.Prefix)
 		if r.Prefix == "" {
 			return nil, fmt.Errorf("%w: [[registry]] #%d has neither prefix nor location", errdefs.ErrInvalidConfig, i+1)
 		}
@@ -224,7 +227,7 @@ func (c *Conf) insecureWildcard(host string) bool {
 	if c == nil {
 		return false
 	}
-	hostOnly, _, _ := strings.Cut(host, ":")
+	hostOnly, _, _ := strings.Cut(refname.Host(host), ":")
 	for _, r := range c.registries {
 		if r.Insecure && strings.HasPrefix(r.Prefix, "*.") && strings.HasSuffix(hostOnly, r.Prefix[1:]) {
 			return true

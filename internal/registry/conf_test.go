@@ -142,3 +142,51 @@ func TestParseConfErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestSourcesHostSpellings: a registries.conf prefix applies to every
+// spelling of its host (case, an explicit :443), as policy scopes do.
+func TestSourcesHostSpellings(t *testing.T) {
+	conf, err := ParseConf([]byte(`
+[[registry]]
+prefix = "Registry.Example.COM:443/team"
+location = "internal.example.net/team"
+
+[[registry]]
+prefix = "Blocked.Example.org"
+blocked = true
+
+[[registry]]
+prefix = "*.Wild.Example"
+insecure = true
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range []string{"registry.example.com/team/app:1", "Registry.example.com:443/team/app:1", "REGISTRY.EXAMPLE.COM/team/app:1"} {
+		srcs, err := conf.Sources(mustParse(t, in))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(srcs) != 1 || srcs[0].Ref.String() != "internal.example.net/team/app:1" {
+			t.Errorf("%s: sources %v, want the configured location", in, srcs)
+		}
+	}
+	if _, err := conf.Sources(mustParse(t, "BLOCKED.example.org:443/x:1")); !errors.Is(err, ErrBlocked) {
+		t.Errorf("another spelling of a blocked host: %v, want blocked", err)
+	}
+	if !conf.insecureWildcard("Registry.WILD.example:5000") {
+		t.Errorf("an insecure wildcard does not cover an upper-case host")
+	}
+	if _, err := ParseConf([]byte("[[registry]]\nprefix = \"a.example\"\n[[registry]]\nprefix = \"A.Example:443\"\n")); !errors.Is(err, errdefs.ErrInvalidConfig) {
+		t.Errorf("two spellings of one prefix: %v, want a configuration error", err)
+	}
+}
+
+func mustParse(t *testing.T, s string) name.Reference {
+	t.Helper()
+	ref, err := name.ParseReference(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ref
+}
