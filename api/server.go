@@ -21,6 +21,7 @@ import (
 	"github.com/guest-puller/guest-puller/internal/errdefs"
 	"github.com/guest-puller/guest-puller/internal/refname"
 	"github.com/guest-puller/guest-puller/pull"
+	"github.com/guest-puller/guest-puller/unpack"
 )
 
 // DefaultSocket is where kata-agent looks for the confidential-data-hub.
