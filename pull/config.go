@@ -1,18 +1,21 @@
 package pull
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 
 	"github.com/guest-puller/guest-puller/attest"
 	"github.com/guest-puller/guest-puller/decrypt"
 	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/jsonerr"
 	"github.com/guest-puller/guest-puller/internal/registry"
 	"github.com/guest-puller/guest-puller/policy"
 	"github.com/guest-puller/guest-puller/unpack"
@@ -45,23 +48,43 @@ type Config struct {
 const DefaultRegistriesD = "/etc/containers/registries.d"
 
 // LoadConfig reads a JSON config file strictly: an unknown setting is an
-// error, never ignored.
+// error (an *UnknownSettingError), never ignored, and a syntax error names
+// its line and column.
 func LoadConfig(path string) (Config, error) {
 	var c Config
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return c, fmt.Errorf("config %s: %w: %w", path, errdefs.ErrInvalidConfig, err)
 	}
-	dec := json.NewDecoder(strings.NewReader(string(data)))
+	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&c); err != nil {
-		return c, fmt.Errorf("config %s: %w: %v", path, errdefs.ErrInvalidConfig, err)
+		// encoding/json has no typed error for an unknown field.
+		if key, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+			if k, err := strconv.Unquote(key); err == nil {
+				return c, &UnknownSettingError{File: path, Key: k}
+			}
+		}
+		return c, fmt.Errorf("config %s: %w: %v", path, errdefs.ErrInvalidConfig, jsonerr.Describe(data, err))
 	}
 	if dec.More() {
-		return c, fmt.Errorf("config %s: %w: trailing data after the JSON object", path, errdefs.ErrInvalidConfig)
+		line, col := jsonerr.Position(data, dec.InputOffset())
+		return c, fmt.Errorf("config %s: %w: line %d, column %d: data after the JSON object", path, errdefs.ErrInvalidConfig, line, col)
 	}
 	return c, nil
 }
+
+// UnknownSettingError is a config file key that names no setting.
+type UnknownSettingError struct {
+	File, Key string
+}
+
+func (e *UnknownSettingError) Error() string {
+	return fmt.Sprintf("config %s: %v: unknown setting %q", e.File, errdefs.ErrInvalidConfig, e.Key)
+}
+
+// Unwrap makes it a configuration error (exit 2).
+func (e *UnknownSettingError) Unwrap() error { return errdefs.ErrInvalidConfig }
 
 // Open builds a Puller from cfg: registry client, cache, policy, KBS
 // client and keys. Resources named kbs:///… (the policy, its keys, the auth

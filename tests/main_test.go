@@ -67,10 +67,14 @@ func (e *env) write(name, content string) string {
 
 const acceptAll = `{"default":[{"type":"insecureAcceptAnything"}]}`
 
-// gp runs guest-puller with the env's cache.
+// gp runs guest-puller with the env's cache, given to the commands that
+// have one.
 func (e *env) gp(args ...string) testutil.Result {
 	e.t.Helper()
-	return testutil.Exec(e.t, nil, bins["guest-puller"], append(args, "--cache", e.cache)...)
+	if len(args) > 0 && (args[0] == "pull" || args[0] == "serve" || args[0] == "cache") {
+		args = append(args, "--cache", e.cache)
+	}
+	return testutil.Exec(e.t, nil, bins["guest-puller"], args...)
 }
 
 // pull runs `guest-puller pull --json` and decodes the result; it fails the

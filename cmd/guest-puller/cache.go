@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -13,66 +11,96 @@ import (
 	"github.com/guest-puller/guest-puller/unpack"
 )
 
-const cacheUsage = "usage: guest-puller cache ls [--json] | rm IMAGE | gc [--json]  [--cache DIR]"
-
-func cmdCache(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		return fmt.Errorf("%w: %s", errdefs.ErrInvalidConfig, cacheUsage)
-	}
-	sub := args[0]
-	fs := flag.NewFlagSet("cache "+sub, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	root := fs.String("cache", unpack.DefaultRoot, "layer cache root")
-	asJSON := fs.Bool("json", false, "print JSON on stdout")
-	pos, err := parseInterleaved(fs, args[1:])
+// openCache opens the cache a cache command works on: --cache, else the
+// config file's "cache", else the default root.
+func openCache(ctx context.Context, s *pullSettings) (*unpack.Cache, error) {
+	cfg, err := s.config()
 	if err != nil {
-		return helpOK(err)
+		return nil, err
 	}
-	want := 0
-	if sub == "rm" {
-		want = 1
+	root := cfg.Cache
+	if root == "" {
+		root = unpack.DefaultRoot
 	}
-	if len(pos) != want {
-		return fmt.Errorf("%w: %s", errdefs.ErrInvalidConfig, cacheUsage)
+	return unpack.Open(ctx, root)
+}
+
+func cacheSetting(name string) bool { return name == "cache" }
+
+func cmdCacheLs(ctx context.Context, inv *invocation) error {
+	f := inv.flags(`List the cache's images (reference, manifest, layers, size), its layers
+(diff_id, size, how many images use each) and its bundles (container id,
+image, overlay or copy, live or removed, directory).`)
+	s := f.settings(cacheSetting)
+	asJSON := f.fs.Bool("json", false, "print the listing as JSON on stdout; a failure as {\"error\": {\"code\", \"message\"}}")
+	if _, err := f.parse(inv.args, 0); err != nil {
+		return err
 	}
-	c, err := unpack.Open(ctx, *root)
+	inv.json = *asJSON
+	c, err := openCache(ctx, s)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	switch sub {
-	case "ls":
-		l, err := c.List(ctx)
-		if err != nil {
-			return err
-		}
-		if *asJSON {
-			return writeJSON(stdout, l)
-		}
-		printListing(stdout, l)
-		return nil
-	case "rm":
-		ref, err := refname.Parse(pos[0])
-		if err != nil {
-			return fmt.Errorf("image %q: %w: %v", pos[0], errdefs.ErrInvalidConfig, err)
-		}
-		if err := c.RemoveImage(ctx, refname.Reference(ref)); err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "removed %s (its bundles and unused layers go at the next 'cache gc')\n", refname.Reference(ref))
-		return nil
-	case "gc":
-		rep, err := c.GC(ctx)
-		if err != nil {
-			return err
-		}
-		if *asJSON {
-			return writeJSON(stdout, rep)
-		}
-		fmt.Fprintf(stdout, "removed %d bundles and %d layers, freed %s\n", len(rep.Bundles), len(rep.Layers), human(rep.FreedBytes))
-		return nil
+	l, err := c.List(ctx)
+	if err != nil {
+		return err
 	}
-	return fmt.Errorf("%w: unknown cache command %q; %s", errdefs.ErrInvalidConfig, sub, cacheUsage)
+	if *asJSON {
+		return writeJSON(inv.stdout, l)
+	}
+	printListing(inv.stdout, l)
+	return nil
+}
+
+func cmdCacheRm(ctx context.Context, inv *invocation) error {
+	f := inv.flags(`Forget IMAGE: its record goes now; its bundles are marked removed, and
+they and the layers no other image uses are deleted by the next 'cache gc'.`)
+	s := f.settings(cacheSetting)
+	pos, err := f.parse(inv.args, 1)
+	if err != nil {
+		return err
+	}
+	ref, err := refname.Parse(pos[0])
+	if err != nil {
+		return fmt.Errorf("image %q: %w: %v", pos[0], errdefs.ErrInvalidConfig, err)
+	}
+	c, err := openCache(ctx, s)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.RemoveImage(ctx, refname.Reference(ref)); err != nil {
+		return err
+	}
+	fmt.Fprintf(inv.stdout, "removed %s (its bundles and unused layers go at the next 'cache gc')\n", refname.Reference(ref))
+	return nil
+}
+
+func cmdCacheGC(ctx context.Context, inv *invocation) error {
+	f := inv.flags(`Unmount and delete the bundles of removed images and of containers whose
+bundle directory is gone, then delete the layers that no image and no live
+bundle uses. Layers another process is pulling or using are kept.`)
+	s := f.settings(cacheSetting)
+	asJSON := f.fs.Bool("json", false, "print what was removed as JSON on stdout; a failure as {\"error\": {\"code\", \"message\"}}")
+	if _, err := f.parse(inv.args, 0); err != nil {
+		return err
+	}
+	inv.json = *asJSON
+	c, err := openCache(ctx, s)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	rep, err := c.GC(ctx)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return writeJSON(inv.stdout, rep)
+	}
+	fmt.Fprintf(inv.stdout, "removed %d bundles and %d layers, freed %s\n", len(rep.Bundles), len(rep.Layers), human(rep.FreedBytes))
+	return nil
 }
 
 func printListing(w io.Writer, l *unpack.Listing) {
@@ -111,10 +139,4 @@ func shortDigest(d string) string {
 		return d[:19]
 	}
 	return d
-}
-
-func writeJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
 }

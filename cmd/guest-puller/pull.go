@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -11,35 +9,39 @@ import (
 
 	"golang.org/x/term"
 
-	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/attest"
 	"github.com/guest-puller/guest-puller/pull"
 )
 
-func cmdPull(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	f := newPullFlags("pull", stderr)
-	bundle := f.fs.String("bundle", "", "bundle directory (default under the cache, by container id)")
-	containerID := f.fs.String("container-id", "", "names the bundle (default derived from the image)")
-	asJSON := f.fs.Bool("json", false, "print the result as JSON on stdout")
+func cmdPull(ctx context.Context, inv *invocation) error {
+	f := inv.flags(`Pull IMAGE: resolve it, check it against the policy (signatures,
+encryption), unwrap the keys of its encrypted layers (from local keys or a
+KBS after attestation), then fetch, verify, decrypt and unpack every layer
+not already in the cache, and make an OCI runtime bundle. Prints the bundle
+directory (config.json and rootfs/), or with --json the whole result.
+
+Every setting can also come from the config file; flags win over it.
+Exit codes: 0 pulled, 1 other failure (network, I/O, registry
+authentication), 2 usage or bad configuration, 3 refused by policy, 4 cannot
+decrypt (no key, attestation refused, KBS error), 5 integrity failure.`)
+	s := f.settings(nil)
+	bundle := f.fs.String("bundle", "", "bundle `DIR` where config.json and rootfs/ go (default under the cache, by container id)")
+	containerID := f.fs.String("container-id", "", "`ID` naming the bundle (default derived from the image)")
+	asJSON := f.fs.Bool("json", false, "print the result as JSON on stdout; a failure as {\"error\": {\"code\", \"message\"}}")
 	quiet := f.fs.Bool("quiet", false, "no progress on stderr")
-	f.fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: guest-puller pull IMAGE [flags]")
-		printFlags(f.fs, stderr)
-	}
-	pos, err := parseInterleaved(f.fs, args)
+	pos, err := f.parse(inv.args, 1)
 	if err != nil {
-		return helpOK(err)
+		return err
 	}
-	if len(pos) != 1 {
-		return fmt.Errorf("%w: usage: guest-puller pull IMAGE [flags]", errdefs.ErrInvalidConfig)
-	}
-	cfg, err := f.config()
+	inv.json = *asJSON
+	cfg, err := s.config()
 	if err != nil {
 		return err
 	}
 	var prog pull.Progress
 	var done func()
 	if !*quiet {
-		prog, done = newProgress(stderr, isTerminal(stderr))
+		prog, done = newProgress(inv.stderr, isTerminal(inv.stderr))
 		defer done()
 	}
 	p, err := pull.Open(ctx, cfg, prog)
@@ -55,19 +57,10 @@ func cmdPull(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(res)
+		return writeJSON(inv.stdout, res)
 	}
-	fmt.Fprintln(stdout, res.Bundle)
+	fmt.Fprintln(inv.stdout, res.Bundle)
 	return nil
-}
-
-func helpOK(err error) error {
-	if errors.Is(err, errHelp) {
-		return nil
-	}
-	return err
 }
 
 func isTerminal(w io.Writer) bool {
@@ -75,21 +68,23 @@ func isTerminal(w io.Writer) bool {
 	return ok && term.IsTerminal(int(f.Fd()))
 }
 
-func cmdPolicyCheck(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	f := newPullFlags("policy check", stderr)
-	asJSON := f.fs.Bool("json", false, "print the decision as JSON on stdout")
-	f.fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: guest-puller policy check IMAGE [flags]")
-		printFlags(f.fs, stderr)
-	}
-	pos, err := parseInterleaved(f.fs, args)
+// checkSkips are the settings policy check has no use for: it fetches no
+// layer, so it unpacks and decrypts nothing.
+var checkSkips = map[string]bool{"cache": true, "decryption-key": true, "key-dir": true, "max-concurrent-downloads": true}
+
+func cmdPolicyCheck(ctx context.Context, inv *invocation) error {
+	f := inv.flags(`Resolve IMAGE and evaluate the policy over it and its signatures, without
+fetching any layer; print which scope decided, how each requirement fared and
+which signature keys verified. Exits 0 when the image is allowed, 3 when the
+policy refuses it (the report says why), like pull for other failures.`)
+	s := f.settings(func(name string) bool { return !checkSkips[name] })
+	asJSON := f.fs.Bool("json", false, "print the decision as JSON on stdout; a failure as {\"error\": {\"code\", \"message\"}}")
+	pos, err := f.parse(inv.args, 1)
 	if err != nil {
-		return helpOK(err)
+		return err
 	}
-	if len(pos) != 1 {
-		return fmt.Errorf("%w: usage: guest-puller policy check IMAGE [flags]", errdefs.ErrInvalidConfig)
-	}
-	cfg, err := f.config()
+	inv.json = *asJSON
+	cfg, err := s.config()
 	if err != nil {
 		return err
 	}
@@ -102,9 +97,8 @@ func cmdPolicyCheck(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err != nil {
 		return err
 	}
+	stdout := inv.stdout
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
 		out := struct {
 			Image          string `json:"image"`
 			ManifestDigest string `json:"manifestDigest"`
@@ -112,7 +106,7 @@ func cmdPolicyCheck(ctx context.Context, args []string, stdout, stderr io.Writer
 			pull.PolicyResult
 			Signatures any `json:"signatures"`
 		}{d.Image, img.Digest.String(), d.Allowed, pull.PolicyResult{Scope: d.Scope, Requirements: d.Requirements}, d.Signatures}
-		if err := enc.Encode(out); err != nil {
+		if err := writeJSON(stdout, out); err != nil {
 			return err
 		}
 	} else {
@@ -143,7 +137,12 @@ func cmdPolicyCheck(ctx context.Context, args []string, stdout, stderr io.Writer
 			fmt.Fprintf(stdout, "  signature key %s (%s): %s\n", s.KeyName, shortID(s.KeyID), state)
 		}
 	}
-	return d.Err()
+	if err := d.Err(); err != nil {
+		// The report above is the answer, on stdout; the exit code says
+		// refused. Saying it again on stderr would only repeat it.
+		return reported(err)
+	}
+	return nil
 }
 
 func scopeName(s string) string {
@@ -166,23 +165,23 @@ func shortID(id string) string {
 	return id
 }
 
-func cmdAttestAK(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	f := newPullFlags("attest ak", stderr)
-	pos, err := parseInterleaved(f.fs, args)
-	if err != nil {
-		return helpOK(err)
+func cmdAttestAK(ctx context.Context, inv *invocation) error {
+	f := inv.flags(`Print the public key (PEM) of the TPM's attestation key, to register with
+a KBS (dev-kbs --tpm-ak FILE). The key is an RSA-2048 signing key kept
+persistent in the TPM at handle 0x81010002; it is created there on first
+use, so later quotes are signed by the same key.`)
+	s := f.settings(func(name string) bool { return name == "tpm" })
+	if _, err := f.parse(inv.args, 0); err != nil {
+		return err
 	}
-	if len(pos) != 0 {
-		return fmt.Errorf("%w: usage: guest-puller attest ak [--tpm PATH]", errdefs.ErrInvalidConfig)
-	}
-	cfg, err := f.config()
+	cfg, err := s.config()
 	if err != nil {
 		return err
 	}
-	pem, err := attestAKPEM(ctx, cfg.TPM)
+	pem, err := attest.AKPublicPEM(ctx, cfg.TPM)
 	if err != nil {
 		return err
 	}
-	_, err = io.WriteString(stdout, strings.TrimRight(string(pem), "\n")+"\n")
+	_, err = io.WriteString(inv.stdout, strings.TrimRight(string(pem), "\n")+"\n")
 	return err
 }

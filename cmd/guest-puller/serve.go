@@ -2,32 +2,28 @@ package main
 
 import (
 	"context"
-	"fmt"
-	"io"
 	"log/slog"
 
 	"github.com/guest-puller/guest-puller/api"
-	"github.com/guest-puller/guest-puller/internal/errdefs"
 	"github.com/guest-puller/guest-puller/pull"
 )
 
-// cmdServe runs the ttrpc daemon kata-agent calls. The pull flags (and
+// cmdServe runs the ttrpc daemon kata-agent calls. The settings (flags and
 // the config file) are the defaults of every request.
-func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
-	f := newPullFlags("serve", stderr)
-	socket := f.fs.String("socket", api.DefaultSocket, "unix socket to serve on (root only)")
-	f.fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: guest-puller serve [flags]")
-		printFlags(f.fs, stderr)
+func cmdServe(ctx context.Context, inv *invocation) error {
+	f := inv.flags(`Serve, on a unix socket only root may use, the ttrpc services kata-agent
+calls: the confidential-data-hub's api.ImagePullService and the agent's
+grpc.Image, plus guestpuller.v1.GuestPuller (pull with the full result,
+status, list, remove, gc). The settings below are the defaults of every
+request; a request's own registry credentials replace --creds for it alone.
+SIGTERM or SIGINT stops the daemon and removes the socket.`)
+	s := f.settings(nil)
+	socket := f.fs.String("socket", api.DefaultSocket, "unix socket `PATH` to serve on")
+	if _, err := f.parse(inv.args, 0); err != nil {
+		return err
 	}
-	pos, err := parseInterleaved(f.fs, args)
-	if err != nil {
-		return helpOK(err)
-	}
-	if len(pos) != 0 {
-		return fmt.Errorf("%w: usage: guest-puller serve [flags]", errdefs.ErrInvalidConfig)
-	}
-	cfg, err := f.config()
+	inv.credsHint = ""
+	cfg, err := s.config()
 	if err != nil {
 		return err
 	}
@@ -36,7 +32,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer p.Close()
-	log := slog.New(slog.NewTextHandler(stderr, nil))
+	log := slog.New(slog.NewTextHandler(inv.stderr, nil))
 	log.Info("serving", "socket", *socket, "cache", p.Cache().Root(), "version", version())
 	return api.Serve(ctx, api.NewService(p, log, version()), *socket)
 }

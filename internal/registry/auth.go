@@ -20,7 +20,7 @@ import (
 // Credentials say where registry credentials come from. At most one of
 // Creds and the auth file is consulted for a registry: Creds wins.
 type Credentials struct {
-	// Creds is USER[:PASS] for every registry of this pull (--creds).
+	// Creds is USER:PASSWORD for every registry of this pull (--creds).
 	Creds string
 	// AuthFile is the content of a docker config.json or containers
 	// auth.json (--auth-file, possibly a kbs:// resource the caller fetched).
@@ -35,9 +35,14 @@ type Credentials struct {
 // errdefs.ErrInvalidConfig; no credential content is ever put in an error.
 func (c Credentials) Keychain() (authn.Keychain, error) {
 	if c.Creds != "" {
-		user, pass, _ := strings.Cut(c.Creds, ":")
+		user, pass, ok := strings.Cut(c.Creds, ":")
 		if user == "" {
-			return nil, fmt.Errorf("--creds: %w: user name is empty", errdefs.ErrInvalidConfig)
+			return nil, fmt.Errorf("registry credentials: %w: user name is empty", errdefs.ErrInvalidConfig)
+		}
+		if !ok {
+			// An empty password is sent only when asked for as "USER:";
+			// the command line asks for a missing one on a terminal.
+			return nil, fmt.Errorf("registry credentials: %w: a user name without a password (want USER:PASSWORD)", errdefs.ErrInvalidConfig)
 		}
 		return staticKeychain{authn.FromConfig(authn.AuthConfig{Username: user, Password: pass})}, nil
 	}
