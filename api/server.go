@@ -5,10 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
-	"path/filepath"
-	"regexp"
 	"time"
 
 	"github.com/containerd/ttrpc"
@@ -91,36 +88,32 @@ func (s *Service) Register(srv *ttrpc.Server) {
 
 // Serve serves the services on the unix socket at path until ctx ends. The
 // socket is made for root only, and the server only talks to root peers.
+// Serve refuses a socket another daemon answers on (ErrAlreadyExists),
+// replaces one left by a daemon that died, and on return removes the
+// socket only if it is still the one it made.
 func Serve(ctx context.Context, s *Service, path string) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return fmt.Errorf("socket %s: %w", path, err)
-	}
-	// A socket left by a killed daemon would make Listen fail.
-	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
-		os.Remove(path)
-	}
-	l, err := net.Listen("unix", path)
+	sock, err := listenSocket(path)
 	if err != nil {
-		return fmt.Errorf("socket %s: %w", path, err)
+		return err
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
-		return fmt.Errorf("socket %s: %w", path, err)
-	}
+	defer sock.Close()
 	srv, err := ttrpc.NewServer(ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireUidGid(os.Geteuid(), -1)))
 	if err != nil {
-		l.Close()
 		return err
 	}
 	s.Register(srv)
+	attrs := []any{"socket", path, "version", s.opts.Version}
+	if s.opts.Cache != nil {
+		attrs = append(attrs, "cache", s.opts.Cache.Root())
+	}
+	s.opts.Log.Info("serving", attrs...)
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ctx, l) }()
+	go func() { errc <- srv.Serve(ctx, sock.UnixListener) }()
 	select {
 	case <-ctx.Done():
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		srv.Shutdown(sctx)
-		os.Remove(path)
 		return nil
 	case err := <-errc:
 		if errors.Is(err, ttrpc.ErrServerClosed) {
@@ -180,19 +173,6 @@ func toStatus(err error) error {
 	return status.Error(code, msg)
 }
 
-// containerIDFromBundle names the bundle of a CDH request after its
-// directory, as kata-agent makes one directory per container; a name the
-// cache cannot use falls back to the image's default.
-var safeID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$`)
-
-func containerIDFromBundle(bundle string) string {
-	id := filepath.Base(filepath.Clean(bundle))
-	if !safeID.MatchString(id) || id == "rootfs" {
-		return ""
-	}
-	return id
-}
-
 type cdhService struct{ *Service }
 
 func (s cdhService) PullImage(ctx context.Context, req *cdhpb.ImagePullRequest) (*cdhpb.ImagePullResponse, error) {
@@ -200,9 +180,10 @@ func (s cdhService) PullImage(ctx context.Context, req *cdhpb.ImagePullRequest) 
 		return nil, status.Error(codes.InvalidArgument, "image_url is empty")
 	}
 	res, err := s.pull(ctx, "api.ImagePullService", pull.Request{
-		Image:       req.ImageUrl,
-		BundleDir:   req.BundlePath,
-		ContainerID: containerIDFromBundle(req.BundlePath),
+		// The container id is the bundle directory's name, as kata-agent
+		// names it (pull.BundleContainerID).
+		Image:     req.ImageUrl,
+		BundleDir: req.BundlePath,
 	})
 	if err != nil {
 		return nil, err

@@ -23,6 +23,7 @@ func TestToStatus(t *testing.T) {
 		{fmt.Errorf("x: %w", errdefs.ErrDecrypt), codes.FailedPrecondition},
 		{fmt.Errorf("x: %w", errdefs.ErrIntegrity), codes.DataLoss},
 		{fmt.Errorf("x: %w", unpack.ErrNotFound), codes.NotFound},
+		{fmt.Errorf("x: %w", errdefs.ErrAlreadyExists), codes.AlreadyExists},
 		{fmt.Errorf("x: %w", context.Canceled), codes.Canceled},
 		{errors.New("connection refused"), codes.Internal},
 	} {
@@ -32,22 +33,6 @@ func TestToStatus(t *testing.T) {
 		}
 		if st, _ := status.FromError(err); st.Message() != tc.err.Error() {
 			t.Errorf("message %q, want %q", st.Message(), tc.err.Error())
-		}
-	}
-}
-
-func TestContainerIDFromBundle(t *testing.T) {
-	for in, want := range map[string]string{
-		"/run/kata-containers/abc123":        "abc123",
-		"/run/kata-containers/abc123/":       "abc123",
-		"/run/kata-containers/abc123/rootfs": "",
-		"/":                                  "",
-		"":                                   "",
-		"/x/has space":                       "",
-		"/x/.hidden":                         "",
-	} {
-		if got := containerIDFromBundle(in); got != want {
-			t.Errorf("containerIDFromBundle(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

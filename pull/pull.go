@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -186,7 +187,11 @@ func (p *Puller) Pull(ctx context.Context, req Request) (*Result, error) {
 		return nil, fmt.Errorf("%s: %w", res.Image, err)
 	}
 	id := req.ContainerID
-	if id == "" {
+	switch {
+	case id != "":
+	case req.BundleDir != "":
+		id = BundleContainerID(req.BundleDir)
+	default:
 		id = DefaultContainerID(img.Ref, img.Digest)
 	}
 	b, err := p.opts.Cache.CreateBundle(ctx, unpack.BundleSpec{
@@ -473,9 +478,26 @@ func checkSum(h hash.Hash, wantHex string) error {
 	return nil
 }
 
-// DefaultContainerID names the bundle of a pull without --container-id:
-// the repository, made file-name safe, and the manifest digest's prefix, so
-// a second pull of the same image reuses the bundle.
+// BundleContainerID names the bundle of a pull into dir without a
+// container id: dir's last element, as kata-agent makes one directory per
+// container, named after its id (/run/kata-containers/<id>). Two
+// directories are two containers: if their names collide, the second pull
+// is refused (unpack.CreateBundle), never given the first one's bundle. A
+// name that cannot be a container id is replaced by a digest of the path.
+func BundleContainerID(dir string) string {
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
+	if base := filepath.Base(dir); unpack.ValidateBundleID(base) == nil {
+		return base
+	}
+	sum := sha256.Sum256([]byte(dir))
+	return fmt.Sprintf("bundle-%x", sum[:8])
+}
+
+// DefaultContainerID names the bundle of a pull without --container-id or
+// --bundle: the repository, made file-name safe, and the manifest digest's
+// prefix, so a second pull of the same image reuses the bundle.
 func DefaultContainerID(ref name.Reference, d v1.Hash) string {
 	repo := refname.Repository(ref.Context())
 	safe := strings.Map(func(r rune) rune {

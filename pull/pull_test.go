@@ -4,7 +4,9 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"net/http"
@@ -71,6 +73,30 @@ func TestDefaultContainerID(t *testing.T) {
 		if got := DefaultContainerID(ref, d); got != want {
 			t.Errorf("DefaultContainerID(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+func TestBundleContainerID(t *testing.T) {
+	hashed := func(p string) string {
+		sum := sha256.Sum256([]byte(p))
+		return fmt.Sprintf("bundle-%x", sum[:8])
+	}
+	for in, want := range map[string]string{
+		"/run/kata-containers/abc123":  "abc123",
+		"/run/kata-containers/abc123/": "abc123",
+		"c1":                           "c1",
+		"./c1/":                        "c1",
+		"/x/has space":                 hashed("/x/has space"),
+		"/x/.hidden":                   hashed("/x/.hidden"),
+		"/x/a..b":                      hashed("/x/a..b"),
+		"/":                            hashed("/"),
+	} {
+		if got := BundleContainerID(in); got != want {
+			t.Errorf("BundleContainerID(%q) = %q, want %q", in, got, want)
+		}
+	}
+	if a, b := BundleContainerID("/a/has space"), BundleContainerID("/b/has space"); a == b {
+		t.Errorf("two unnameable directories share the container id %s", a)
 	}
 }
 

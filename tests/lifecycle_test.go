@@ -2,17 +2,25 @@ package tests
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/guest-puller/guest-puller/api/cdhpb"
+	guestpullerv1 "github.com/guest-puller/guest-puller/api/v1"
 	"github.com/guest-puller/guest-puller/internal/testutil"
 )
 
@@ -150,5 +158,213 @@ func TestDaemonBundlesUnmountRightAfterReply(t *testing.T) {
 	}
 	if m := testutil.Mounts(t, k.root); len(m) != 0 {
 		t.Errorf("mounts left under the bundles' root: %v", m)
+	}
+}
+
+// TestPullBundleCollisions: on the command line, two bundle directories
+// are two containers, a container id names one bundle, and a directory
+// with other files in it is not ours to fill: what would take another
+// container's place is refused (exit 2), and nothing is deleted.
+func TestPullBundleCollisions(t *testing.T) {
+	reg := testutil.StartRegistry(t, testutil.RegistryOptions{})
+	one := reg.Push(t, testutil.BuildImage(t, smallImage(t, "one")), "collide/one:1")
+	two := reg.Push(t, testutil.BuildImage(t, smallImage(t, "two")), "collide/two:1")
+	e := newEnv(t)
+	args := []string{"--policy", e.write("policy.json", acceptAll), "--insecure-registry", reg.Host}
+	hello := func(rootfs string) string {
+		b, _ := os.ReadFile(filepath.Join(rootfs, "app/hello"))
+		return string(b)
+	}
+	// A container writes into its rootfs; that must survive everything below.
+	wrote := func(rootfs string) string {
+		b, _ := os.ReadFile(filepath.Join(rootfs, "state"))
+		return string(b)
+	}
+	c1 := e.pull(one, append(args, "--bundle", filepath.Join(e.dir, "c1"))...)
+	if err := os.WriteFile(filepath.Join(c1.Rootfs, "state"), []byte("c1 ran"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	// The same image into a second directory is a second container.
+	c2 := e.pull(one, append(args, "--bundle", filepath.Join(e.dir, "c2"))...)
+	if c2.Bundle == c1.Bundle || hello(c2.Rootfs) != "one" || wrote(c2.Rootfs) != "" {
+		t.Errorf("second bundle %s: hello %q, state %q", c2.Bundle, hello(c2.Rootfs), wrote(c2.Rootfs))
+	}
+	if wrote(c1.Rootfs) != "c1 ran" {
+		t.Errorf("pulling into c2 changed c1: state %q", wrote(c1.Rootfs))
+	}
+
+	// The same image into the same directory again: the same bundle.
+	again := e.pull(one, append(args, "--bundle", filepath.Join(e.dir, "c1"))...)
+	if again.Bundle != c1.Bundle || wrote(c1.Rootfs) != "c1 ran" || len(testutil.Mounts(t, c1.Rootfs)) != 1 {
+		t.Errorf("pulling c1 again: bundle %s, state %q, mounts %v", again.Bundle, wrote(c1.Rootfs), testutil.Mounts(t, c1.Rootfs))
+	}
+
+	for _, tc := range []struct {
+		name  string
+		image string
+		args  []string
+	}{
+		{"another image into a live bundle", two, []string{"--bundle", filepath.Join(e.dir, "c1")}},
+		{"a live container id elsewhere", one, []string{"--container-id", "c1", "--bundle", filepath.Join(e.dir, "elsewhere")}},
+		{"a live container id in the cache", one, []string{"--container-id", "c1"}},
+		{"a directory of the same name elsewhere", one, []string{"--bundle", filepath.Join(e.dir, "other", "c1")}},
+	} {
+		msg := e.pullFails(2, tc.image, append(args, tc.args...)...)
+		if !strings.Contains(msg, "already exists") || !strings.Contains(msg, c1.Bundle) {
+			t.Errorf("%s: %s", tc.name, msg)
+		}
+	}
+	if hello(c1.Rootfs) != "one" || wrote(c1.Rootfs) != "c1 ran" {
+		t.Errorf("refused pulls changed c1: hello %q, state %q", hello(c1.Rootfs), wrote(c1.Rootfs))
+	}
+	for _, p := range []string{filepath.Join(e.dir, "elsewhere"), filepath.Join(e.dir, "other")} {
+		if _, err := os.Lstat(p); !os.IsNotExist(err) {
+			t.Errorf("a refused pull made %s: %v", p, err)
+		}
+	}
+
+	// --container-id names one bundle: another image under it is refused.
+	e.pull(one, append(args, "--container-id", "cx")...)
+	msg := e.pullFails(2, two, append(args, "--container-id", "cx")...)
+	if !strings.Contains(msg, "already exists") {
+		t.Errorf("another image under a live --container-id: %s", msg)
+	}
+
+	// A directory holding anything else is refused, and left as it was.
+	mine := filepath.Join(e.dir, "mine")
+	e.write("mine/notes.txt", "keep me")
+	msg = e.pullFails(2, one, append(args, "--bundle", mine)...)
+	if !strings.Contains(msg, "not empty") {
+		t.Errorf("a bundle dir with other files: %s", msg)
+	}
+	if names, _ := os.ReadDir(mine); len(names) != 1 {
+		t.Errorf("refused pull changed %s: %v", mine, names)
+	}
+
+	// Once c1's container is gone, its name is free again.
+	if err := remove(c1.Bundle); err != nil {
+		t.Fatal(err)
+	}
+	c1b := e.pull(two, append(args, "--bundle", filepath.Join(e.dir, "other", "c1"))...)
+	if hello(c1b.Rootfs) != "two" {
+		t.Errorf("c1 reused for another image shows %q", hello(c1b.Rootfs))
+	}
+}
+
+// TestDaemonBundleCollisions: the same over the daemon, where kata-agent
+// names each bundle directory after its container: a second directory
+// with the same name is AlreadyExists while the first container lives,
+// and free once it is gone.
+func TestDaemonBundleCollisions(t *testing.T) {
+	reg := testutil.StartRegistry(t, testutil.RegistryOptions{})
+	one := reg.Push(t, testutil.BuildImage(t, smallImage(t, "one")), "collide/one:1")
+	two := reg.Push(t, testutil.BuildImage(t, smallImage(t, "two")), "collide/two:1")
+	e := newEnv(t)
+	d := startDaemon(t, e, "--policy", e.write("policy.json", acceptAll), "--insecure-registry", reg.Host)
+	k := newKata(t, e, d)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	first := k.bundle("x")
+	resp, err := k.pull(ctx, one, first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(first, "rootfs", "state")
+	if err := os.WriteFile(state, []byte("running"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Same image, same directory: the same bundle, with its writes.
+	again, err := k.pull(ctx, one, first)
+	if err != nil || again.ManifestDigest != resp.ManifestDigest {
+		t.Fatalf("pulling the same bundle again: %v %v", again, err)
+	}
+	second := filepath.Join(e.dir, "elsewhere", "x")
+	if err := os.MkdirAll(second, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ image, dir string }{{one, second}, {two, first}} {
+		_, err := k.pull(ctx, tc.image, tc.dir)
+		if status.Code(err) != codes.AlreadyExists {
+			t.Errorf("pull %s into %s: %v, want AlreadyExists", tc.image, tc.dir, err)
+		}
+	}
+	native := guestpullerv1.NewGuestPullerClient(d.client)
+	if _, err := native.Pull(ctx, &guestpullerv1.PullRequest{Image: two, ContainerId: "x"}); status.Code(err) != codes.AlreadyExists {
+		t.Errorf("native pull of another image as container x: %v, want AlreadyExists", err)
+	}
+	if b, err := os.ReadFile(state); err != nil || string(b) != "running" {
+		t.Errorf("the live container's writes: %q %v", b, err)
+	}
+	if names, _ := os.ReadDir(second); len(names) != 0 {
+		t.Errorf("a refused pull wrote into %s: %v", second, names)
+	}
+
+	// kata ends the first container; the name is free.
+	if err := remove(first); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := k.pull(ctx, two, second); err != nil {
+		t.Fatalf("pull into %s once %s is gone: %v", second, first, err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(second, "rootfs", "app/hello")); string(b) != "two" {
+		t.Errorf("new bundle shows %q", b)
+	}
+	if _, err := os.Stat(filepath.Join(second, "rootfs", "state")); !os.IsNotExist(err) {
+		t.Errorf("new bundle shows the old container's writes: %v", err)
+	}
+}
+
+// TestDaemonSocketTakeover: a second daemon does not take a socket that
+// answers, and so does not remove it when it exits; a socket left by a
+// killed daemon is replaced; a daemon removes its own socket on exit.
+func TestDaemonSocketTakeover(t *testing.T) {
+	e := newEnv(t)
+	policy := e.write("policy.json", acceptAll)
+	first := startDaemon(t, e, "--policy", policy)
+	native := guestpullerv1.NewGuestPullerClient(first.client)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	second := exec.CommandContext(ctx, bins["guest-puller"], "serve", "--socket", first.socket, "--cache", filepath.Join(e.dir, "cache2"), "--policy", policy)
+	out, err := second.CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 2 {
+		t.Fatalf("second daemon on a live socket: %v, want exit 2\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "socket in use") || strings.Contains(string(out), "serving") {
+		t.Errorf("second daemon's output:\n%s", out)
+	}
+	// The first one still answers, on a new connection too.
+	if _, err := native.Status(ctx, &guestpullerv1.StatusRequest{}); err != nil {
+		t.Errorf("first daemon after the second exited: %v", err)
+	}
+	conn, err := net.Dial("unix", first.socket)
+	if err != nil {
+		t.Fatalf("the first daemon's socket is gone: %v", err)
+	}
+	conn.Close()
+
+	// Killed, the first daemon leaves its socket; the next one replaces it.
+	first.cmd.Process.Kill()
+	first.cmd.Wait()
+	if _, err := os.Lstat(first.socket); err != nil {
+		t.Fatalf("a killed daemon's socket: %v", err)
+	}
+	third := startDaemon(t, e, "--policy", policy)
+	if _, err := guestpullerv1.NewGuestPullerClient(third.client).Status(ctx, &guestpullerv1.StatusRequest{}); err != nil {
+		t.Fatalf("daemon over a stale socket: %v", err)
+	}
+	if err := third.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := third.cmd.Wait(); err != nil {
+		t.Errorf("exit on SIGTERM: %v\n%s", err, third.logs.String())
+	}
+	for _, p := range []string{third.socket, third.socket + ".lock"} {
+		if _, err := os.Lstat(p); !os.IsNotExist(err) {
+			t.Errorf("%s left after the daemon exited: %v", p, err)
+		}
 	}
 }

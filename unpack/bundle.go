@@ -2,6 +2,8 @@ package unpack
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -50,11 +52,23 @@ func (c *Cache) writeBundle(rec *bundleState) error {
 	return nil
 }
 
-// CreateBundle writes config.json and mounts (or copies) the rootfs. A
-// bundle with the same ID and manifest that is still intact is returned as
-// is; any other with that ID is replaced.
+// CreateBundle writes config.json and mounts (or copies) the rootfs.
+//
+// A container id names one bundle and a bundle directory holds one, and
+// CreateBundle never makes room for a bundle by deleting another's data:
+//
+//   - the same id, directory and image (manifest) again return the bundle
+//     as it is; if its rootfs was unmounted behind our back, it is mounted
+//     again over the container's own upper directory, writes and all;
+//   - an id whose bundle is live in another directory, or runs another
+//     image, is refused with ErrAlreadyExists;
+//   - a directory that exists and is not empty is refused with
+//     ErrAlreadyExists: the caller makes it (empty) or lets CreateBundle;
+//   - an id or directory whose earlier bundle is gone (its directory or
+//     config.json deleted, its image removed, or half made by a killed
+//     process) is reclaimed first, then made anew.
 func (c *Cache) CreateBundle(ctx context.Context, spec BundleSpec) (*Bundle, error) {
-	if err := validateBundleID(spec.ID); err != nil {
+	if err := ValidateBundleID(spec.ID); err != nil {
 		return nil, err
 	}
 	dir, err := c.bundleDir(spec)
@@ -73,6 +87,14 @@ func (c *Cache) CreateBundle(ctx context.Context, spec BundleSpec) (*Bundle, err
 		return nil, err
 	}
 	defer unlock()
+	// The directory's lock, then the id's: one bundle is made in a
+	// directory at a time, so two ids cannot both find it empty and claim
+	// it. Always in this order, so two requests cannot deadlock.
+	unlockDir, err := c.lockDir(ctx, dir)
+	if err != nil {
+		return nil, fmt.Errorf("bundle %s: %w", spec.ID, err)
+	}
+	defer unlockDir()
 	bl, err := lock(ctx, c.bundleLock(spec.ID), unix.LOCK_EX)
 	if err != nil {
 		return nil, fmt.Errorf("bundle %s: %w", spec.ID, err)
@@ -91,12 +113,21 @@ func (c *Cache) CreateBundle(ctx context.Context, spec BundleSpec) (*Bundle, err
 		return nil, err
 	}
 	if old != nil {
-		if old.matches(spec, dir) && c.intact(old) {
+		if c.live(old) {
+			if err := old.conflict(spec, dir); err != nil {
+				return nil, fmt.Errorf("bundle %s: %w", spec.ID, err)
+			}
+			if !c.intact(old) {
+				if err := c.restoreRootfs(ctx, old, layers); err != nil {
+					return nil, fmt.Errorf("bundle %s: remount: %w", spec.ID, err)
+				}
+			}
 			b := old.Bundle
 			return &b, nil
 		}
-		if err := c.teardown(spec.ID, old); err != nil {
-			return nil, fmt.Errorf("bundle %s: replace: %w", spec.ID, err)
+		// Its container is gone: reclaim what it left.
+		if err := c.teardown(old.ID, old, true); err != nil {
+			return nil, fmt.Errorf("bundle %s: reclaim the earlier bundle: %w", spec.ID, err)
 		}
 	}
 
@@ -110,18 +141,120 @@ func (c *Cache) CreateBundle(ctx context.Context, spec BundleSpec) (*Bundle, err
 		State:   bundleCreating,
 		Created: time.Now().UTC(),
 	}
+	if err := c.claimDir(ctx, rec); err != nil {
+		return nil, fmt.Errorf("bundle %s: %w", spec.ID, err)
+	}
 	if err := c.makeBundle(ctx, rec, layers, spec); err != nil {
-		undo := rec
-		if errors.As(err, new(errNotOurs)) {
-			undo = nil
-		}
-		if terr := c.teardown(spec.ID, undo); terr != nil {
+		if terr := c.teardown(spec.ID, rec, true); terr != nil {
 			c.log.Warn("cannot undo failed bundle", "bundle", spec.ID, "err", terr)
 		}
 		return nil, fmt.Errorf("bundle %s: %w", spec.ID, err)
 	}
 	b := rec.Bundle
 	return &b, nil
+}
+
+// lockDir takes the lock on bundle directory dir (by its real path), and
+// returns its release.
+func (c *Cache) lockDir(ctx context.Context, dir string) (func(), error) {
+	sum := sha256.Sum256([]byte(resolveExisting(dir)))
+	path := c.path(dirLocks, "dir-"+hex.EncodeToString(sum[:16])+".lock")
+	f, err := lock(ctx, path, unix.LOCK_EX)
+	if err != nil {
+		return nil, fmt.Errorf("bundle dir %s: %w", dir, err)
+	}
+	return func() { unlockAndRemove(f, path) }, nil
+}
+
+// conflict says why rec, a live bundle, is not the one spec asks for, or
+// nil if it is. The image's name may be spelled differently (by tag, by
+// digest): the same manifest is the same rootfs.
+func (rec *bundleState) conflict(spec BundleSpec, dir string) error {
+	end := fmt.Sprintf("end that container (unmount %s, delete %s) or use another container id", rec.Rootfs, rec.Dir)
+	if rec.Dir != dir {
+		return fmt.Errorf("%w: container id %s has a live bundle at %s; %s", errdefs.ErrAlreadyExists, rec.ID, rec.Dir, end)
+	}
+	if rec.ManifestDigest != spec.ManifestDigest || !slices.Equal(rec.Layers, spec.Layers) {
+		return fmt.Errorf("%w: the live bundle at %s runs %s (manifest %s), not manifest %s; %s", errdefs.ErrAlreadyExists, rec.Dir, rec.Image, rec.ManifestDigest, spec.ManifestDigest, end)
+	}
+	return nil
+}
+
+// claimDir makes sure rec.Dir is free for a new bundle: absent, or an
+// empty directory. Any other bundle recorded there is then gone (its
+// config.json and rootfs were in it), and is reclaimed without touching
+// the directory, which is rec's from now on. The caller holds the
+// directory's lock.
+func (c *Cache) claimDir(ctx context.Context, rec *bundleState) error {
+	fi, err := os.Lstat(rec.Dir)
+	switch {
+	case isNotExist(err):
+		rec.CreatedDir = true
+	case err != nil:
+		return err
+	case !fi.IsDir():
+		return fmt.Errorf("%w: bundle dir %s exists and is not a directory", errdefs.ErrAlreadyExists, rec.Dir)
+	default:
+		names, err := dirNames(rec.Dir)
+		if err != nil {
+			return err
+		}
+		if len(names) > 0 {
+			return fmt.Errorf("%w: bundle dir %s is not empty (it holds %q); give an empty or new directory", errdefs.ErrAlreadyExists, rec.Dir, names[0])
+		}
+	}
+	others, err := c.bundles()
+	if err != nil {
+		return err
+	}
+	for _, o := range others {
+		if o.ID == rec.ID || o.Dir != rec.Dir {
+			continue
+		}
+		if err := c.reclaimDisplaced(ctx, o.ID, rec.Dir); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// reclaimDisplaced removes what is left of bundle id, recorded in dir
+// that another bundle is claiming, without touching dir.
+func (c *Cache) reclaimDisplaced(ctx context.Context, id, dir string) error {
+	bl, err := lock(ctx, c.bundleLock(id), unix.LOCK_EX)
+	if err != nil {
+		return fmt.Errorf("bundle %s: %w", id, err)
+	}
+	defer bl.Close()
+	o, err := c.readBundle(id)
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if o.Dir != dir {
+		return nil
+	}
+	c.log.Info("reclaiming a bundle whose directory was reused", "bundle", id, "dir", dir)
+	return c.teardown(id, o, false)
+}
+
+// restoreRootfs mounts the rootfs of rec, a live bundle whose rootfs is
+// not there, again; an overlay keeps the container's upper directory.
+func (c *Cache) restoreRootfs(ctx context.Context, rec *bundleState, layers []string) error {
+	if err := checkMountpoint(rec.Rootfs); err != nil {
+		return fmt.Errorf("%w: %w", errdefs.ErrAlreadyExists, err)
+	}
+	if err := os.Mkdir(rec.Rootfs, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	typ, err := c.makeRootfs(ctx, rec.ID, rec.Rootfs, layers, true)
+	if err != nil {
+		return err
+	}
+	rec.RootfsType = typ
+	return c.writeBundle(rec)
 }
 
 // bundleDir is where spec's bundle goes: an absolute path, and inside the
@@ -162,29 +295,17 @@ func (c *Cache) makeBundle(ctx context.Context, rec *bundleState, layers []strin
 	if err := os.Mkdir(c.containerDir(rec.ID), 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		return err
 	}
-	// Find out before recording the bundle, which makes teardown remove
-	// Dir's rootfs (and Dir itself if created here), that neither holds
-	// anything not ours.
-	_, err := os.Lstat(rec.Dir)
-	rec.CreatedDir = isNotExist(err)
-	if !rec.CreatedDir {
-		if err := requireDir(rec.Dir); err != nil {
-			return errNotOurs{err}
-		}
-		if err := checkMountpoint(rec.Rootfs); err != nil {
-			return errNotOurs{err}
-		}
-	}
+	// The record goes first: from now on teardown knows what to undo.
 	if err := c.writeBundle(rec); err != nil {
 		return err
 	}
 	if err := os.MkdirAll(rec.Dir, 0o700); err != nil {
 		return err
 	}
-	if err := os.Mkdir(rec.Rootfs, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+	if err := os.Mkdir(rec.Rootfs, 0o755); err != nil {
 		return err
 	}
-	typ, err := c.makeRootfs(ctx, rec.ID, rec.Rootfs, layers)
+	typ, err := c.makeRootfs(ctx, rec.ID, rec.Rootfs, layers, false)
 	if err != nil {
 		return err
 	}
@@ -222,12 +343,6 @@ func checkMountpoint(rootfs string) error {
 	return nil
 }
 
-// errNotOurs is a failure before the bundle was recorded: there is
-// nothing of it to undo in its directory.
-type errNotOurs struct{ error }
-
-func (e errNotOurs) Unwrap() error { return e.error }
-
 func requireDir(path string) error {
 	fi, err := os.Lstat(path)
 	if err != nil {
@@ -240,8 +355,10 @@ func requireDir(path string) error {
 }
 
 // makeRootfs mounts an overlay of the layers on rootfs, or copies them
-// there when this system cannot mount overlay.
-func (c *Cache) makeRootfs(ctx context.Context, id, rootfs string, layers []string) (string, error) {
+// there when this system cannot mount overlay. With keepUpper, an overlay
+// takes the container's existing upper directory (a remount) instead of
+// an empty one.
+func (c *Cache) makeRootfs(ctx context.Context, id, rootfs string, layers []string, keepUpper bool) (string, error) {
 	diffs := make([]string, len(layers))
 	for i, name := range layers {
 		diffs[i] = filepath.Join(c.layerDir(name), layerDiffDir)
@@ -255,7 +372,7 @@ func (c *Cache) makeRootfs(ctx context.Context, id, rootfs string, layers []stri
 		diffs = []string{empty}
 	}
 	if !c.forceCopy {
-		err := c.mountRootfs(id, rootfs, diffs)
+		err := c.mountRootfs(id, rootfs, diffs, keepUpper)
 		if err == nil {
 			return RootfsOverlay, nil
 		}
@@ -280,10 +397,20 @@ func (c *Cache) overlayNS() string {
 
 // mountRootfs mounts the overlay of diffs (bottom first) with the
 // container's upper and work directories, which stay inside the cache so
-// that files copied up from decrypted layers never leave it.
-func (c *Cache) mountRootfs(id, rootfs string, diffs []string) error {
+// that files copied up from decrypted layers never leave it. keepUpper
+// mounts the upper directory the container already has, if any.
+func (c *Cache) mountRootfs(id, rootfs string, diffs []string, keepUpper bool) error {
 	upper := filepath.Join(c.containerDir(id), "upper")
 	work := filepath.Join(c.containerDir(id), "work")
+	lowers := slices.Clone(diffs)
+	slices.Reverse(lowers)
+	if keepUpper && requireDir(upper) == nil {
+		// Overlay clears what a work directory holds when it mounts.
+		if err := os.Mkdir(work, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+			return err
+		}
+		return mountOverlay(rootfs, lowers, upper, work, c.userXattrs)
+	}
 	for _, d := range []string{upper, work} {
 		if err := removeAll(d); err != nil {
 			return err
@@ -307,8 +434,6 @@ func (c *Cache) mountRootfs(id, rootfs string, diffs []string) error {
 	if err := os.Chmod(upper, os.FileMode(st.Mode&0o777)|unixModeBits(st.Mode)); err != nil {
 		return err
 	}
-	lowers := slices.Clone(diffs)
-	slices.Reverse(lowers)
 	return mountOverlay(rootfs, lowers, upper, work, c.userXattrs)
 }
 
@@ -324,14 +449,6 @@ func unixModeBits(m uint32) os.FileMode {
 		fm |= os.ModeSticky
 	}
 	return fm
-}
-
-// matches reports whether rec is the bundle spec asks for.
-func (rec *bundleState) matches(spec BundleSpec, dir string) bool {
-	return rec.State == bundleReady && !rec.Removed &&
-		rec.Dir == dir && rec.Image == spec.Image &&
-		rec.ManifestDigest == spec.ManifestDigest &&
-		slices.Equal(rec.Layers, spec.Layers)
 }
 
 // intact reports whether rec's bundle is still all there: config.json,
@@ -360,10 +477,11 @@ func (c *Cache) configPresent(rec *bundleState) bool {
 }
 
 // teardown unmounts and deletes bundle id; rec is its record, or nil if
-// it has none. The record goes last, so a crash midway leaves it for the
-// next attempt.
-func (c *Cache) teardown(id string, rec *bundleState) error {
-	if rec != nil && requireDir(rec.Dir) == nil {
+// it has none. With inDir false the bundle directory is left alone: it
+// belongs to another bundle now. The record goes last, so a crash midway
+// leaves it for the next attempt.
+func (c *Cache) teardown(id string, rec *bundleState, inDir bool) error {
+	if rec != nil && inDir && requireDir(rec.Dir) == nil {
 		if err := unmountAll(rec.Rootfs); err != nil {
 			return err
 		}

@@ -326,7 +326,7 @@ func TestBundleUserLookupStaysInRootfs(t *testing.T) {
 	}
 }
 
-func TestCreateBundleIdempotentAndReplace(t *testing.T) {
+func TestCreateBundleIdempotentNeverReplaces(t *testing.T) {
 	requireRoot(t)
 	ctx := context.Background()
 	c := openCache(t)
@@ -334,14 +334,16 @@ func TestCreateBundleIdempotentAndReplace(t *testing.T) {
 	l2 := commitLayer(t, c, tarLayer(t, fileE("v", "two", 0o644)))
 	cfg := testImageConfig()
 	cfg.Config.User = ""
-	spec := BundleSpec{ID: "ctr", Image: "img", ManifestDigest: digest.FromString("m1"), Layers: []digest.Digest{l1}, Config: cfg}
+	spec := BundleSpec{ID: "ctr", Image: "img:1", ManifestDigest: digest.FromString("m1"), Layers: []digest.Digest{l1}, Config: cfg}
 	b1, err := c.CreateBundle(ctx, spec)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { unmountAll(b1.Rootfs) })
-	// The container writes; the same bundle again keeps that state.
+	// The container writes; the same bundle again keeps that state, also
+	// when the image is named by digest rather than by tag.
 	os.WriteFile(filepath.Join(b1.Rootfs, "state"), []byte("running"), 0o644)
+	spec.Image = "img@" + spec.ManifestDigest.String()
 	b2, err := c.CreateBundle(ctx, spec)
 	if err != nil {
 		t.Fatal(err)
@@ -349,33 +351,125 @@ func TestCreateBundleIdempotentAndReplace(t *testing.T) {
 	if *b2 != *b1 || readFile(t, filepath.Join(b2.Rootfs, "state")) != "running" {
 		t.Errorf("same ID and manifest made a new bundle: %+v", b2)
 	}
+	if n := countMounts(t, b1.Rootfs); n != 1 {
+		t.Errorf("%d mounts on the rootfs, want 1", n)
+	}
 
-	// Another manifest under the same ID replaces it.
-	spec.ManifestDigest, spec.Layers = digest.FromString("m2"), []digest.Digest{l2}
+	// Another image under the same ID, or the same ID in another
+	// directory, is refused: the live bundle and its writes stay.
+	other := spec
+	other.ManifestDigest, other.Layers = digest.FromString("m2"), []digest.Digest{l2}
+	elsewhere := spec
+	elsewhere.Dir = filepath.Join(t.TempDir(), "ctr")
+	for name, s := range map[string]BundleSpec{"another image": other, "another dir": elsewhere} {
+		_, err := c.CreateBundle(ctx, s)
+		if !errors.Is(err, errdefs.ErrAlreadyExists) || errdefs.ExitCode(err) != 2 {
+			t.Errorf("%s under a live bundle's ID: %v, want ErrAlreadyExists (exit 2)", name, err)
+		}
+	}
+	if got := readFile(t, filepath.Join(b1.Rootfs, "v")) + readFile(t, filepath.Join(b1.Rootfs, "state")); got != "onerunning" {
+		t.Errorf("refused requests changed the live bundle: %q", got)
+	}
+	if _, err := os.Lstat(elsewhere.Dir); !os.IsNotExist(err) {
+		t.Errorf("refused request made its directory: %v", err)
+	}
+
+	// A rootfs unmounted behind our back is mounted again over the
+	// container's own upper directory: its writes are still there.
+	if err := unix.Unmount(b1.Rootfs, 0); err != nil {
+		t.Fatal(err)
+	}
 	b3, err := c.CreateBundle(ctx, spec)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := readFile(t, filepath.Join(b3.Rootfs, "v")); got != "two" {
-		t.Errorf("replaced bundle shows v = %q", got)
-	}
-	if _, err := os.Lstat(filepath.Join(b3.Rootfs, "state")); !os.IsNotExist(err) {
-		t.Error("replaced bundle kept the old container's writes")
-	}
-	if n := countMounts(t, b3.Rootfs); n != 1 {
-		t.Errorf("%d mounts on the rootfs, want 1 (the old one unmounted)", n)
+	if *b3 != *b1 || readFile(t, filepath.Join(b3.Rootfs, "state")) != "running" || readFile(t, filepath.Join(b3.Rootfs, "v")) != "one" {
+		t.Errorf("remounted bundle %+v lost the container's writes", b3)
 	}
 
-	// A broken bundle (rootfs unmounted behind our back) is made again.
-	if err := unmountAll(b3.Rootfs); err != nil {
+	// Once the container is gone (rootfs unmounted, directory deleted),
+	// its ID is free for another image; nothing of the old one shows.
+	if err := unix.Unmount(b1.Rootfs, 0); err != nil {
 		t.Fatal(err)
 	}
-	b4, err := c.CreateBundle(ctx, spec)
+	if err := os.RemoveAll(b1.Dir); err != nil {
+		t.Fatal(err)
+	}
+	b4, err := c.CreateBundle(ctx, other)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := readFile(t, filepath.Join(b4.Rootfs, "v")); got != "two" {
-		t.Errorf("remade bundle shows v = %q", got)
+		t.Errorf("new bundle shows v = %q", got)
+	}
+	if _, err := os.Lstat(filepath.Join(b4.Rootfs, "state")); !os.IsNotExist(err) {
+		t.Error("new bundle shows the old container's writes")
+	}
+}
+
+// TestCreateBundleDirectories: a bundle directory is the caller's to make
+// empty (as kata-agent does) or CreateBundle's to make; one holding
+// anything else is refused, and a directory reused by another container
+// id after its bundle went reclaims the old record without touching the
+// new bundle.
+func TestCreateBundleDirectories(t *testing.T) {
+	requireRoot(t)
+	ctx := context.Background()
+	c := openCache(t)
+	l := commitLayer(t, c, tarLayer(t, fileE("f", "x", 0o644)))
+	cfg := testImageConfig()
+	cfg.Config.User = ""
+	spec := func(id, dir string) BundleSpec {
+		return BundleSpec{ID: id, Dir: dir, Image: "img", ManifestDigest: digest.FromString("m"), Layers: []digest.Digest{l}, Config: cfg}
+	}
+	kata := t.TempDir()
+
+	// An empty directory made by the caller stays when the bundle goes.
+	made := filepath.Join(kata, "made")
+	if err := os.Mkdir(made, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	b, err := c.CreateBundle(ctx, spec("a", made))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unmountAll(b.Rootfs) })
+	if names, _ := dirNames(made); !slices.Equal(names, []string{"config.json", "rootfs"}) {
+		t.Errorf("bundle dir holds %v", names)
+	}
+
+	// Another id in a live bundle's directory: refused.
+	if _, err := c.CreateBundle(ctx, spec("b", made)); !errors.Is(err, errdefs.ErrAlreadyExists) {
+		t.Errorf("second id in a live bundle's dir: %v, want ErrAlreadyExists", err)
+	}
+
+	// The container ends; its directory is made again, empty, for a
+	// container with another id.
+	if err := unix.Unmount(b.Rootfs, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(made); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(made, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	b2, err := c.CreateBundle(ctx, spec("b", made))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unmountAll(b2.Rootfs) })
+	if _, err := c.readBundle("a"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("the displaced bundle's record: %v, want it reclaimed", err)
+	}
+	if _, err := os.Lstat(c.containerDir("a")); !os.IsNotExist(err) {
+		t.Errorf("the displaced bundle's upper dir: %v, want it reclaimed", err)
+	}
+	if rep, err := c.GC(ctx); err != nil || len(rep.Bundles) != 0 {
+		t.Errorf("GC after the reuse: %+v %v; want nothing removed", rep, err)
+	}
+	if got := readFile(t, filepath.Join(b2.Rootfs, "f")); got != "x" {
+		t.Errorf("new bundle's rootfs: f = %q", got)
 	}
 }
 
@@ -425,8 +519,8 @@ func TestCreateBundleRefusesBadSpecs(t *testing.T) {
 		t.Errorf("refused bundle created its dir: %v", err)
 	}
 	for _, id := range []string{"abc", "0123456789abcdef", "my_ctr-1.2", strings.Repeat("f", 200)} {
-		if err := validateBundleID(id); err != nil {
-			t.Errorf("validateBundleID(%q): %v", id, err)
+		if err := ValidateBundleID(id); err != nil {
+			t.Errorf("ValidateBundleID(%q): %v", id, err)
 		}
 	}
 }
@@ -511,6 +605,20 @@ func TestCreateBundleLeavesForeignContentAlone(t *testing.T) {
 	cfg.Config.User = ""
 	elsewhere := t.TempDir()
 	for name, setup := range map[string]func(dir string) error{
+		"another file": func(dir string) error {
+			os.Mkdir(dir, 0o755)
+			return os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("mine"), 0o644)
+		},
+		"config.json": func(dir string) error {
+			os.Mkdir(dir, 0o755)
+			return os.WriteFile(filepath.Join(dir, "config.json"), []byte("{}"), 0o644)
+		},
+		"empty rootfs": func(dir string) error {
+			return os.MkdirAll(filepath.Join(dir, "rootfs"), 0o755)
+		},
+		"a file": func(dir string) error {
+			return os.WriteFile(dir, []byte("mine"), 0o644)
+		},
 		"rootfs not empty": func(dir string) error {
 			os.MkdirAll(filepath.Join(dir, "rootfs"), 0o755)
 			return os.WriteFile(filepath.Join(dir, "rootfs", "precious"), []byte("mine"), 0o644)
@@ -530,8 +638,9 @@ func TestCreateBundleLeavesForeignContentAlone(t *testing.T) {
 				t.Fatal(err)
 			}
 			before := treeOf(t, dir)
-			if _, err := c.CreateBundle(ctx, BundleSpec{ID: "x", Dir: dir, Image: "img", Layers: []digest.Digest{l}, Config: cfg}); err == nil {
-				t.Fatal("CreateBundle over foreign content succeeded")
+			_, err := c.CreateBundle(ctx, BundleSpec{ID: "x", Dir: dir, Image: "img", Layers: []digest.Digest{l}, Config: cfg})
+			if !errors.Is(err, errdefs.ErrAlreadyExists) || errdefs.ExitCode(err) != 2 {
+				t.Fatalf("CreateBundle over foreign content: %v, want ErrAlreadyExists (exit 2)", err)
 			}
 			if after := treeOf(t, dir); !slices.Equal(before, after) {
 				t.Errorf("bundle dir changed from %v to %v", before, after)

@@ -286,7 +286,7 @@ func (c *Cache) recover(ctx context.Context) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if validateBundleID(id) != nil {
+		if ValidateBundleID(id) != nil {
 			continue
 		}
 		rec, err := c.readBundle(id)
@@ -297,7 +297,7 @@ func (c *Cache) recover(ctx context.Context) error {
 			continue
 		}
 		c.log.Info("removing half-made bundle", "bundle", id)
-		if err := c.teardown(id, rec); err != nil {
+		if err := c.teardown(id, rec, true); err != nil {
 			return err
 		}
 	}

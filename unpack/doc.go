@@ -20,6 +20,7 @@
 //	  locks/pin-<hex>.lock          shared while a process uses a layer no image record names yet
 //	  locks/staging-<name>.lock     held by the process applying staging/<name>
 //	  locks/bundle-<id>.lock        held while bundle <id> is made or replaced
+//	  locks/dir-<hex>.lock          held while a bundle is made in a directory (<hex>: of its real path)
 //	  staging/<name>/diff/          a layer being applied
 //	  layers/<hex>/diff/            a committed layer in overlayfs format (<hex>: the diff_id's encoded part)
 //	  layers/<hex>/layer.json       {"diffID","size","committed"}
@@ -90,10 +91,16 @@
 // this process may not mount (EPERM, EACCES) or the kernel has no overlay
 // (ENODEV), the layers are flattened into the rootfs instead ("copy").
 //
-// In a bundle directory CreateBundle owns config.json and rootfs/ only: it
-// refuses a rootfs that exists and is not an empty directory, and its
-// teardown removes those two (and the directory, if it made it and it is
-// then empty).
+// A container id names one bundle, and a directory holds one. The same id,
+// directory and manifest again is the same bundle (remounted over its own
+// upper directory if its rootfs was unmounted); an id whose bundle is live
+// elsewhere or runs another image, and a directory that exists and is not
+// empty, are refused with errdefs.ErrAlreadyExists. Nothing is deleted to
+// make room: only a bundle that is gone (directory or config.json deleted,
+// image removed, half made) gives up its id or directory, and is then
+// reclaimed. In a bundle directory CreateBundle owns config.json and
+// rootfs/ only: its teardown removes those two (and the directory, if it
+// made it and it is then empty).
 //
 // # Garbage collection
 //

@@ -141,7 +141,7 @@ func (c *Cache) GC(ctx context.Context) (*GCReport, error) {
 			kept = append(kept, b)
 			continue
 		}
-		if err := c.teardown(b.ID, b); err != nil {
+		if err := c.teardown(b.ID, b, true); err != nil {
 			return report, err
 		}
 		report.Bundles = append(report.Bundles, b.ID)
@@ -197,6 +197,10 @@ func (c *Cache) pruneLocks() error {
 		}
 		var guarded string
 		switch kind {
+		case "dir":
+			// Held only while a bundle is made (under the shared cache
+			// lock, which excludes GC) and removed after: one found here
+			// was left by a killed process and guards nothing.
 		case "layer", "pin":
 			guarded = c.layerDir(name)
 		case "bundle":
@@ -206,7 +210,14 @@ func (c *Cache) pruneLocks() error {
 		default:
 			continue
 		}
-		if _, err := os.Lstat(guarded); !isNotExist(err) {
+		gone := func() bool {
+			if guarded == "" {
+				return true
+			}
+			_, err := os.Lstat(guarded)
+			return isNotExist(err)
+		}
+		if !gone() {
 			continue
 		}
 		p := c.path(dirLocks, file)
@@ -218,7 +229,7 @@ func (c *Cache) pruneLocks() error {
 			return err
 		}
 		// Checked again under the lock: a holder may have just made it.
-		if _, err := os.Lstat(guarded); isNotExist(err) {
+		if gone() {
 			unlockAndRemove(f, p)
 		} else {
 			f.Close()

@@ -101,7 +101,7 @@ func (c *Cache) bundles() ([]*bundleState, error) {
 	}
 	var recs []*bundleState
 	for _, id := range ids {
-		if validateBundleID(id) != nil {
+		if ValidateBundleID(id) != nil {
 			continue
 		}
 		rec, err := c.readBundle(id)

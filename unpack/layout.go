@@ -86,8 +86,9 @@ func (c *Cache) imagePath(ref string) string {
 
 var bundleIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$`)
 
-// validateBundleID keeps a container id usable as one path element.
-func validateBundleID(id string) error {
+// ValidateBundleID says whether id can name a bundle: a container id
+// usable as one path element.
+func ValidateBundleID(id string) error {
 	if !bundleIDPattern.MatchString(id) || strings.Contains(id, "..") {
 		return fmt.Errorf("bundle id %q: %w: want 1-200 of [A-Za-z0-9_.-], starting with a letter or digit, without \"..\"", id, errdefs.ErrInvalidConfig)
 	}

@@ -33,6 +33,5 @@ SIGTERM or SIGINT stops the daemon and removes the socket.`)
 	}
 	defer p.Close()
 	log := slog.New(slog.NewTextHandler(inv.stderr, nil))
-	log.Info("serving", "socket", *socket, "cache", p.Cache().Root(), "version", version())
 	return api.Serve(ctx, api.NewService(p, log, version()), *socket)
 }

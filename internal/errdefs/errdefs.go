@@ -40,6 +40,13 @@ var (
 	// ErrNotFound: the image, bundle or resource asked for does not exist.
 	// Exit 1; gRPC NotFound.
 	ErrNotFound = errors.New("not found")
+	// ErrAlreadyExists: what a request would create is already there and
+	// is not what it asks for: a container id that has a bundle elsewhere
+	// or of another image, a bundle directory that holds other files, a
+	// socket another daemon serves. Never resolved by deleting what is
+	// there. Exit 2 (the caller must change its request); gRPC
+	// AlreadyExists.
+	ErrAlreadyExists = errors.New("already exists")
 )
 
 // kinds maps each sentinel to its exit code and gRPC code. The first row
@@ -57,6 +64,7 @@ var kinds = []struct {
 	{ErrIntegrity, 5, codes.DataLoss},
 	{ErrUnauthenticated, 1, codes.Unauthenticated},
 	{ErrNotFound, 1, codes.NotFound},
+	{ErrAlreadyExists, 2, codes.AlreadyExists},
 	{context.Canceled, 1, codes.Canceled},
 	{context.DeadlineExceeded, 1, codes.DeadlineExceeded},
 }

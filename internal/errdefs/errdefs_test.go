@@ -23,6 +23,7 @@ func TestMappings(t *testing.T) {
 		{fmt.Errorf("layer z: %w", fmt.Errorf("blob: %w", ErrIntegrity)), 5, codes.DataLoss},
 		{fmt.Errorf("registry r: %w (401 Unauthorized)", ErrUnauthenticated), 1, codes.Unauthenticated},
 		{fmt.Errorf("image i: %w", ErrNotFound), 1, codes.NotFound},
+		{fmt.Errorf("bundle b: %w: container id b has a bundle at /a/b", ErrAlreadyExists), 2, codes.AlreadyExists},
 		{fmt.Errorf("pull: %w", context.Canceled), 1, codes.Canceled},
 		{fmt.Errorf("pull: %w", context.DeadlineExceeded), 1, codes.DeadlineExceeded},
 		// A policy at a kbs:// URI that does not exist: the configuration
