@@ -9,7 +9,6 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -21,8 +20,11 @@ import (
 // broken connections: it reopens the blob with a Range request from the
 // last byte received, so a blob is never downloaded twice. It returns
 // exactly desc.Size bytes, or an error: a registry that sends more, or
-// ends early after every retry, is an error. It does not check the digest:
-// the caller hashes the bytes as they stream.
+// whose connections keep breaking without progress, is an error. It does
+// not check the digest: the caller hashes the bytes as they stream.
+//
+// Every request, the first and each resume, goes through the client's one
+// retry layer (Retry); the reader itself only resumes.
 func (c *Client) Blob(ctx context.Context, repo name.Repository, desc v1.Descriptor) (io.ReadCloser, error) {
 	rt, err := c.transportFor(ctx, repo)
 	if err != nil {
@@ -34,11 +36,11 @@ func (c *Client) Blob(ctx context.Context, repo name.Repository, desc v1.Descrip
 		Path:   fmt.Sprintf("/v2/%s/blobs/%s", repo.RepositoryStr(), desc.Digest),
 	}
 	b := &blobReader{
-		ctx:     ctx,
-		client:  &http.Client{Transport: rt},
-		url:     u.String(),
-		desc:    desc,
-		retries: c.retries,
+		ctx:    ctx,
+		client: &http.Client{Transport: rt},
+		url:    u.String(),
+		desc:   desc,
+		retry:  c.retry,
 	}
 	if err := b.open(); err != nil {
 		return nil, err
@@ -46,16 +48,22 @@ func (c *Client) Blob(ctx context.Context, repo name.Repository, desc v1.Descrip
 	return b, nil
 }
 
-type blobReader struct {
-	ctx     context.Context
-	client  *http.Client
-	url     string
-	desc    v1.Descriptor
-	retries int
+// maxResumes bounds the resumes of one blob: a registry that cuts every
+// connection after a few bytes must not turn one blob into a request per
+// byte.
+const maxResumes = 64
 
-	body   io.ReadCloser
-	off    int64 // bytes handed to the caller so far
-	failed int   // consecutive attempts that made no progress
+type blobReader struct {
+	ctx    context.Context
+	client *http.Client
+	url    string
+	desc   v1.Descriptor
+	retry  Retry
+
+	body    io.ReadCloser
+	off     int64 // bytes handed to the caller so far
+	resumes int   // connections reopened after a break
+	stalled int   // consecutive connections that broke before any byte
 }
 
 func (b *blobReader) Read(p []byte) (int, error) {
@@ -74,7 +82,7 @@ func (b *blobReader) Read(p []byte) (int, error) {
 		n, err := b.body.Read(p)
 		b.off += int64(n)
 		if n > 0 {
-			b.failed = 0
+			b.stalled = 0
 		}
 		switch {
 		case err == nil:
@@ -88,14 +96,18 @@ func (b *blobReader) Read(p []byte) (int, error) {
 		if cerr := b.ctx.Err(); cerr != nil {
 			return n, cerr
 		}
+		if b.resumes++; b.resumes > maxResumes {
+			return n, fmt.Errorf("blob %s: gave up after %d broken connections, at byte %d of %d: %w", b.desc.Digest, b.resumes, b.off, b.desc.Size, err)
+		}
 		if n > 0 {
 			return n, nil
 		}
-		b.failed++
-		if b.failed > b.retries {
-			return 0, fmt.Errorf("blob %s: gave up after %d attempts at byte %d of %d: %w", b.desc.Digest, b.failed, b.off, b.desc.Size, err)
+		// A connection that breaks before its first byte counts as a
+		// failed attempt of the retry layer's budget.
+		if b.stalled++; b.stalled >= b.retry.Attempts {
+			return 0, fmt.Errorf("blob %s: gave up after %d connections broke without progress, at byte %d of %d: %w", b.desc.Digest, b.stalled+1, b.off, b.desc.Size, err)
 		}
-		if err := sleep(b.ctx, backoff(b.failed)); err != nil {
+		if err := sleep(b.ctx, b.retry.wait(b.stalled)); err != nil {
 			return 0, err
 		}
 	}
@@ -126,37 +138,12 @@ func (b *blobReader) Close() error {
 	return nil
 }
 
-// open (re)starts the download at b.off, retrying server errors and broken
-// connections with backoff.
+// open (re)starts the download at b.off: one request, which the retry
+// layer repeats when the registry is busy or the connection fails.
 func (b *blobReader) open() error {
-	for {
-		body, err := b.request()
-		if err == nil {
-			b.body = body
-			return nil
-		}
-		var perm permanentError
-		if errors.As(err, &perm) || b.ctx.Err() != nil {
-			return err
-		}
-		b.failed++
-		if b.failed > b.retries {
-			return fmt.Errorf("blob %s: gave up after %d attempts: %w", b.desc.Digest, b.failed, err)
-		}
-		if err := sleep(b.ctx, backoff(b.failed)); err != nil {
-			return err
-		}
-	}
-}
-
-type permanentError struct{ error }
-
-func (e permanentError) Unwrap() error { return e.error }
-
-func (b *blobReader) request() (io.ReadCloser, error) {
 	req, err := http.NewRequestWithContext(b.ctx, http.MethodGet, b.url, nil)
 	if err != nil {
-		return nil, permanentError{err}
+		return err
 	}
 	if b.off > 0 {
 		// A closed range: some registries only understand "start-end".
@@ -164,63 +151,92 @@ func (b *blobReader) request() (io.ReadCloser, error) {
 	}
 	resp, err := b.client.Do(req)
 	if err != nil {
-		return nil, err
+		return fmt.Errorf("blob %s: %w", b.desc.Digest, err)
 	}
 	switch {
 	case resp.StatusCode == http.StatusOK:
-		if b.off == 0 {
-			return resp.Body, nil
+		if b.off > 0 {
+			// The server ignored the Range header: skip what we already
+			// have.
+			if _, err := io.CopyN(io.Discard, resp.Body, b.off); err != nil {
+				resp.Body.Close()
+				return fmt.Errorf("blob %s: %w", b.desc.Digest, err)
+			}
 		}
-		// The server ignored the Range header: skip what we already have.
-		if _, err := io.CopyN(io.Discard, resp.Body, b.off); err != nil {
-			resp.Body.Close()
-			return nil, err
-		}
-		return resp.Body, nil
+		b.body = resp.Body
+		return nil
 	case resp.StatusCode == http.StatusPartialContent && b.off > 0:
-		start, ok := contentRangeStart(resp.Header.Get("Content-Range"))
-		if !ok || start != b.off {
-			resp.Body.Close()
-			return nil, permanentError{fmt.Errorf("blob %s: registry answered a range request from byte %d with %q", b.desc.Digest, b.off, resp.Header.Get("Content-Range"))}
+		cr, err := ParseContentRange(resp.Header.Get("Content-Range"))
+		if err == nil && (cr.First != b.off || cr.Last >= b.desc.Size || cr.Size >= 0 && cr.Size != b.desc.Size) {
+			err = fmt.Errorf("not the range asked for (bytes %d-%d/%d)", b.off, b.desc.Size-1, b.desc.Size)
 		}
-		return resp.Body, nil
-	}
-	resp.Body.Close()
-	err = fmt.Errorf("blob %s: registry answered %s", b.desc.Digest, resp.Status)
-	if resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusRequestTimeout {
-		return nil, err
-	}
-	if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
-		err = fmt.Errorf("blob %s: %w: the registry answered %s", b.desc.Digest, errdefs.ErrUnauthenticated, resp.Status)
-	}
-	return nil, permanentError{err}
-}
-
-func contentRangeStart(v string) (int64, bool) {
-	// "bytes 100-199/200"
-	v, ok := strings.CutPrefix(v, "bytes ")
-	if !ok {
-		return 0, false
-	}
-	first, _, ok := strings.Cut(v, "-")
-	if !ok {
-		return 0, false
-	}
-	n, err := strconv.ParseInt(first, 10, 64)
-	return n, err == nil
-}
-
-func backoff(attempt int) time.Duration {
-	return 200 * time.Millisecond << min(attempt-1, 5)
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
+		if err != nil {
+			resp.Body.Close()
+			return fmt.Errorf("blob %s: registry answered a range request from byte %d with Content-Range %q: %w", b.desc.Digest, b.off, resp.Header.Get("Content-Range"), err)
+		}
+		b.body = resp.Body
 		return nil
 	}
+	resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusUnauthorized, http.StatusForbidden:
+		return fmt.Errorf("blob %s: %w: the registry answered %s", b.desc.Digest, errdefs.ErrUnauthenticated, resp.Status)
+	case http.StatusNotFound:
+		return fmt.Errorf("blob %s: %w in the registry", b.desc.Digest, errdefs.ErrNotFound)
+	}
+	return fmt.Errorf("blob %s: registry answered %s", b.desc.Digest, resp.Status)
+}
+
+// ContentRange is a parsed Content-Range header of a 206 answer.
+type ContentRange struct {
+	// First and Last are the positions of the first and last byte sent.
+	First, Last int64
+	// Size is the whole resource's length, -1 when the server wrote "*".
+	Size int64
+}
+
+// ParseContentRange parses "bytes FIRST-LAST/SIZE" (SIZE may be "*"), as
+// RFC 9110 section 14.4 writes it for a single range. Anything else,
+// including a range that ends before it starts or past the size, is an
+// error: the header comes from the registry.
+func ParseContentRange(v string) (ContentRange, error) {
+	bad := func() (ContentRange, error) {
+		return ContentRange{}, errors.New("malformed Content-Range")
+	}
+	rest, ok := strings.CutPrefix(v, "bytes ")
+	if !ok {
+		return bad()
+	}
+	span, size, ok := strings.Cut(rest, "/")
+	if !ok {
+		return bad()
+	}
+	first, last, ok := strings.Cut(span, "-")
+	if !ok {
+		return bad()
+	}
+	var cr ContentRange
+	var err error
+	if cr.First, err = parseDecimal(first); err != nil {
+		return bad()
+	}
+	if cr.Last, err = parseDecimal(last); err != nil || cr.Last < cr.First {
+		return bad()
+	}
+	cr.Size = -1
+	if size != "*" {
+		if cr.Size, err = parseDecimal(size); err != nil || cr.Last >= cr.Size {
+			return bad()
+		}
+	}
+	return cr, nil
+}
+
+// parseDecimal is strconv.ParseInt for the digits-only numbers of HTTP
+// headers: no sign, no spaces, no leading "+".
+func parseDecimal(s string) (int64, error) {
+	if s == "" || len(s) > 18 || strings.TrimLeft(s, "0123456789") != "" {
+		return 0, errors.New("not a decimal number")
+	}
+	return strconv.ParseInt(s, 10, 64)
 }

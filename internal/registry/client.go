@@ -22,6 +22,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	ispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
 	"github.com/guest-puller/guest-puller/internal/refname"
@@ -51,31 +52,44 @@ type Options struct {
 	// Transport replaces the network transports (tests). It then serves
 	// both secure and insecure hosts.
 	Transport http.RoundTripper
-	// BlobRetries bounds the attempts to resume one blob without progress.
-	BlobRetries int
+	// Retry says how failed requests are repeated; zero fields take
+	// DefaultRetry's.
+	Retry Retry
 }
 
 // Client reads images from registries. It is safe for concurrent use.
+//
+// A Client is its credentials (a keychain) over connections it shares:
+// clients made by WithCredentials reuse their parent's transports, so
+// per-request credentials cost no new connection pool.
 type Client struct {
-	opts     Options
+	*shared
 	keychain authn.Keychain
+
+	// auths holds, per repository, the transport that authenticates to it
+	// (the token handshake done once, shared by every later request);
+	// flight makes concurrent first requests share one handshake.
+	mu     sync.Mutex
+	auths  map[string]http.RoundTripper
+	flight singleflight.Group
+}
+
+// shared is what every Client made from one New has in common.
+type shared struct {
+	opts     Options
 	conf     *Conf
 	insecure map[string]bool
 	platform ispec.Platform
 	match    platforms.MatchComparer
-	rt       http.RoundTripper
-	ua       string
-	retries  int
-
-	mu    sync.Mutex
-	auths map[string]*repoTransport // by repository and scope
+	retry    Retry
+	// rt is the stack under authentication, for every repository: the
+	// one retry layer, the user agent, TLS-by-default, the connections.
+	rt http.RoundTripper
 }
 
-type repoTransport struct {
-	once sync.Once
-	rt   http.RoundTripper
-	err  error
-}
+// handshakeTimeout bounds a shared token handshake (ping and token, with
+// their retries), which runs on no caller's context.
+const handshakeTimeout = 2 * time.Minute
 
 // New returns a Client. Bad options wrap errdefs.ErrInvalidConfig.
 func New(opts Options) (*Client, error) {
@@ -90,51 +104,52 @@ func New(opts Options) (*Client, error) {
 		}
 	}
 	p = platforms.Normalize(p)
-	c := &Client{
+	s := &shared{
 		opts:     opts,
-		keychain: kc,
 		conf:     opts.Conf,
 		insecure: map[string]bool{},
 		platform: p,
 		match:    platforms.Only(p),
-		ua:       opts.UserAgent,
-		retries:  opts.BlobRetries,
-		auths:    map[string]*repoTransport{},
-	}
-	if c.retries <= 0 {
-		c.retries = 5
+		retry:    opts.Retry.withDefaults(),
 	}
 	for _, h := range opts.Insecure {
 		if _, err := name.NewRegistry(h, name.StrictValidation); err != nil {
 			return nil, fmt.Errorf("--insecure-registry %q: %w: %v", h, errdefs.ErrInvalidConfig, err)
 		}
-		c.insecure[refname.Host(h)] = true
+		s.insecure[refname.Host(h)] = true
 	}
 	for _, h := range opts.Conf.InsecureHosts() {
-		c.insecure[refname.Host(h)] = true
+		s.insecure[refname.Host(h)] = true
 	}
 	secure, insecure := opts.Transport, opts.Transport
 	if opts.Transport == nil {
 		secure, insecure = newBaseTransport(false), newBaseTransport(true)
 	}
-	c.rt = &schemeGuard{secure: secure, insecure: insecure, allowed: c.isInsecure}
-	return c, nil
+	var rt http.RoundTripper = &schemeGuard{secure: secure, insecure: insecure, allowed: s.isInsecure}
+	if opts.UserAgent != "" {
+		rt = transport.NewUserAgent(rt, opts.UserAgent)
+	}
+	s.rt = &retryTransport{next: rt, policy: s.retry}
+	return &Client{shared: s, keychain: kc, auths: map[string]http.RoundTripper{}}, nil
 }
 
 // WithCredentials returns a client like c that authenticates with creds
-// instead (per-request credentials of the daemon's API).
+// instead (per-request credentials of the daemon's API). It shares c's
+// connections; only the keychain and the tokens it earns are its own.
 func (c *Client) WithCredentials(creds Credentials) (*Client, error) {
-	opts := c.opts
-	opts.Credentials = creds
-	return New(opts)
+	kc, err := creds.Keychain()
+	if err != nil {
+		return nil, err
+	}
+	return &Client{shared: c.shared, keychain: kc, auths: map[string]http.RoundTripper{}}, nil
 }
 
 // Platform is the platform the client selects from indexes.
 func (c *Client) Platform() ispec.Platform { return c.platform }
 
-func (c *Client) isInsecure(host string) bool {
+func (s *shared) isInsecure(host string) bool {
 	host = refname.Host(host)
-	return c.insecure[host] || c.conf.insecureWildcard(host)
+	return s.insecure[host] || s.conf.insecureWildcard(host)
 }
 
 // Image is a resolved, digest-pinned image: its manifest and configuration,
@@ -327,48 +342,48 @@ func (c *Client) RemoteOptions(ctx context.Context, repo name.Repository) ([]rem
 	return []remote.Option{
 		remote.WithContext(ctx),
 		remote.WithTransport(rt),
-		remote.WithRetryBackoff(remote.Backoff{Duration: 250 * time.Millisecond, Factor: 2, Jitter: 0.2, Steps: 5}),
-		remote.WithRetryStatusCodes(http.StatusRequestTimeout, http.StatusTooManyRequests, http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout),
-		remote.WithUserAgent(c.ua),
 	}, nil
 }
 
+// transportFor returns the transport that authenticates to repo. The
+// handshake (ping, token) is done once per repository and shared: by
+// concurrent first callers through flight, and by every later one through
+// auths. It runs on none of its callers' contexts, so a caller that gives
+// up (a cancelled daemon request) fails alone, not the others waiting on
+// the same handshake. A failure is not kept: the next call tries again.
 func (c *Client) transportFor(ctx context.Context, repo name.Repository) (http.RoundTripper, error) {
 	key := repo.String()
 	c.mu.Lock()
-	t, ok := c.auths[key]
-	if !ok {
-		t = &repoTransport{}
-		c.auths[key] = t
-	}
+	rt := c.auths[key]
 	c.mu.Unlock()
-	t.once.Do(func() {
-		auth, err := authn.Resolve(ctx, c.keychain, repo)
-		if err != nil {
-			t.err = fmt.Errorf("credentials for %s: %w", repo.RegistryStr(), err)
-			return
-		}
-		var rt http.RoundTripper = c.rt
-		if c.ua != "" {
-			rt = transport.NewUserAgent(rt, c.ua)
-		}
-		rt = transport.NewRetry(rt,
-			transport.WithRetryBackoff(transport.Backoff{Duration: 250 * time.Millisecond, Factor: 2, Jitter: 0.2, Steps: 4}),
-			transport.WithRetryStatusCodes(http.StatusTooManyRequests, http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout))
-		t.rt, t.err = transport.NewWithContext(ctx, repo.Registry, auth, rt, []string{repo.Scope(transport.PullScope)})
-		if t.err != nil {
-			t.err = describe(repo, t.err)
-		}
-	})
-	if t.err != nil {
-		// Do not pin a failure: the next pull may succeed.
-		c.mu.Lock()
-		if c.auths[key] == t {
-			delete(c.auths, key)
-		}
-		c.mu.Unlock()
+	if rt != nil {
+		return rt, nil
 	}
-	return t.rt, t.err
+	ch := c.flight.DoChan(key, func() (any, error) {
+		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), handshakeTimeout)
+		defer cancel()
+		auth, err := authn.Resolve(hctx, c.keychain, repo)
+		if err != nil {
+			return nil, fmt.Errorf("credentials for %s: %w", repo.RegistryStr(), err)
+		}
+		rt, err := transport.NewWithContext(hctx, repo.Registry, auth, c.rt, []string{repo.Scope(transport.PullScope)})
+		if err != nil {
+			return nil, describe(repo, err)
+		}
+		c.mu.Lock()
+		c.auths[key] = rt
+		c.mu.Unlock()
+		return rt, nil
+	})
+	select {
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%s: %w", repo, ctx.Err())
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.(http.RoundTripper), nil
+	}
 }
 
 // describe turns registry errors into one line a user can act on.

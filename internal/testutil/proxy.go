@@ -33,6 +33,21 @@ type ProxyOptions struct {
 	DropFirst bool
 	// BytesPerSecond, if set, slows every blob download down to it.
 	BytesPerSecond int
+	// BlobFaults are played, in order, on the first GETs of every blob;
+	// later GETs pass. With faults, every answer closes its connection,
+	// so that the client never reuses one: net/http resends a request by
+	// itself when a reused connection closes before answering, which
+	// would blur request counts.
+	BlobFaults []Fault
+}
+
+// Fault is one misbehaving answer to a blob GET.
+type Fault struct {
+	// Status answers with this status code (and RetryAfter, if set).
+	Status     int
+	RetryAfter string
+	// Cut closes the connection without answering.
+	Cut bool
 }
 
 // StartProxy proxies to the registry at host (plain http).
@@ -42,6 +57,9 @@ func StartProxy(t testing.TB, host string, opts ProxyOptions) *Proxy {
 	rp := httputil.NewSingleHostReverseProxy(target)
 	p := &Proxy{opts: opts, fullGets: map[string]int{}, rangeGets: map[string]int{}}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if len(p.opts.BlobFaults) > 0 {
+			w.Header().Set("Connection", "close")
+		}
 		i := strings.Index(r.URL.Path, "/blobs/")
 		if r.Method != http.MethodGet || i < 0 {
 			rp.ServeHTTP(w, r)
@@ -56,6 +74,10 @@ func StartProxy(t testing.TB, host string, opts ProxyOptions) *Proxy {
 			p.fullGets[dgst]++
 		}
 		drop := p.opts.DropFirst && !ranged && p.fullGets[dgst] == 1
+		var fault *Fault
+		if n := p.fullGets[dgst] + p.rangeGets[dgst]; n <= len(p.opts.BlobFaults) {
+			fault = &p.opts.BlobFaults[n-1]
+		}
 		p.inFlight++
 		p.maxFlight = max(p.maxFlight, p.inFlight)
 		p.mu.Unlock()
@@ -64,6 +86,19 @@ func StartProxy(t testing.TB, host string, opts ProxyOptions) *Proxy {
 			p.inFlight--
 			p.mu.Unlock()
 		}()
+		switch {
+		case fault != nil && fault.Cut:
+			if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
+				conn.Close()
+			}
+			return
+		case fault != nil:
+			if fault.RetryAfter != "" {
+				w.Header().Set("Retry-After", fault.RetryAfter)
+			}
+			http.Error(w, `{"errors":[{"code":"UNAVAILABLE","message":"injected fault"}]}`, fault.Status)
+			return
+		}
 		if !drop && p.opts.BytesPerSecond == 0 {
 			rp.ServeHTTP(w, r)
 			return
