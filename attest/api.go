@@ -26,6 +26,13 @@ type AttesterOptions struct {
 	// TSMDir is the configfs-tsm report directory; default
 	// /sys/kernel/config/tsm/report.
 	TSMDir string
+	// EventLog, for a TPM attester, is the runtime event log whose content
+	// goes with every quote (see OpenEventLog).
+	EventLog *EventLog
+	// InitData, for a TPM attester, is bound into PCR 8 before the first
+	// quote. Other TEEs bind init-data at launch (TDX MRCONFIGID, SNP
+	// HOSTDATA), set by the host.
+	InitData *InitData
 }
 
 // NewAttester returns the attester of kind "auto", "tpm", "tsm" or "sample".
@@ -46,4 +53,8 @@ type ClientOptions struct {
 	KeyType string
 	// HTTPClient overrides the transport (tests); timeouts still apply.
 	HTTPClient *http.Client
+	// InitData, if set, is sent in every attest request ("init-data":
+	// {"format": "toml", "body": …}) for the KBS to check against the
+	// evidence's binding of it.
+	InitData *InitData
 }

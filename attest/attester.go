@@ -22,7 +22,7 @@ func newAttester(kind string, opts AttesterOptions, ops tsmOps) (Attester, error
 	}
 	switch kind {
 	case "tpm":
-		return newTPMAttester(opts.TPM)
+		return newTPMAttester(opts.TPM, opts)
 	case "tsm":
 		return newTSMAttester(opts.TSMDir, ops)
 	case "sample":
@@ -49,10 +49,10 @@ func autoAttester(opts AttesterOptions, ops tsmOps) (Attester, error) {
 		tsmErr = fmt.Errorf("configfs-tsm: %w", err)
 	}
 	if strings.HasPrefix(opts.TPM, mssimScheme) {
-		return newTPMAttester(opts.TPM)
+		return newTPMAttester(opts.TPM, opts)
 	}
 	if _, err := os.Stat(opts.TPM); err == nil {
-		return newTPMAttester(opts.TPM)
+		return newTPMAttester(opts.TPM, opts)
 	} else {
 		tpmErr = fmt.Errorf("tpm: %w", err)
 	}

@@ -50,10 +50,11 @@ const (
 // attests on first use and reuses the session and token; safe for
 // concurrent use. It implements decrypt.ResourceGetter.
 type Client struct {
-	base    *url.URL
-	att     Attester
-	keyType string
-	hc      *http.Client
+	base     *url.URL
+	att      Attester
+	keyType  string
+	hc       *http.Client
+	initData json.RawMessage // the attest request's "init-data"
 
 	flight singleflight.Group
 	mu     sync.Mutex
@@ -119,7 +120,18 @@ func NewClient(baseURL string, att Attester, opts ClientOptions) (*Client, error
 	// KBS (or whoever answers for it) points.
 	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
-	return &Client{base: u, att: att, keyType: opts.KeyType, hc: &hc}, nil
+	initData := json.RawMessage(`null`)
+	if opts.InitData != nil {
+		// kbs-types' InitData: the document itself, for the KBS to hash
+		// with the algorithm it names and compare with the evidence.
+		if initData, err = json.Marshal(struct {
+			Format string `json:"format"`
+			Body   string `json:"body"`
+		}{"toml", string(opts.InitData.Body)}); err != nil {
+			return nil, err
+		}
+	}
+	return &Client{base: u, att: att, keyType: opts.KeyType, hc: &hc, initData: initData}, nil
 }
 
 func isLoopback(host string) bool {
@@ -284,7 +296,7 @@ func (c *Client) handshake(ctx context.Context) (*session, error) {
 			Additional string          `json:"additional_evidence"`
 		} `json:"tee-evidence"`
 	}{
-		InitData:    json.RawMessage(`null`),
+		InitData:    c.initData,
 		RuntimeData: rd,
 		TEEEvidence: struct {
 			Primary    json.RawMessage `json:"primary_evidence"`

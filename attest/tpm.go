@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
@@ -60,15 +61,21 @@ var akTemplate = tpm2.TPMTPublic{
 // tpmAttester quotes PCRs 0-23 of a TPM with the persistent AK.
 type tpmAttester struct {
 	path string // device or mssim://HOST:PORT
+	// log, if set, is the event log sent with each quote.
+	log *EventLog
+	// initData, if set, is bound into PCR 8 before the first quote.
+	initData *InitData
+	bindMu   sync.Mutex
+	bound    bool
 }
 
-func newTPMAttester(path string) (*tpmAttester, error) {
+func newTPMAttester(path string, opts AttesterOptions) (*tpmAttester, error) {
 	if strings.HasPrefix(path, mssimScheme) {
 		if _, err := mssimAddr(path); err != nil {
 			return nil, err
 		}
 	}
-	return &tpmAttester{path: path}, nil
+	return &tpmAttester{path: path, log: opts.EventLog, initData: opts.InitData}, nil
 }
 
 func (a *tpmAttester) TEE() string { return "tpm" }
@@ -81,11 +88,17 @@ type tpmEvidence struct {
 		PCRs      []string `json:"pcrs"`      // SHA-256 PCRs 0..23, lowercase hex
 	} `json:"tpm_quote"`
 	AKPublic string `json:"ak_public"` // std-base64 DER SubjectPublicKeyInfo
+	// AAEventLog is std-base64 of the raw AAEL whose entries were
+	// extended into a PCR of this quote, when the guest keeps one.
+	// Trustee's verifier ignores members it does not know.
+	AAEventLog string `json:"aa_eventlog,omitempty"`
 }
 
 // Evidence quotes SHA-256 PCRs 0-23 with the first 32 bytes of reportData
 // as qualifyingData. The PCR values are read after the quote and must hash
 // to its pcrDigest; if a PCR moved in between, the quote is taken again.
+// Init-data is bound into PCR 8 before the first quote, and the event log,
+// if any, is read with no event appended between the quote and the read.
 func (a *tpmAttester) Evidence(ctx context.Context, reportData []byte) (json.RawMessage, error) {
 	if len(reportData) < tpmQualifyingDataSize {
 		return nil, fmt.Errorf("tpm: report data is %d bytes, want at least %d", len(reportData), tpmQualifyingDataSize)
@@ -95,6 +108,20 @@ func (a *tpmAttester) Evidence(ctx context.Context, reportData []byte) (json.Raw
 		return nil, err
 	}
 	defer t.Close()
+	if err := a.bindInitData(ctx, t); err != nil {
+		return nil, err
+	}
+	var eventLog []byte
+	if a.log != nil {
+		a.log.mu.Lock()
+		defer a.log.mu.Unlock()
+		// Read before quoting: no event can be appended until the quote is
+		// taken, and a log read after it could show entries the quote
+		// does not cover if another process appended one.
+		if eventLog, err = a.log.read(); err != nil {
+			return nil, err
+		}
+	}
 	for attempt := 0; attempt < quoteAttempts; attempt++ {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -134,9 +161,30 @@ func (a *tpmAttester) Evidence(ctx context.Context, reportData []byte) (json.Raw
 			ev.TPMQuote.PCRs = append(ev.TPMQuote.PCRs, hex.EncodeToString(v))
 		}
 		ev.AKPublic = base64.StdEncoding.EncodeToString(der)
+		if eventLog != nil {
+			ev.AAEventLog = base64.StdEncoding.EncodeToString(eventLog)
+		}
 		return json.Marshal(ev)
 	}
 	return nil, fmt.Errorf("tpm quote: PCRs kept changing during %d quotes", quoteAttempts)
+}
+
+// bindInitData binds the init-data once per attester; a failure is
+// retried at the next quote.
+func (a *tpmAttester) bindInitData(ctx context.Context, t transport.TPM) error {
+	if a.initData == nil {
+		return nil
+	}
+	a.bindMu.Lock()
+	defer a.bindMu.Unlock()
+	if a.bound {
+		return nil
+	}
+	if err := bindInitData(ctx, t, a.initData); err != nil {
+		return err
+	}
+	a.bound = true
+	return nil
 }
 
 // AKPublicPEM returns the TPM's attestation key as a PEM "PUBLIC KEY"

@@ -36,6 +36,12 @@ bound in extraData, PCRs hash to the quoted digest and match --pcrs). sample
 is refused unless --allow-sample. tdx and snp are refused: dev-kbs has no
 verifier for them.
 
+Measured state: init-data sent in the attest request ({"format": "toml",
+"body": …}) must match its binding in the quoted PCR 8 (SHA-256 of 32 zero
+bytes and the document's digest); an event log sent with TPM evidence
+(aa_eventlog: the attestation-agent's raw AAEL, INIT entry first) must
+replay to the quoted --eventlog-pcr. The events it proves are logged.
+
 Flags:
   --listen ADDR        address to serve on (default 127.0.0.1:8080; port 0
                        picks a free port). Once serving, dev-kbs prints
@@ -50,6 +56,8 @@ Flags:
                        {"rules": [{"tee": ["tpm"], "resources": ["default/key/*"]}]}
                        (path.Match patterns over repo/type/tag; "*" matches
                        any tee). Default: any verified evidence reads everything.
+  --eventlog-pcr N     the PCR a TPM guest's event log replays to (default 14,
+                       where guest-puller logs image pulls on a TPM)
   --session-ttl DUR    lifetime of a challenge and its session (default 5m)
   --token-ttl DUR      lifetime of an attestation token (default 5m)
   --tls-cert FILE      serve HTTPS with this certificate chain (PEM) ...
@@ -72,6 +80,7 @@ type options struct {
 	listen, resources, pcrs, rules, tlsCert, tlsKey string
 	aks                                             stringList
 	allowSample                                     bool
+	eventLogPCR                                     int
 	sessionTTL, tokenTTL                            time.Duration
 }
 
@@ -85,6 +94,7 @@ func parseFlags(args []string, stdout io.Writer) (*options, error) {
 	fs.StringVar(&o.pcrs, "pcrs", "", "")
 	fs.BoolVar(&o.allowSample, "allow-sample", false, "")
 	fs.StringVar(&o.rules, "rules", "", "")
+	fs.IntVar(&o.eventLogPCR, "eventlog-pcr", devkbs.DefaultEventLogPCR, "")
 	fs.DurationVar(&o.sessionTTL, "session-ttl", 5*time.Minute, "")
 	fs.DurationVar(&o.tokenTTL, "token-ttl", 5*time.Minute, "")
 	fs.StringVar(&o.tlsCert, "tls-cert", "", "")
@@ -104,6 +114,8 @@ func parseFlags(args []string, stdout io.Writer) (*options, error) {
 		return nil, errors.New("--tls-cert and --tls-key go together")
 	case o.sessionTTL <= 0 || o.tokenTTL <= 0:
 		return nil, errors.New("--session-ttl and --token-ttl must be positive")
+	case o.eventLogPCR < 1 || o.eventLogPCR > 23:
+		return nil, errors.New("--eventlog-pcr must be a PCR 1-23 (PCR 0 holds the firmware's own measurements)")
 	}
 	return &o, nil
 }
@@ -112,6 +124,7 @@ func config(o *options, log *slog.Logger) (devkbs.Config, error) {
 	cfg := devkbs.Config{
 		Resources:   o.resources,
 		AllowSample: o.allowSample,
+		EventLogPCR: o.eventLogPCR,
 		SessionTTL:  o.sessionTTL,
 		TokenTTL:    o.tokenTTL,
 		Logger:      log,

@@ -25,6 +25,12 @@ import (
 	"github.com/go-jose/go-jose/v4/jwt"
 )
 
+// DefaultEventLogPCR is the PCR a guest's event log replays to unless
+// configured otherwise: the one guest-puller uses on a TPM (PCR 17, the
+// attestation-agent's choice, is out of an operating system's reach on a
+// TPM).
+const DefaultEventLogPCR = 14
+
 const (
 	protocolVersion = "0.4.0"
 	sessionCookie   = "kbs-session-id"
@@ -51,6 +57,9 @@ type Config struct {
 	// Rules limit which TEE reads which resource; nil lets any verified
 	// evidence read everything.
 	Rules *Rules
+	// EventLogPCR is the PCR a TPM guest's event log (aa_eventlog in its
+	// evidence) must replay to; default 14, guest-puller's.
+	EventLogPCR int
 	// SessionTTL is how long a challenge and the session built on it live;
 	// default 5 minutes. TokenTTL likewise for attestation tokens.
 	SessionTTL, TokenTTL time.Duration
@@ -96,6 +105,12 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.EventLogPCR == 0 {
+		cfg.EventLogPCR = DefaultEventLogPCR
+	}
+	if cfg.EventLogPCR < 0 || cfg.EventLogPCR > 23 {
+		return nil, fmt.Errorf("event log PCR %d is not 0-23", cfg.EventLogPCR)
 	}
 	root, err := os.OpenRoot(cfg.Resources)
 	if err != nil {
@@ -285,9 +300,12 @@ func (s *Server) attest(w http.ResponseWriter, r *http.Request) {
 		s.problem(w, r, http.StatusUnauthorized, "AttestationFailed", "runtime-data nonce is not this session's challenge")
 		return
 	}
+	var init *initData
 	if len(bytes.TrimSpace(req.InitData)) != 0 && !bytes.Equal(bytes.TrimSpace(req.InitData), []byte("null")) {
-		s.problem(w, r, http.StatusUnauthorized, "AttestationFailed", "init-data is not supported by dev-kbs")
-		return
+		if init, err = parseInitData(req.InitData); err != nil {
+			s.problem(w, r, http.StatusUnauthorized, "AttestationFailed", "init-data: %v", err)
+			return
+		}
 	}
 	if req.TEEEvidence.Additional != "" {
 		s.problem(w, r, http.StatusUnauthorized, "AttestationFailed", "additional (device) evidence is not supported by dev-kbs")
@@ -303,11 +321,28 @@ func (s *Server) attest(w http.ResponseWriter, r *http.Request) {
 		s.problem(w, r, http.StatusBadRequest, "InvalidRequest", "runtime-data: %v", err)
 		return
 	}
+	var events []aaelEvent
+	eventLog := false
 	switch tee {
 	case "tpm":
-		err = verifyTPM(req.TEEEvidence.Primary, expected, s.trusted, s.cfg.PCRs)
+		var claims *tpmClaims
+		if claims, err = verifyTPM(req.TEEEvidence.Primary, expected, s.trusted, s.cfg.PCRs); err != nil {
+			break
+		}
+		if init != nil {
+			if err = checkInitDataTPM(init, claims); err != nil {
+				break
+			}
+		}
+		if claims.eventLog != nil {
+			eventLog = true
+			events, err = checkEventLog(claims, s.cfg.EventLogPCR)
+		}
 	case "sample":
-		err = verifySample(req.TEEEvidence.Primary, expected)
+		if err = verifySample(req.TEEEvidence.Primary, expected); err == nil && init != nil {
+			// As Trustee's sample verifier: nothing binds it.
+			s.cfg.Logger.Warn("init-data is not checked for sample evidence", "remote", r.RemoteAddr)
+		}
 	default:
 		err = fmt.Errorf("tee %q cannot be verified", tee)
 	}
@@ -330,7 +365,17 @@ func (s *Server) attest(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	sess.key = key
 	s.mu.Unlock()
-	s.cfg.Logger.Info("attested", "tee", tee, "remote", r.RemoteAddr)
+	attrs := []any{"tee", tee, "remote", r.RemoteAddr}
+	if init != nil {
+		attrs = append(attrs, "init-data", fmt.Sprintf("%s:%x", init.algorithm, init.digest))
+	}
+	if eventLog {
+		attrs = append(attrs, "eventlog-pcr", s.cfg.EventLogPCR, "events", len(events))
+	}
+	s.cfg.Logger.Info("attested", attrs...)
+	for i, e := range events {
+		s.cfg.Logger.Info("event", "index", i+1, "domain", e.Domain, "operation", e.Operation, "content", e.Content)
+	}
 	writeJSON(w, struct {
 		Token string `json:"token"`
 	}{token})

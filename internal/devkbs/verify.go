@@ -68,102 +68,125 @@ func verifySample(raw json.RawMessage, expected []byte) error {
 	return nil
 }
 
+// tpmClaims is what verified TPM evidence says: the quoted PCR values,
+// and the event log the guest sent with them (not yet replayed).
+type tpmClaims struct {
+	pcrs     [][]byte
+	quoted   []bool
+	eventLog []byte
+}
+
 // verifyTPM checks TPM evidence as Trustee's tpm verifier does, plus PCR
 // reference values: the AK is registered, it signed the quote, the quote
 // is a TPM-generated quote whose extraData is the first 32 bytes of the
 // binding digest, the reported PCRs hash to the quote's pcrDigest, and
 // every constrained PCR is quoted and holds an allowed value.
-func verifyTPM(raw json.RawMessage, expected []byte, trusted map[[sha256.Size]byte]bool, ref PCRReference) error {
+func verifyTPM(raw json.RawMessage, expected []byte, trusted map[[sha256.Size]byte]bool, ref PCRReference) (*tpmClaims, error) {
 	var ev struct {
 		TPMQuote struct {
 			Signature string   `json:"signature"`
 			Message   string   `json:"message"`
 			PCRs      []string `json:"pcrs"`
 		} `json:"tpm_quote"`
-		AKPublic string `json:"ak_public"`
+		AKPublic   string  `json:"ak_public"`
+		AAEventLog *string `json:"aa_eventlog"`
 	}
 	if err := decodeEvidence(raw, &ev); err != nil {
-		return err
+		return nil, err
 	}
-
-	der, err := base64.StdEncoding.DecodeString(ev.AKPublic)
+	claims, err := verifyQuote(ev.AKPublic, ev.TPMQuote.Message, ev.TPMQuote.Signature, ev.TPMQuote.PCRs, expected, trusted, ref)
 	if err != nil {
-		return errors.New("ak_public is not base64")
+		return nil, err
+	}
+	if ev.AAEventLog != nil {
+		if claims.eventLog, err = base64.StdEncoding.DecodeString(*ev.AAEventLog); err != nil || len(claims.eventLog) == 0 {
+			return nil, errors.New("aa_eventlog is not a non-empty std-base64 string")
+		}
+	}
+	return claims, nil
+}
+
+// verifyQuote checks a quote and the PCR values reported with it.
+func verifyQuote(akPublic, message, signature string, pcrHex []string, expected []byte, trusted map[[sha256.Size]byte]bool, ref PCRReference) (*tpmClaims, error) {
+
+	der, err := base64.StdEncoding.DecodeString(akPublic)
+	if err != nil {
+		return nil, errors.New("ak_public is not base64")
 	}
 	if !trusted[sha256.Sum256(der)] {
-		return errors.New("the attestation key is not registered with this KBS (--tpm-ak)")
+		return nil, errors.New("the attestation key is not registered with this KBS (--tpm-ak)")
 	}
 	key, err := x509.ParsePKIXPublicKey(der)
 	if err != nil {
-		return fmt.Errorf("ak_public: %v", err)
+		return nil, fmt.Errorf("ak_public: %v", err)
 	}
 	ak, ok := key.(*rsa.PublicKey)
 	if !ok {
-		return errors.New("the attestation key is not RSA")
+		return nil, errors.New("the attestation key is not RSA")
 	}
 
-	msg, err := base64.StdEncoding.DecodeString(ev.TPMQuote.Message)
+	msg, err := base64.StdEncoding.DecodeString(message)
 	if err != nil {
-		return errors.New("quote message is not base64")
+		return nil, errors.New("quote message is not base64")
 	}
-	sigBytes, err := base64.StdEncoding.DecodeString(ev.TPMQuote.Signature)
+	sigBytes, err := base64.StdEncoding.DecodeString(signature)
 	if err != nil {
-		return errors.New("quote signature is not base64")
+		return nil, errors.New("quote signature is not base64")
 	}
 	sig, err := tpm2.Unmarshal[tpm2.TPMTSignature](sigBytes)
 	if err != nil {
-		return fmt.Errorf("quote signature: %v", err)
+		return nil, fmt.Errorf("quote signature: %v", err)
 	}
 	if sig.SigAlg != tpm2.TPMAlgRSASSA {
-		return fmt.Errorf("quote signature algorithm %v, want RSASSA", sig.SigAlg)
+		return nil, fmt.Errorf("quote signature algorithm %v, want RSASSA", sig.SigAlg)
 	}
 	rs, err := sig.Signature.RSASSA()
 	if err != nil {
-		return fmt.Errorf("quote signature: %v", err)
+		return nil, fmt.Errorf("quote signature: %v", err)
 	}
 	if rs.Hash != tpm2.TPMAlgSHA256 {
-		return fmt.Errorf("quote signature hash %v, want SHA-256", rs.Hash)
+		return nil, fmt.Errorf("quote signature hash %v, want SHA-256", rs.Hash)
 	}
 	digest := sha256.Sum256(msg)
 	if err := rsa.VerifyPKCS1v15(ak, crypto.SHA256, digest[:], rs.Sig.Buffer); err != nil {
-		return errors.New("quote signature does not verify with the attestation key")
+		return nil, errors.New("quote signature does not verify with the attestation key")
 	}
 
 	// Signed by a registered AK from here on; what it says still has to be
 	// what we asked for.
 	att, err := tpm2.Unmarshal[tpm2.TPMSAttest](msg)
 	if err != nil {
-		return fmt.Errorf("quote message: %v", err)
+		return nil, fmt.Errorf("quote message: %v", err)
 	}
 	if att.Magic != tpm2.TPMGeneratedValue {
-		return errors.New("quote message is not TPM-generated")
+		return nil, errors.New("quote message is not TPM-generated")
 	}
 	if att.Type != tpm2.TPMSTAttestQuote {
-		return fmt.Errorf("attestation type %#x is not a quote", uint16(att.Type))
+		return nil, fmt.Errorf("attestation type %#x is not a quote", uint16(att.Type))
 	}
 	if subtle.ConstantTimeCompare(att.ExtraData.Buffer, expected[:32]) != 1 {
-		return errors.New("quote extraData does not bind the runtime data (nonce and tee-pubkey)")
+		return nil, errors.New("quote extraData does not bind the runtime data (nonce and tee-pubkey)")
 	}
 	info, err := att.Attested.Quote()
 	if err != nil {
-		return fmt.Errorf("quote info: %v", err)
+		return nil, fmt.Errorf("quote info: %v", err)
 	}
 
-	if len(ev.TPMQuote.PCRs) != 24 {
-		return fmt.Errorf("%d PCR values, want 24", len(ev.TPMQuote.PCRs))
+	if len(pcrHex) != 24 {
+		return nil, fmt.Errorf("%d PCR values, want 24", len(pcrHex))
 	}
 	pcrs := make([][]byte, 24)
-	for i, h := range ev.TPMQuote.PCRs {
+	for i, h := range pcrHex {
 		v, err := hex.DecodeString(h)
 		if err != nil || len(v) != sha256.Size {
-			return fmt.Errorf("PCR %d is not a hex SHA-256 value", i)
+			return nil, fmt.Errorf("PCR %d is not a hex SHA-256 value", i)
 		}
 		pcrs[i] = v
 	}
 	quoted := make([]bool, 24)
 	h := sha256.New()
 	if len(info.PCRSelect.PCRSelections) != 1 || info.PCRSelect.PCRSelections[0].Hash != tpm2.TPMAlgSHA256 {
-		return errors.New("quote does not select exactly the SHA-256 PCR bank")
+		return nil, errors.New("quote does not select exactly the SHA-256 PCR bank")
 	}
 	sel := info.PCRSelect.PCRSelections[0].PCRSelect
 	for i := 0; i < len(sel)*8; i++ {
@@ -171,13 +194,13 @@ func verifyTPM(raw json.RawMessage, expected []byte, trusted map[[sha256.Size]by
 			continue
 		}
 		if i >= 24 {
-			return fmt.Errorf("quote selects PCR %d, beyond the 24 reported", i)
+			return nil, fmt.Errorf("quote selects PCR %d, beyond the 24 reported", i)
 		}
 		quoted[i] = true
 		h.Write(pcrs[i])
 	}
 	if !bytes.Equal(h.Sum(nil), info.PCRDigest.Buffer) {
-		return errors.New("reported PCR values do not match the quote's PCR digest")
+		return nil, errors.New("reported PCR values do not match the quote's PCR digest")
 	}
 	for i := 0; i < 24; i++ {
 		allowed, constrained := ref[i]
@@ -185,15 +208,15 @@ func verifyTPM(raw json.RawMessage, expected []byte, trusted map[[sha256.Size]by
 			continue
 		}
 		if !quoted[i] {
-			return fmt.Errorf("PCR %d is constrained but not covered by the quote", i)
+			return nil, fmt.Errorf("PCR %d is constrained but not covered by the quote", i)
 		}
 		ok := false
 		for _, a := range allowed {
 			ok = ok || bytes.Equal(a, pcrs[i])
 		}
 		if !ok {
-			return fmt.Errorf("PCR %d value %x is not in the reference set", i, pcrs[i])
+			return nil, fmt.Errorf("PCR %d value %x is not in the reference set", i, pcrs[i])
 		}
 	}
-	return nil
+	return &tpmClaims{pcrs: pcrs, quoted: quoted}, nil
 }

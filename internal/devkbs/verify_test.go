@@ -88,7 +88,7 @@ func TestVerifyTPM(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := verifyTPM(tt.evidence, tt.expected, tt.trusted, tt.ref)
+			_, err := verifyTPM(tt.evidence, tt.expected, tt.trusted, tt.ref)
 			if tt.want == "" {
 				if err != nil {
 					t.Fatalf("refused: %v", err)
