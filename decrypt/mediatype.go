@@ -1,37 +1,12 @@
 package decrypt
 
-import (
-	"strings"
+import "github.com/guest-puller/guest-puller/internal/mediatype"
 
-	"github.com/containers/ocicrypt/spec"
-)
+// Which layer types are encrypted is internal/mediatype's to say, for the
+// policy and the pipeline alike: a type merely ending in "+encrypted" is
+// not one, so a layer we could not unpack after decryption never counts as
+// encrypted for the policy's "encrypted" requirement.
 
-const encryptedSuffix = "+encrypted"
+func isEncrypted(mediaType string) bool { return mediatype.IsEncrypted(mediaType) }
 
-// encryptedLayerTypes are the layer media types ocicrypt writes (OCI) and
-// that imgcrypt and image-rs accept (Docker). A type merely ending in
-// "+encrypted" is not enough: a layer we could not unpack after decryption
-// must not count as encrypted for the policy's "encrypted" requirement.
-var encryptedLayerTypes = map[string]bool{
-	spec.MediaTypeLayerEnc:                     true,
-	spec.MediaTypeLayerGzipEnc:                 true,
-	spec.MediaTypeLayerZstdEnc:                 true,
-	spec.MediaTypeLayerNonDistributableEnc:     true,
-	spec.MediaTypeLayerNonDistributableGzipEnc: true,
-	spec.MediaTypeLayerNonDistributableZstdEnc: true,
-
-	"application/vnd.docker.image.rootfs.diff.tar+encrypted":              true,
-	"application/vnd.docker.image.rootfs.diff.tar.gzip+encrypted":         true,
-	"application/vnd.docker.image.rootfs.diff.tar.zstd+encrypted":         true,
-	"application/vnd.docker.image.rootfs.foreign.diff.tar+encrypted":      true,
-	"application/vnd.docker.image.rootfs.foreign.diff.tar.gzip+encrypted": true,
-}
-
-func isEncrypted(mediaType string) bool { return encryptedLayerTypes[mediaType] }
-
-func plainMediaType(mediaType string) string {
-	if !isEncrypted(mediaType) {
-		return mediaType
-	}
-	return strings.TrimSuffix(mediaType, encryptedSuffix)
-}
+func plainMediaType(mediaType string) string { return mediatype.Plain(mediaType) }

@@ -13,6 +13,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/mediatype"
 	"github.com/guest-puller/guest-puller/internal/refname"
 )
 
@@ -324,9 +325,11 @@ func (r *sigstoreThreshold) evaluate(ctx context.Context, ev *evaluation) (Requi
 	return res, c.results
 }
 
-// isEncrypted reports an ocicrypt media type (…tar+gzip+encrypted etc).
+// isEncrypted reports an encrypted layer type that the pipeline decrypts
+// (internal/mediatype is the one list): a type that merely ends in
+// "+encrypted" but is no layer type pull can read is not encrypted.
 func isEncrypted(mediaType string) bool {
-	return strings.HasSuffix(mediaType, "+encrypted")
+	return mediatype.IsEncrypted(mediaType)
 }
 
 func (r encrypted) evaluate(_ context.Context, ev *evaluation) (RequirementResult, []SignatureResult) {

@@ -21,6 +21,7 @@ import (
 
 	"github.com/guest-puller/guest-puller/decrypt"
 	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/mediatype"
 	"github.com/guest-puller/guest-puller/internal/refname"
 	"github.com/guest-puller/guest-puller/internal/registry"
 	"github.com/guest-puller/guest-puller/policy"
@@ -222,7 +223,7 @@ func planLayers(image string, layers []v1.Descriptor, diffIDs []digest.Digest) (
 			return nil, fmt.Errorf("%s: layer %s: %w: bad diff_id %q", image, desc.Digest, errdefs.ErrIntegrity, j.diffID)
 		}
 		var err error
-		if j.compression, err = compressionOf(string(desc.MediaType)); err != nil {
+		if j.layer, err = mediatype.ParseLayer(string(desc.MediaType)); err != nil {
 			return nil, fmt.Errorf("%s: layer %s: %w", image, desc.Digest, err)
 		}
 		jobs[i] = j
@@ -235,7 +236,7 @@ func planLayers(image string, layers []v1.Descriptor, diffIDs []digest.Digest) (
 // cached layer is never a way around it.
 func (p *Puller) unwrapKeys(ctx context.Context, image string, jobs []*layerJob) error {
 	for _, j := range jobs {
-		if !decrypt.IsEncrypted(string(j.desc.MediaType)) {
+		if !j.layer.Encrypted {
 			continue
 		}
 		if p.opts.Keys == nil {
@@ -296,7 +297,7 @@ type layerJob struct {
 	image       string
 	desc        v1.Descriptor
 	diffID      digest.Digest
-	compression compression
+	layer       mediatype.Layer
 	key         *decrypt.LayerKey
 	cached      bool
 }
@@ -384,7 +385,7 @@ func (p *Puller) verifyStream(ctx context.Context, rc *registry.Client, repo nam
 	}
 	in := &errRecorder{r: r}
 	out := &errRecorder{}
-	tarStream, closeDecomp, err := j.compression.reader(in)
+	tarStream, closeDecomp, err := decompress(j.layer.Compression, in)
 	if err != nil {
 		// The decompressor rejected the stream's header.
 		out.err, closeDecomp = err, func() {}
@@ -441,7 +442,7 @@ func (j *layerJob) cause(err error, in, out *errRecorder) error {
 			return derr
 		}
 	}
-	return fmt.Errorf("%w: the layer's %s data is corrupt: %v", errdefs.ErrIntegrity, j.compression, oerr)
+	return fmt.Errorf("%w: the layer's %s data is corrupt: %v", errdefs.ErrIntegrity, j.layer.Compression, oerr)
 }
 
 // errRecorder remembers the first error, other than EOF, of its reader.

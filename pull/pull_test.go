@@ -34,32 +34,6 @@ import (
 	"github.com/guest-puller/guest-puller/unpack"
 )
 
-func TestCompressionOf(t *testing.T) {
-	for _, tc := range []struct {
-		mt   string
-		want compression
-		bad  bool
-	}{
-		{"application/vnd.oci.image.layer.v1.tar", uncompressed, false},
-		{"application/vnd.oci.image.layer.v1.tar+gzip", gzipped, false},
-		{"application/vnd.oci.image.layer.v1.tar+zstd", zstded, false},
-		{"application/vnd.oci.image.layer.v1.tar+gzip+encrypted", gzipped, false},
-		{"application/vnd.oci.image.layer.v1.tar+zstd+encrypted", zstded, false},
-		{"application/vnd.oci.image.layer.v1.tar+encrypted", uncompressed, false},
-		{"application/vnd.docker.image.rootfs.diff.tar.gzip", gzipped, false},
-		{"application/vnd.docker.image.rootfs.diff.tar.gzip+encrypted", gzipped, false},
-		{"application/vnd.docker.image.rootfs.foreign.diff.tar.gzip", gzipped, false},
-		{"application/vnd.oci.image.layer.v1.tar+bzip2", 0, true},
-		{"application/vnd.dev.cosign.simplesigning.v1+json", 0, true},
-		{"", 0, true},
-	} {
-		got, err := compressionOf(tc.mt)
-		if tc.bad != (err != nil) || got != tc.want {
-			t.Errorf("compressionOf(%q) = %v, %v; want %v, error %v", tc.mt, got, err, tc.want, tc.bad)
-		}
-	}
-}
-
 func TestDefaultContainerID(t *testing.T) {
 	d := v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("ab", 32)}
 	for in, want := range map[string]string{
