@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/containerd/ttrpc"
@@ -40,6 +41,10 @@ type Options struct {
 	Puller func(ctx context.Context) (*pull.Puller, error)
 	// Cache is the layer cache the native service reports on and cleans.
 	Cache *unpack.Cache
+	// GCInterval, if positive, is how often Serve reclaims what containers
+	// left once they are gone (see Service.reclaim); 0 leaves it to the
+	// native service's GC.
+	GCInterval time.Duration
 	// Log receives one line per request (image, container, outcome,
 	// duration; never credentials nor secrets).
 	Log     *slog.Logger
@@ -107,6 +112,12 @@ func Serve(ctx context.Context, s *Service, path string) error {
 		attrs = append(attrs, "cache", s.opts.Cache.Root())
 	}
 	s.opts.Log.Info("serving", attrs...)
+	if s.opts.GCInterval > 0 && s.opts.Cache != nil {
+		rctx, stop := context.WithCancel(ctx)
+		var wg sync.WaitGroup
+		wg.Go(func() { s.reclaim(rctx, s.opts.GCInterval) })
+		defer func() { stop(); wg.Wait() }()
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ctx, sock.UnixListener) }()
 	select {
@@ -120,6 +131,36 @@ func Serve(ctx context.Context, s *Service, path string) error {
 			return nil
 		}
 		return err
+	}
+}
+
+// reclaim runs the cache's GC every interval while the daemon serves, so
+// that what a container leaves once kata-agent has cleaned it up (rootfs
+// unmounted, bundle directory deleted) goes while the pod lives, not at
+// the next boot: its upper and work directories with everything it wrote,
+// and layers no image record or live bundle uses any more. In a guest
+// whose cache is in RAM, each would otherwise be memory lost for the
+// pod's lifetime. A live bundle (its directory and config.json there) and
+// its layers are never touched.
+func (s *Service) reclaim(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rep, err := s.opts.Cache.GC(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if rep != nil && len(rep.Bundles)+len(rep.Layers) > 0 {
+			s.opts.Log.Info("reclaimed", "bundles", rep.Bundles, "layers", len(rep.Layers), "freed", rep.FreedBytes)
+		}
+		if err != nil {
+			s.opts.Log.Warn("reclaim", "error", err.Error())
+		}
 	}
 }
 

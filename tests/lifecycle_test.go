@@ -368,3 +368,126 @@ func TestDaemonSocketTakeover(t *testing.T) {
 		}
 	}
 }
+
+// TestDaemonReclaimsWhatContainersLeave: while the daemon serves, what a
+// container leaves once kata-agent has cleaned it up (its upper directory
+// with everything it wrote, its record) is reclaimed, and so is a layer
+// no image and no live container uses any more; a live container, and
+// every layer it uses, is never touched, even when its image record has
+// moved on to another manifest.
+func TestDaemonReclaimsWhatContainersLeave(t *testing.T) {
+	reg := testutil.StartRegistry(t, testutil.RegistryOptions{})
+	base := testutil.Tar(t, testutil.File("base", "shared", 0o644))
+	image := func(name string) string {
+		return testutil.BuildImage(t, testutil.ImageSpec{Layers: [][]byte{base, testutil.Tar(t, testutil.File("name", name, 0o644))}})
+	}
+	a := reg.Push(t, image("a1"), "reclaim/a:1")
+	b := reg.Push(t, image("b"), "reclaim/b:1")
+	e := newEnv(t)
+	d := startDaemon(t, e, "--policy", e.write("policy.json", acceptAll), "--insecure-registry", reg.Host, "--gc-interval", "100ms")
+	k := newKata(t, e, d)
+	native := guestpullerv1.NewGuestPullerClient(d.client)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	run := func(id, image string) string {
+		dir := k.bundle(id)
+		if _, err := k.pull(ctx, image, dir); err != nil {
+			t.Fatalf("%s: %v", id, err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "rootfs", "state"), []byte(id+" ran"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return dir
+	}
+	upper := func(id string) string { return filepath.Join(e.cache, "containers", id, "upper") }
+	// until polls for cond over a few of the daemon's sweeps.
+	until := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(15 * time.Second); !cond(); {
+			if time.Now().After(deadline) {
+				t.Fatalf("not reclaimed within 15s: %s\n%s", what, d.logs.String())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	gone := func(p string) func() bool {
+		return func() bool { _, err := os.Lstat(p); return os.IsNotExist(err) }
+	}
+	layerDir := func(diffID string) string {
+		return filepath.Join(e.cache, "layers", strings.TrimPrefix(diffID, "sha256:"))
+	}
+	recorded := func(image string) []string {
+		list, err := native.ListImages(ctx, &guestpullerv1.ListImagesRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, img := range list.Images {
+			if img.Ref == image {
+				return img.DiffIds
+			}
+		}
+		t.Fatalf("no record of %s", image)
+		return nil
+	}
+
+	c1, c2, c3 := run("c1", a), run("c2", a), run("c3", b)
+	oldA := recorded(a)
+	for _, id := range []string{"c1", "c2", "c3"} {
+		if got, err := os.ReadFile(filepath.Join(upper(id), "state")); err != nil || string(got) != id+" ran" {
+			t.Fatalf("%s's write is not in its upper dir: %q %v", id, got, err)
+		}
+	}
+
+	// kata cleans c1 up: its upper directory goes, the others stay.
+	if err := remove(c1); err != nil {
+		t.Fatal(err)
+	}
+	until("c1's upper directory", gone(filepath.Join(e.cache, "containers", "c1")))
+
+	// The tag moves on: the image record names the new manifest, but the
+	// old one's own layer stays as long as c2 runs it.
+	reg.Push(t, image("a2"), "reclaim/a:1")
+	c4 := run("c4", a)
+	if newA := recorded(a); newA[1] == oldA[1] {
+		t.Fatalf("the tag did not move: %v", newA)
+	}
+	if _, err := native.GC(ctx, &guestpullerv1.GCRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	for id, dir := range map[string]string{"c2": c2, "c3": c3, "c4": c4} {
+		if got, err := os.ReadFile(filepath.Join(dir, "rootfs", "state")); err != nil || string(got) != id+" ran" {
+			t.Errorf("live container %s lost its write: %q %v", id, got, err)
+		}
+		if len(testutil.Mounts(t, filepath.Join(dir, "rootfs"))) != 1 {
+			t.Errorf("live container %s's rootfs is not mounted", id)
+		}
+	}
+	if got, err := os.ReadFile(filepath.Join(c2, "rootfs", "name")); err != nil || string(got) != "a1" {
+		t.Errorf("c2 runs the old manifest: name = %q, %v", got, err)
+	}
+	if _, err := os.Stat(layerDir(oldA[1])); err != nil {
+		t.Errorf("a layer a live container uses was reclaimed: %v", err)
+	}
+
+	// c2 ends: the old manifest's own layer goes with it; the shared base
+	// stays for the recorded images.
+	if err := remove(c2); err != nil {
+		t.Fatal(err)
+	}
+	until("the old manifest's layer", gone(layerDir(oldA[1])))
+	until("c2's upper directory", gone(filepath.Join(e.cache, "containers", "c2")))
+	if _, err := os.Stat(layerDir(oldA[0])); err != nil {
+		t.Errorf("the shared base layer went: %v", err)
+	}
+	st, err := native.Status(ctx, &guestpullerv1.StatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Bundles != 2 || st.Images != 2 || st.Layers != 3 {
+		t.Errorf("status after the cleanups: %d bundles, %d images, %d layers; want 2, 2, 3", st.Bundles, st.Images, st.Layers)
+	}
+	if !strings.Contains(d.logs.String(), "reclaimed") {
+		t.Errorf("the daemon's log does not say what it reclaimed:\n%s", d.logs.String())
+	}
+}

@@ -481,30 +481,45 @@ func (c *Cache) configPresent(rec *bundleState) bool {
 // belongs to another bundle now. The record goes last, so a crash midway
 // leaves it for the next attempt.
 func (c *Cache) teardown(id string, rec *bundleState, inDir bool) error {
+	tmp, err := c.unmake(id, rec, inDir)
+	if err != nil || tmp == "" {
+		return err
+	}
+	if err := removeAll(tmp); err != nil {
+		return fmt.Errorf("bundle %s: %w", id, err)
+	}
+	return nil
+}
+
+// unmake is teardown up to renaming the container's directory (record,
+// upper and work) into trash/; it returns where that went, for the caller
+// to delete.
+func (c *Cache) unmake(id string, rec *bundleState, inDir bool) (trash string, err error) {
 	if rec != nil && inDir && requireDir(rec.Dir) == nil {
 		if err := unmountAll(rec.Rootfs); err != nil {
-			return err
+			return "", err
 		}
 		// Never delete through a mount: unmountAll succeeded, but check.
 		if mounted, err := isMountPoint(rec.Rootfs); err == nil && mounted {
-			return fmt.Errorf("bundle %s: %s is still mounted", id, rec.Rootfs)
+			return "", fmt.Errorf("bundle %s: %s is still mounted", id, rec.Rootfs)
 		}
 		// A crash while writing config.json leaves its temporary file.
 		tmps, _ := filepath.Glob(filepath.Join(rec.Dir, ".tmp-"+configFile+"-*"))
 		for _, p := range append(tmps, filepath.Join(rec.Dir, configFile), rec.Rootfs) {
 			if err := removeAll(p); err != nil {
-				return fmt.Errorf("bundle %s: %w", id, err)
+				return "", fmt.Errorf("bundle %s: %w", id, err)
 			}
 		}
 		if rec.CreatedDir {
 			// Only if empty: whatever else is there is not ours.
 			if err := os.Remove(rec.Dir); err != nil && !isNotExist(err) && !errors.Is(err, unix.ENOTEMPTY) && !errors.Is(err, unix.EEXIST) {
-				return fmt.Errorf("bundle %s: %w", id, err)
+				return "", fmt.Errorf("bundle %s: %w", id, err)
 			}
 		}
 	}
-	if err := c.moveToTrash(c.containerDir(id)); err != nil {
-		return fmt.Errorf("bundle %s: %w", id, err)
+	tmp, err := c.trash(c.containerDir(id))
+	if err != nil {
+		return "", fmt.Errorf("bundle %s: %w", id, err)
 	}
-	return nil
+	return tmp, nil
 }

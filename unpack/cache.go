@@ -330,16 +330,6 @@ func (c *Cache) removeStaleStaging() error {
 	return nil
 }
 
-// moveToTrash renames path into trash/ (one atomic step that makes it
-// disappear from where readers look), then deletes it.
-func (c *Cache) moveToTrash(path string) error {
-	tmp, err := c.trash(path)
-	if err != nil || tmp == "" {
-		return err
-	}
-	return removeAll(tmp)
-}
-
 // trash renames path into trash/ and returns where it went, for the
 // caller to delete; "" if path did not exist. An interrupted delete is
 // finished by the next Open or GC.

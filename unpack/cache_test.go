@@ -631,3 +631,64 @@ func TestGCDetachesBusyMount(t *testing.T) {
 		t.Errorf("read from the detached mount: %q %v", buf, err)
 	}
 }
+
+// TestGCGoesOnPastAStuckBundle: a bundle GC cannot take down is reported
+// and kept, with its layers, and does not keep GC from the rest.
+func TestGCGoesOnPastAStuckBundle(t *testing.T) {
+	requireRoot(t)
+	ctx := context.Background()
+	c := openCache(t)
+	stuckLayer := commitLayer(t, c, tarLayer(t, fileE("stuck", "1", 0o644)))
+	goneLayer := commitLayer(t, c, tarLayer(t, fileE("gone", "22", 0o644)))
+	cfg := testImageConfig()
+	cfg.Config.User = ""
+	mk := func(id string, l digest.Digest) *Bundle {
+		b, err := c.CreateBundle(ctx, BundleSpec{ID: id, Image: id, ManifestDigest: digest.FromString(id), Layers: []digest.Digest{l}, Config: cfg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unmountAll(b.Rootfs) })
+		return b
+	}
+	stuck, gone := mk("stuck", stuckLayer), mk("gone", goneLayer)
+	c.Close() // this process is done pulling: no pins
+	// Both containers ended; stuck's rootfs has more mounts stacked on it
+	// than unmountAll takes down.
+	t.Cleanup(func() { unmountAll(stuck.Rootfs) })
+	for range 17 {
+		if err := unix.Mount("tmpfs", stuck.Rootfs, "tmpfs", 0, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Remove(filepath.Join(stuck.Dir, "config.json")); err != nil {
+		t.Fatal(err)
+	}
+	if err := unmountAll(gone.Rootfs); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(gone.Dir); err != nil {
+		t.Fatal(err)
+	}
+
+	c2, err := Open(ctx, c.Root())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	report, err := c2.GC(ctx)
+	if err == nil || !strings.Contains(err.Error(), "stuck") {
+		t.Errorf("GC error: %v, want one naming the stuck bundle", err)
+	}
+	if !slices.Equal(report.Bundles, []string{"gone"}) || !slices.Equal(report.Layers, []digest.Digest{goneLayer}) {
+		t.Errorf("GC removed bundles %v and layers %v; want [gone] and [%s]", report.Bundles, report.Layers, goneLayer)
+	}
+	if !c2.hasLayer(stuckLayer.Encoded()) {
+		t.Error("the stuck bundle's layer was removed")
+	}
+	if _, err := c2.readBundle("stuck"); err != nil {
+		t.Errorf("the stuck bundle's record: %v", err)
+	}
+	if names, _ := dirNames(filepath.Join(c2.Root(), dirTrash)); len(names) != 0 {
+		t.Errorf("trash left after GC: %v", names)
+	}
+}

@@ -109,5 +109,11 @@
 // made, or whose directory or config.json is gone, then layers named by no
 // image record and no live bundle, except those another process holds
 // pinned or locked. Between finding or committing a layer and PutImage, a
-// Cache keeps the layer pinned; PutImage (or Close) releases the pin.
+// Cache keeps the layer pinned; PutImage (or Close) releases the pin. A
+// bundle GC cannot take down is reported and kept, with its layers, and
+// the rest is collected all the same. Under the exclusive cache lock GC
+// only renames what goes into trash/; it deletes after releasing it, so a
+// large layer's deletion does not hold up pulls. `guest-puller serve`
+// runs GC periodically (--gc-interval), so a pod's cache gives back what
+// each container left as soon as kata-agent has cleaned it up.
 package unpack

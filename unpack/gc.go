@@ -43,7 +43,7 @@ func (c *Cache) List(ctx context.Context) (*Listing, error) {
 		}
 		l.Bundles = append(l.Bundles, r)
 	}
-	refs := c.layerRefs(images, bundles)
+	refs := c.layerRefs(images, bundles, false)
 	layers, err := c.layers()
 	if err != nil {
 		return nil, err
@@ -70,9 +70,9 @@ func (c *Cache) live(b *bundleState) bool {
 	return b.State == bundleReady && !b.Removed && c.configPresent(b)
 }
 
-// layerRefs counts, per diff_id, the image records and live bundles that
-// use it.
-func (c *Cache) layerRefs(images []ImageRecord, bundles []*bundleState) map[digest.Digest]int {
+// layerRefs counts, per diff_id, the image records and the bundles that
+// use it: the live ones, or with all, every bundle given.
+func (c *Cache) layerRefs(images []ImageRecord, bundles []*bundleState, all bool) map[digest.Digest]int {
 	refs := map[digest.Digest]int{}
 	for _, img := range images {
 		seen := map[digest.Digest]bool{}
@@ -84,7 +84,7 @@ func (c *Cache) layerRefs(images []ImageRecord, bundles []*bundleState) map[dige
 		}
 	}
 	for _, b := range bundles {
-		if !c.live(b) {
+		if !all && !c.live(b) {
 			continue
 		}
 		for i, d := range b.Layers {
@@ -116,24 +116,49 @@ func (c *Cache) layers() ([]layerMeta, error) {
 	return metas, nil
 }
 
-// GC unmounts and removes the bundles of removed containers, then removes
-// layers no image record or live bundle references.
+// GC unmounts and removes the bundles of removed containers (image
+// removed, bundle directory or config.json deleted, half made), with their
+// upper directories, then removes layers no image record or live bundle
+// references. A live bundle, and every layer it uses, stays.
 func (c *Cache) GC(ctx context.Context) (*GCReport, error) {
+	report := &GCReport{Bundles: []string{}, Layers: []digest.Digest{}}
+	trash, err := c.collect(ctx, report)
+	// Deleting can take a while (a large layer is many files), so it runs
+	// without the cache lock and pulls go on meanwhile: what collect
+	// renamed into trash/ is out of every reader's sight already, and a
+	// crash midway leaves it for the next Open or GC.
+	for _, t := range trash {
+		if rerr := removeAll(t); rerr != nil && err == nil {
+			err = fmt.Errorf("gc: %w", rerr)
+		}
+	}
+	return report, err
+}
+
+// collect is GC's part under the exclusive cache lock: it renames what
+// goes into trash/ and returns those trash directories.
+func (c *Cache) collect(ctx context.Context, report *GCReport) (trash []string, err error) {
 	unlock, err := c.lockCache(ctx, unix.LOCK_EX)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	report := &GCReport{Bundles: []string{}, Layers: []digest.Digest{}}
+	// First what killed processes (or an interrupted GC) left in trash/.
+	if err := c.emptyTrash(); err != nil {
+		return nil, err
+	}
 
 	bundles, err := c.bundles()
 	if err != nil {
 		return nil, err
 	}
+	// One bundle or layer that cannot go does not keep the others: its
+	// error is reported, and a bundle that stays keeps its layers.
+	var errs []error
 	var kept []*bundleState
 	for _, b := range bundles {
 		if err := ctx.Err(); err != nil {
-			return report, err
+			return trash, err
 		}
 		// Under the exclusive lock nobody is making a bundle, so one not
 		// ready was left by a killed process.
@@ -141,44 +166,57 @@ func (c *Cache) GC(ctx context.Context) (*GCReport, error) {
 			kept = append(kept, b)
 			continue
 		}
-		if err := c.teardown(b.ID, b, true); err != nil {
-			return report, err
+		t, err := c.unmake(b.ID, b, true)
+		if err != nil {
+			errs = append(errs, err)
+			kept = append(kept, b)
+			continue
 		}
+		trash = appendNonEmpty(trash, t)
 		report.Bundles = append(report.Bundles, b.ID)
 	}
 
 	images, err := c.images()
 	if err != nil {
-		return report, err
+		return trash, err
 	}
-	refs := c.layerRefs(images, kept)
+	refs := c.layerRefs(images, kept, true)
 	layers, err := c.layers()
 	if err != nil {
-		return report, err
+		return trash, err
 	}
 	for _, m := range layers {
 		if err := ctx.Err(); err != nil {
-			return report, err
+			return trash, err
 		}
 		if refs[m.DiffID] > 0 {
 			continue
 		}
-		removed, err := c.removeLayer(m.DiffID)
+		t, removed, err := c.removeLayer(m.DiffID)
 		if err != nil {
-			return report, err
+			errs = append(errs, err)
+			continue
 		}
+		trash = appendNonEmpty(trash, t)
 		if removed {
 			report.Layers = append(report.Layers, m.DiffID)
 			report.FreedBytes += m.Size
 		}
 	}
 	if err := c.removeStaleStaging(); err != nil {
-		return report, err
+		errs = append(errs, err)
 	}
 	if err := c.pruneLocks(); err != nil {
-		return report, err
+		errs = append(errs, err)
 	}
-	return report, c.emptyTrash()
+	return trash, errors.Join(errs...)
+}
+
+func appendNonEmpty(list []string, s string) []string {
+	if s == "" {
+		return list
+	}
+	return append(list, s)
 }
 
 // pruneLocks removes lock files that guard nothing any more (layers that
@@ -238,41 +276,36 @@ func (c *Cache) pruneLocks() error {
 	return nil
 }
 
-// removeLayer removes an unreferenced layer unless a process has it
-// pinned (it is about to record an image using it) or locked.
-func (c *Cache) removeLayer(d digest.Digest) (bool, error) {
+// removeLayer renames an unreferenced layer into trash/, unless a
+// process has it pinned (it is about to record an image using it) or
+// locked, and returns the trash directory for the caller to delete.
+func (c *Cache) removeLayer(d digest.Digest) (trash string, removed bool, err error) {
 	name, err := layerName(d)
 	if err != nil {
-		return false, err
+		return "", false, err
 	}
 	pinPath, lockPath := c.pinLock(name), c.layerLock(name)
 	pin, err := tryLock(pinPath, unix.LOCK_EX)
 	if errors.Is(err, errLocked) {
-		return false, nil
+		return "", false, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("layer %s: %w", d, err)
+		return "", false, fmt.Errorf("layer %s: %w", d, err)
 	}
 	lk, err := tryLock(lockPath, unix.LOCK_EX)
 	if errors.Is(err, errLocked) {
 		pin.Close()
-		return false, nil
+		return "", false, nil
 	}
 	if err != nil {
 		pin.Close()
-		return false, fmt.Errorf("layer %s: %w", d, err)
+		return "", false, fmt.Errorf("layer %s: %w", d, err)
 	}
-	// Hold the locks only for the rename; the delete can take a while.
 	tmp, err := c.trash(c.layerDir(name))
 	unlockAndRemove(lk, lockPath)
 	unlockAndRemove(pin, pinPath)
 	if err != nil {
-		return false, fmt.Errorf("layer %s: remove: %w", d, err)
+		return "", false, fmt.Errorf("layer %s: remove: %w", d, err)
 	}
-	if tmp != "" {
-		if err := removeAll(tmp); err != nil {
-			return false, fmt.Errorf("layer %s: remove: %w", d, err)
-		}
-	}
-	return true, nil
+	return tmp, true, nil
 }

@@ -253,6 +253,7 @@ var perRunFlags = map[string]string{
 	"quiet":        "chooses one run's output",
 	"config":       "names the config file itself",
 	"socket":       "is serve's command line",
+	"gc-interval":  "is serve's command line",
 }
 
 // pullSettings are the settings bound to a command's flag set.

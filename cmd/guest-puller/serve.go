@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"log/slog"
+	"time"
 
 	"github.com/guest-puller/guest-puller/api"
 	"github.com/guest-puller/guest-puller/pull"
@@ -19,6 +20,7 @@ request; a request's own registry credentials replace --creds for it alone.
 SIGTERM or SIGINT stops the daemon and removes the socket.`)
 	s := f.settings(nil)
 	socket := f.fs.String("socket", api.DefaultSocket, "unix socket `PATH` to serve on")
+	gcEvery := f.fs.Duration("gc-interval", DefaultGCInterval, "every `DURATION`, reclaim what containers left once their bundle directory is gone (upper directories, records) and layers nothing uses any more; 0 turns it off")
 	if _, err := f.parse(inv.args, 0); err != nil {
 		return err
 	}
@@ -33,5 +35,17 @@ SIGTERM or SIGINT stops the daemon and removes the socket.`)
 	}
 	defer p.Close()
 	log := slog.New(slog.NewTextHandler(inv.stderr, nil))
-	return api.Serve(ctx, api.NewService(p, log, version()), *socket)
+	svc := api.New(api.Options{
+		Puller:     func(context.Context) (*pull.Puller, error) { return p, nil },
+		Cache:      p.Cache(),
+		Log:        log,
+		Version:    version(),
+		GCInterval: *gcEvery,
+	})
+	return api.Serve(ctx, svc, *socket)
 }
+
+// DefaultGCInterval is serve's --gc-interval: often enough that a guest
+// whose cache is in RAM gets a removed container's memory back soon, and
+// a sweep that finds nothing costs a few file reads.
+const DefaultGCInterval = 30 * time.Second
