@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -55,6 +57,12 @@ type Options struct {
 	// Retry says how failed requests are repeated; zero fields take
 	// DefaultRetry's.
 	Retry Retry
+	// Proxy picks each request's proxy, as http.Transport.Proxy does; nil
+	// means the environment's (HTTPS_PROXY, HTTP_PROXY, NO_PROXY).
+	Proxy func(*http.Request) (*url.URL, error)
+	// RootCAs, if set, are the CAs a registry's certificate must chain to,
+	// in place of the system's.
+	RootCAs *x509.CertPool
 }
 
 // Client reads images from registries. It is safe for concurrent use.
@@ -123,7 +131,7 @@ func New(opts Options) (*Client, error) {
 	}
 	secure, insecure := opts.Transport, opts.Transport
 	if opts.Transport == nil {
-		secure, insecure = newBaseTransport(false), newBaseTransport(true)
+		secure, insecure = newBaseTransport(false, opts.Proxy, opts.RootCAs), newBaseTransport(true, opts.Proxy, nil)
 	}
 	var rt http.RoundTripper = &schemeGuard{secure: secure, insecure: insecure, allowed: s.isInsecure}
 	if opts.UserAgent != "" {

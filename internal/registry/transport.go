@@ -2,8 +2,10 @@ package registry
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"net"
 	"net/http"
+	"net/url"
 	"time"
 )
 
@@ -35,9 +37,12 @@ func (g *schemeGuard) RoundTrip(req *http.Request) (*http.Response, error) {
 // bounded connection set-up and header waits, no bound on a body's transfer
 // (a layer may take minutes), and enough idle connections for parallel
 // layer fetches.
-func newBaseTransport(skipVerify bool) *http.Transport {
+func newBaseTransport(skipVerify bool, proxy func(*http.Request) (*url.URL, error), roots *x509.CertPool) *http.Transport {
+	if proxy == nil {
+		proxy = http.ProxyFromEnvironment
+	}
 	return &http.Transport{
-		Proxy: http.ProxyFromEnvironment,
+		Proxy: proxy,
 		DialContext: (&net.Dialer{
 			Timeout:   30 * time.Second,
 			KeepAlive: 30 * time.Second,
@@ -49,6 +54,6 @@ func newBaseTransport(skipVerify bool) *http.Transport {
 		TLSHandshakeTimeout:   15 * time.Second,
 		ResponseHeaderTimeout: 60 * time.Second,
 		ExpectContinueTimeout: time.Second,
-		TLSClientConfig:       &tls.Config{InsecureSkipVerify: skipVerify, MinVersion: tls.VersionTLS12}, //nolint:gosec // only for hosts named insecure
+		TLSClientConfig:       &tls.Config{InsecureSkipVerify: skipVerify, RootCAs: roots, MinVersion: tls.VersionTLS12}, //nolint:gosec // only for hosts named insecure
 	}
 }
