@@ -463,6 +463,13 @@ func (e *problemError) Error() string {
 	return msg
 }
 
+// Is makes a 404 an errdefs.ErrNotFound: the resource does not exist (as
+// dev-kbs says; Trustee answers most failures with 401, which stays a
+// refusal).
+func (e *problemError) Is(target error) bool {
+	return target == errdefs.ErrNotFound && e.status == http.StatusNotFound
+}
+
 func isUnauthorized(err error) bool {
 	var pe *problemError
 	return errors.As(err, &pe) && pe.status == http.StatusUnauthorized

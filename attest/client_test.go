@@ -447,6 +447,11 @@ func TestClientRefusals(t *testing.T) {
 			if !errors.Is(err, errdefs.ErrDecrypt) {
 				t.Errorf("%v does not wrap ErrDecrypt", err)
 			}
+			// Only a resource the KBS says is missing is "not found": a
+			// policy named by it is then a configuration error.
+			if notFound := tt.name == "missing resource"; errors.Is(err, errdefs.ErrNotFound) != notFound {
+				t.Errorf("%v: wraps ErrNotFound %v, want %v", err, !notFound, notFound)
+			}
 			msg := err.Error()
 			if !strings.Contains(msg, tt.want) {
 				t.Errorf("error %q\nwant it to say %q\nkbs log:\n%s", msg, tt.want, e.log)

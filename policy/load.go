@@ -1,13 +1,21 @@
 package policy
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 
+	"github.com/guest-puller/guest-puller/internal/jsonerr"
 	"github.com/guest-puller/guest-puller/internal/refname"
 )
 
 func load(ctx context.Context, data []byte, opts LoadOptions) (*Policy, error) {
+	if err := checkSyntax(data); err != nil {
+		return nil, invalid("", err)
+	}
 	top, err := readObject(data, "")
 	if err != nil {
 		return nil, err
@@ -75,4 +83,18 @@ func load(ctx context.Context, data []byte, opts LoadOptions) (*Policy, error) {
 		}
 	}
 	return p, nil
+}
+
+// checkSyntax finds a syntax error in the file's JSON value and says where
+// it is, by line and column: readObject reads members one by one, and
+// would count bytes from the start of the member. What follows the value
+// is readObject's to judge.
+func checkSyntax(data []byte) error {
+	var v json.RawMessage
+	err := json.NewDecoder(bytes.NewReader(data)).Decode(&v)
+	var se *json.SyntaxError
+	if errors.As(err, &se) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return jsonerr.Describe(data, err)
+	}
+	return nil
 }

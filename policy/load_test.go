@@ -173,7 +173,8 @@ func TestLoadInvalid(t *testing.T) {
 		// JSON itself
 		{"empty input", ``, "unexpected end of JSON input"},
 		{"broken JSON", `{"default":[{"type":"reject"}`, "unexpected end of JSON input"},
-		{"syntax error", `{"default":[{"type":"reject"},]}`, "invalid JSON"},
+		{"syntax error", `{"default":[{"type":"reject"},]}`, "line 1, column 31: invalid character ']' looking for beginning of value"},
+		{"syntax error on line 3", "{\n  \"default\": [\n    {\"type\": \"reject\"}\n    {\"type\": \"reject\"}\n  ]\n}", "line 4, column 5: invalid character '{' after array element"},
 		{"trailing garbage", `{"default":[{"type":"reject"}]} x`, "unexpected data after the JSON object"},
 		{"two objects", `{"default":[{"type":"reject"}]}{}`, "unexpected data after the JSON object"},
 		{"not an object", `[{"type":"reject"}]`, "must be a JSON object, not an array"},

@@ -168,6 +168,12 @@ func open(ctx context.Context, cfg Config, progress Progress, full bool) (*Pulle
 func LoadPolicy(ctx context.Context, path string, read policy.ReadFunc) (*policy.Policy, error) {
 	data, err := read(ctx, path)
 	if err != nil {
+		if errors.Is(err, errdefs.ErrNotFound) {
+			// A policy that does not exist is a configuration problem
+			// wherever it was to come from (exit 2), not a refusal to
+			// decrypt; a KBS that refuses the attestation stays exit 4.
+			return nil, fmt.Errorf("policy %s: %w: it does not exist: %w", path, errdefs.ErrInvalidConfig, err)
+		}
 		return nil, fmt.Errorf("policy %s: %w", path, err)
 	}
 	base := ""

@@ -204,7 +204,8 @@ func (p *Puller) Pull(ctx context.Context, req Request) (*Result, error) {
 		Config:         cfg,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%s: bundle %s: %w", res.Image, id, err)
+		// unpack's error names the bundle.
+		return nil, fmt.Errorf("%s: %w", res.Image, err)
 	}
 	res.Bundle, res.Rootfs, res.RootfsType = b.Dir, b.Rootfs, b.RootfsType
 	return res, nil

@@ -299,7 +299,7 @@ func TestIndexPlatforms(t *testing.T) {
 			t.Errorf("--platform %s: manifestDigest %s, want the platform manifest %s", tc.platform, res.ManifestDigest, d)
 		}
 	}
-	msg := e.pullFails(1, ref, "--policy", pol, "--insecure-registry", reg.Host, "--platform", "linux/s390x")
+	msg := e.pullFails(2, ref, "--policy", pol, "--insecure-registry", reg.Host, "--platform", "linux/s390x")
 	if !strings.Contains(msg, "linux/s390x") || !strings.Contains(msg, "linux/arm64") {
 		t.Errorf("missing platform error does not say what was wanted and what exists: %s", msg)
 	}

@@ -382,6 +382,18 @@ func (c *Cache) makeRootfs(ctx context.Context, id, rootfs string, layers []stri
 		c.log.InfoContext(ctx, "overlay unavailable, copying the rootfs", "bundle", id, "reason", err)
 	}
 	f := &flattener{dst: rootfs, ns: c.overlayNS(), rootless: c.rootless}
+	if c.rootless {
+		f.lock = func(ctx context.Context, i int) (func(), error) {
+			if i >= len(layers) {
+				return func() {}, nil // the empty stand-in for no layers
+			}
+			l, err := lock(ctx, c.layerLock(layers[i]), unix.LOCK_EX)
+			if err != nil {
+				return nil, fmt.Errorf("layer %s: %w", layers[i], err)
+			}
+			return func() { l.Close() }, nil
+		}
+	}
 	if err := f.flatten(ctx, diffs); err != nil {
 		return "", err
 	}

@@ -129,6 +129,32 @@ func (c *Cache) Close() error {
 	return nil
 }
 
+// RemoveIfEmpty removes the whole cache if it holds nothing a pull made: no
+// layer, image record, bundle or container, and no staging directory in
+// use. It reports whether it removed it. A command that created the cache
+// and then failed calls it, so that a mistyped image or a refused one
+// leaves no new directory behind; call Close after it.
+func (c *Cache) RemoveIfEmpty(ctx context.Context) (bool, error) {
+	unlock, err := c.lockCache(ctx, unix.LOCK_EX)
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
+	for _, d := range []string{dirStaging, dirLayers, dirImages, dirBundles, dirContainers, dirTrash} {
+		names, err := dirNames(c.path(d))
+		if err != nil {
+			return false, fmt.Errorf("cache %s: %w", c.root, err)
+		}
+		if len(names) > 0 {
+			return false, nil
+		}
+	}
+	if err := os.RemoveAll(c.root); err != nil {
+		return false, fmt.Errorf("remove cache %s: %w", c.root, err)
+	}
+	return true, nil
+}
+
 // Root is the cache's root directory.
 func (c *Cache) Root() string { return c.root }
 

@@ -692,3 +692,30 @@ func TestGCGoesOnPastAStuckBundle(t *testing.T) {
 		t.Errorf("trash left after GC: %v", names)
 	}
 }
+
+// A cache that holds nothing is removed whole; one that holds a layer is
+// left alone.
+func TestRemoveIfEmpty(t *testing.T) {
+	ctx := context.Background()
+	root := filepath.Join(t.TempDir(), "cache")
+	c, err := Open(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if removed, err := c.RemoveIfEmpty(ctx); err != nil || !removed {
+		t.Fatalf("RemoveIfEmpty of a new cache: %v, %v; want removed", removed, err)
+	}
+	c.Close()
+	if _, err := os.Lstat(root); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("cache root still there: %v", err)
+	}
+
+	c = openCache(t)
+	commitLayer(t, c, tarLayer(t, fileE("a", "x", 0o644)))
+	if removed, err := c.RemoveIfEmpty(ctx); err != nil || removed {
+		t.Fatalf("RemoveIfEmpty of a cache with a layer: %v, %v; want kept", removed, err)
+	}
+	if _, err := os.Stat(filepath.Join(c.Root(), layoutFile)); err != nil {
+		t.Errorf("cache with a layer lost its layout: %v", err)
+	}
+}

@@ -32,6 +32,17 @@ type flattener struct {
 	// a read-only directory would stop an unprivileged copy from adding
 	// to it, and adding changes its mtime.
 	dirs map[string]dirAttrs
+	// lock, if set, holds layer i (of the layers flattened) against other
+	// flatteners while its modes are opened up (rootless; see openUp).
+	lock func(ctx context.Context, i int) (unlock func(), err error)
+	// opened are the layer directories whose mode openUp widened, to be
+	// restored when the layer is done.
+	opened []openedDir
+}
+
+type openedDir struct {
+	path string
+	mode uint32
 }
 
 type dirAttrs struct {
@@ -43,8 +54,8 @@ type inodeKey struct{ dev, ino uint64 }
 
 func (f *flattener) flatten(ctx context.Context, layers []string) error {
 	f.dirs = map[string]dirAttrs{}
-	for _, l := range layers {
-		if err := f.merge(ctx, l); err != nil {
+	for i, l := range layers {
+		if err := f.mergeLayer(ctx, i, l); err != nil {
 			return err
 		}
 	}
@@ -77,6 +88,50 @@ func (f *flattener) removed(rel string, self bool) {
 	}
 }
 
+// mergeLayer merges layer i, whose directory is src. Without privileges,
+// directories and files whose mode keeps their owner out (a directory 0644
+// cannot be walked, a file 0000 cannot be read) are opened up for the
+// owner while the layer is copied, under the layer's lock, and given their
+// mode back afterwards, whatever happened.
+func (f *flattener) mergeLayer(ctx context.Context, i int, src string) (err error) {
+	if !f.rootless {
+		return f.merge(ctx, src)
+	}
+	if f.lock != nil {
+		unlock, err := f.lock(ctx, i)
+		if err != nil {
+			return fmt.Errorf("copy rootfs: %w", err)
+		}
+		defer unlock()
+	}
+	defer func() {
+		// Deepest first: a restored parent may shut its children out.
+		for j := len(f.opened) - 1; j >= 0; j-- {
+			o := f.opened[j]
+			if rerr := unix.Fchmodat(unix.AT_FDCWD, o.path, o.mode, 0); rerr != nil && err == nil {
+				err = fmt.Errorf("copy rootfs: restore the mode of %s: %w", o.path, rerr)
+			}
+		}
+		f.opened = f.opened[:0]
+	}()
+	return f.merge(ctx, src)
+}
+
+// openUp gives the owner (this process: rootless layers are its own) the
+// access bits want on path, if it lacks them, and remembers to take them
+// back. It reports the mode path had.
+func (f *flattener) openUp(path string, st *syscall.Stat_t, want uint32) error {
+	mode := st.Mode & 0o7777
+	if mode&want == want {
+		return nil
+	}
+	if err := unix.Fchmodat(unix.AT_FDCWD, path, mode|want, 0); err != nil {
+		return &os.PathError{Op: "chmod", Path: path, Err: err}
+	}
+	f.opened = append(f.opened, openedDir{path: path, mode: mode})
+	return nil
+}
+
 func (f *flattener) merge(ctx context.Context, src string) error {
 	// Hardlinks within a layer stay hardlinks in the copy.
 	links := map[inodeKey]string{}
@@ -96,6 +151,12 @@ func (f *flattener) merge(ctx context.Context, src string) error {
 			return err
 		}
 		st := fi.Sys().(*syscall.Stat_t)
+		if f.rootless && d.IsDir() {
+			// Before WalkDir reads it: its entries need r and x.
+			if err := f.openUp(p, st, 0o500); err != nil {
+				return fmt.Errorf("copy rootfs: %s: %w", rel, err)
+			}
+		}
 		target := filepath.Join(f.dst, rel)
 		if err := f.entry(p, rel, target, fi, st, links); err != nil {
 			return fmt.Errorf("copy rootfs: %s: %w", rel, err)
@@ -126,6 +187,11 @@ func (f *flattener) entry(src, rel, target string, fi fs.FileInfo, st *syscall.S
 		key := inodeKey{uint64(st.Dev), st.Ino}
 		if first, ok := links[key]; ok && st.Nlink > 1 {
 			return os.Link(first, target)
+		}
+		if f.rootless {
+			if err := f.openUp(src, st, 0o400); err != nil {
+				return err
+			}
 		}
 		if err := copyFile(src, target); err != nil {
 			return err

@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"strings"
 
@@ -11,6 +13,7 @@ import (
 
 	"github.com/guest-puller/guest-puller/attest"
 	"github.com/guest-puller/guest-puller/pull"
+	"github.com/guest-puller/guest-puller/unpack"
 )
 
 func cmdPull(ctx context.Context, inv *invocation) error {
@@ -44,6 +47,12 @@ decrypt (no key, attestation refused, KBS error), 5 integrity failure.`)
 		prog, done = newProgress(inv.stderr, isTerminal(inv.stderr))
 		defer done()
 	}
+	root := cfg.Cache
+	if root == "" {
+		root = unpack.DefaultRoot
+	}
+	_, statErr := os.Lstat(root)
+	created := errors.Is(statErr, fs.ErrNotExist)
 	p, err := pull.Open(ctx, cfg, prog)
 	if err != nil {
 		return err
@@ -54,6 +63,11 @@ decrypt (no key, attestation refused, KBS error), 5 integrity failure.`)
 		done()
 	}
 	if err != nil {
+		if created {
+			// A first pull that failed (a typo, a refusal) leaves no
+			// empty cache behind. Interrupted or not, clean up.
+			p.Cache().RemoveIfEmpty(context.WithoutCancel(ctx))
+		}
 		return err
 	}
 	if *asJSON {

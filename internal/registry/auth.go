@@ -3,7 +3,10 @@ package registry
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -49,8 +52,7 @@ func (c Credentials) Keychain() (authn.Keychain, error) {
 	data, src := c.AuthFile, c.AuthFileName
 	if data == nil {
 		var err error
-		data, src, err = defaultAuthFile()
-		if err != nil {
+		if data, src, err = defaultAuthFile(); err != nil {
 			return nil, err
 		}
 		if data == nil {
@@ -71,27 +73,48 @@ type staticKeychain struct{ a authn.Authenticator }
 
 func (k staticKeychain) Resolve(authn.Resource) (authn.Authenticator, error) { return k.a, nil }
 
+// defaultAuthFile is the first of $REGISTRY_AUTH_FILE and the docker
+// config ($DOCKER_CONFIG/config.json, else ~/.docker/config.json) that
+// exists, or nil. A file named by an environment variable was asked for:
+// if it cannot be read, that is an error. ~/.docker/config.json nobody
+// asked for: one that cannot be read (the home of another user, as when
+// HOME is still root's) is skipped with a note, as a missing one is.
 func defaultAuthFile() ([]byte, string, error) {
-	var paths []string
+	type candidate struct {
+		path, env string
+	}
+	var paths []candidate
 	if p := os.Getenv("REGISTRY_AUTH_FILE"); p != "" {
-		paths = append(paths, p)
+		paths = append(paths, candidate{p, "REGISTRY_AUTH_FILE"})
 	}
 	if dir := os.Getenv("DOCKER_CONFIG"); dir != "" {
-		paths = append(paths, filepath.Join(dir, "config.json"))
+		paths = append(paths, candidate{filepath.Join(dir, "config.json"), "DOCKER_CONFIG"})
 	} else if home, err := os.UserHomeDir(); err == nil {
-		paths = append(paths, filepath.Join(home, ".docker", "config.json"))
+		paths = append(paths, candidate{filepath.Join(home, ".docker", "config.json"), ""})
 	}
-	for _, p := range paths {
-		data, err := os.ReadFile(p)
-		if os.IsNotExist(err) {
+	for _, c := range paths {
+		data, err := os.ReadFile(c.path)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			continue
+		case err != nil && c.env != "":
+			return nil, c.path, fmt.Errorf("auth file %s (from $%s): %w: %w", c.path, c.env, errdefs.ErrInvalidConfig, unwrapPath(err))
+		case err != nil:
+			slog.Default().Warn("default registry auth file skipped: it cannot be read", "path", c.path, "error", unwrapPath(err))
 			continue
 		}
-		if err != nil {
-			return nil, p, fmt.Errorf("auth file %s: %w", p, err)
-		}
-		return data, p, nil
+		return data, c.path, nil
 	}
 	return nil, "", nil
+}
+
+// unwrapPath is a file error without its path, which the log line has.
+func unwrapPath(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
 }
 
 // canonicalKeys spells the hosts of the auth file's keys as refname.Host

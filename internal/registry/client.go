@@ -279,7 +279,38 @@ func (c *Client) resolveAt(ctx context.Context, ref name.Reference, src Source) 
 	if err != nil {
 		return nil, fmt.Errorf("%s: config %s: %w", refname.Reference(ref), m.Config.Digest, err)
 	}
+	if err := c.checkPlatform(img.RawConfig); err != nil {
+		return nil, fmt.Errorf("%s: %w", refname.Reference(ref), err)
+	}
 	return img, nil
+}
+
+// checkPlatform refuses an image whose configuration names another
+// platform than the one pulled for. A single-platform image is otherwise
+// taken as it is: an arm64 image on an amd64 guest would unpack and only
+// fail when its first binary runs. A config that names no platform makes
+// no claim to check.
+func (c *Client) checkPlatform(rawConfig []byte) error {
+	var cfg struct {
+		OS           string `json:"os"`
+		Architecture string `json:"architecture"`
+		Variant      string `json:"variant"`
+	}
+	if err := json.Unmarshal(rawConfig, &cfg); err != nil {
+		return fmt.Errorf("image config: %w: %v", errdefs.ErrIntegrity, err)
+	}
+	if cfg.OS == "" || cfg.Architecture == "" {
+		return nil
+	}
+	p := platforms.Normalize(ispec.Platform{OS: cfg.OS, Architecture: cfg.Architecture, Variant: cfg.Variant})
+	if c.match.Match(p) {
+		return nil
+	}
+	if c.opts.Platform == "" {
+		return fmt.Errorf("%w: the image is for %s, not for %s, the platform this runs on: give --platform %s to pull it anyway",
+			errdefs.ErrInvalidConfig, platforms.Format(p), platforms.Format(c.platform), platforms.Format(p))
+	}
+	return fmt.Errorf("%w: the image is for %s, not for %s (--platform)", errdefs.ErrInvalidConfig, platforms.Format(p), platforms.Format(c.platform))
 }
 
 // manifest fetches the manifest or index at ref and checks it against the
@@ -335,7 +366,7 @@ func (c *Client) selectPlatform(idx *v1.IndexManifest) (v1.Descriptor, error) {
 		}
 	}
 	if best == nil {
-		return v1.Descriptor{}, fmt.Errorf("no manifest for platform %s in the index (it has: %s)", platforms.Format(c.platform), strings.Join(avail, ", "))
+		return v1.Descriptor{}, fmt.Errorf("%w: no manifest for platform %s in the index (it has: %s)", errdefs.ErrInvalidConfig, platforms.Format(c.platform), strings.Join(avail, ", "))
 	}
 	return *best, nil
 }
@@ -406,6 +437,12 @@ func describe(what fmt.Stringer, err error) error {
 		case http.StatusNotFound:
 			return fmt.Errorf("%s: %w in the registry", what, errdefs.ErrNotFound)
 		}
+	}
+	var plain *plainHTTPError
+	if errors.As(err, &plain) {
+		// Said once, though the https attempt and go-containerregistry's
+		// http fallback (upgraded to https) both met it.
+		return fmt.Errorf("%s: %w", what, plain)
 	}
 	return fmt.Errorf("%s: %w", what, err)
 }

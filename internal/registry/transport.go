@@ -3,10 +3,14 @@ package registry
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/url"
 	"time"
+
+	"github.com/guest-puller/guest-puller/internal/errdefs"
 )
 
 // schemeGuard sends every request over TLS unless its host was named
@@ -30,8 +34,32 @@ func (g *schemeGuard) RoundTrip(req *http.Request) (*http.Response, error) {
 		r.URL.Scheme = "https"
 		req = r
 	}
-	return g.secure.RoundTrip(req)
+	resp, err := g.secure.RoundTrip(req)
+	if err != nil && speaksPlainHTTP(err) {
+		return nil, &plainHTTPError{host: req.URL.Host}
+	}
+	return resp, err
 }
+
+// speaksPlainHTTP reports whether err is a TLS handshake answered in plain
+// HTTP: the transport's record header error that http.Client turns into
+// ErrSchemeMismatch.
+func speaksPlainHTTP(err error) bool {
+	var rh tls.RecordHeaderError
+	return errors.Is(err, http.ErrSchemeMismatch) || errors.As(err, &rh) && string(rh.RecordHeader[:]) == "HTTP/"
+}
+
+// plainHTTPError is a registry that answered a TLS handshake in plain
+// HTTP: a registry set up without TLS, which must be named insecure to be
+// used. It is a configuration error (exit 2).
+type plainHTTPError struct{ host string }
+
+func (e *plainHTTPError) Error() string {
+	return fmt.Sprintf("registry %s speaks plain HTTP, and guest-puller uses TLS unless told otherwise: if plain HTTP is what you mean, give --insecure-registry %s (or insecure = true in registries.conf)",
+		e.host, e.host)
+}
+
+func (e *plainHTTPError) Unwrap() error { return errdefs.ErrInvalidConfig }
 
 // newBaseTransport is an http.Transport with the timeouts a puller needs:
 // bounded connection set-up and header waits, no bound on a body's transfer
