@@ -416,12 +416,16 @@ func (c *Cache) mountRootfs(id, rootfs string, diffs []string, keepUpper bool) e
 	work := filepath.Join(c.containerDir(id), "work")
 	lowers := slices.Clone(diffs)
 	slices.Reverse(lowers)
+	api, err := c.overlayAPI()
+	if err != nil {
+		return err
+	}
 	if keepUpper && requireDir(upper) == nil {
 		// Overlay clears what a work directory holds when it mounts.
 		if err := os.Mkdir(work, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 			return err
 		}
-		return mountOverlay(rootfs, lowers, upper, work, c.userXattrs)
+		return mountOverlay(api, rootfs, lowers, upper, work, c.userXattrs)
 	}
 	for _, d := range []string{upper, work} {
 		if err := removeAll(d); err != nil {
@@ -446,7 +450,23 @@ func (c *Cache) mountRootfs(id, rootfs string, diffs []string, keepUpper bool) e
 	if err := os.Chmod(upper, os.FileMode(st.Mode&0o777)|unixModeBits(st.Mode)); err != nil {
 		return err
 	}
-	return mountOverlay(rootfs, lowers, upper, work, c.userXattrs)
+	return mountOverlay(api, rootfs, lowers, upper, work, c.userXattrs)
+}
+
+// overlayAPI is how this kernel takes overlay layers, found out at the
+// first bundle and then kept.
+func (c *Cache) overlayAPI() (overlayAPI, error) {
+	c.overlayOnce.Do(func() {
+		if c.forceOverlay != overlayProbe {
+			c.overlay = c.forceOverlay
+			return
+		}
+		c.overlay, c.overlayErr = probeOverlay(c.path(dirLayers))
+		if c.overlayErr == nil {
+			c.log.Debug("overlay mounts", "api", c.overlay.String())
+		}
+	})
+	return c.overlay, c.overlayErr
 }
 
 func unixModeBits(m uint32) os.FileMode {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -525,51 +526,116 @@ func TestCreateBundleRefusesBadSpecs(t *testing.T) {
 	}
 }
 
-// manyLayers exceeds mount(2)'s one page of options with its lowerdir.
+// TestBundleManyLayers mounts more layers than mount(2)'s one page of
+// options could name by path, through each way a kernel takes overlay
+// layers: fsconfig's lowerdir+ where the kernel has it (Linux 6.8+), and
+// forced here, the classic lowerdir= that older kernels have (the VM test
+// in tests/vm runs it on a 6.1 kernel, found by the probe).
 func TestBundleManyLayers(t *testing.T) {
 	requireRoot(t)
 	ctx := context.Background()
-	c := openCache(t)
-	const n = 80
-	var diffIDs []digest.Digest
-	for i := range n {
-		diffIDs = append(diffIDs, commitLayer(t, c, tarLayer(t,
-			fileE(fmt.Sprintf("layer-%02d", i), fmt.Sprint(i), 0o644),
-			fileE("top", fmt.Sprint(i), 0o644),
-		)))
-	}
-	var legacy int
-	for range diffIDs {
-		legacy += len(c.layerDir(diffIDs[0].Encoded())) + len("/diff:")
-	}
-	if legacy < 4096 {
-		t.Fatalf("test needs a lowerdir longer than a page, has %d bytes", legacy)
-	}
-	cfg := testImageConfig()
-	cfg.Config.User = ""
-	b, err := c.CreateBundle(ctx, BundleSpec{ID: "many", Image: "many", Layers: diffIDs, Config: cfg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unmountAll(b.Rootfs) })
-	if b.RootfsType != RootfsOverlay {
-		t.Fatalf("RootfsType %q", b.RootfsType)
-	}
-	if got := readFile(t, filepath.Join(b.Rootfs, "top")); got != fmt.Sprint(n-1) {
-		t.Errorf("top = %q, want the topmost layer's %d", got, n-1)
-	}
-	for i := range n {
-		if _, err := os.Stat(filepath.Join(b.Rootfs, fmt.Sprintf("layer-%02d", i))); err != nil {
-			t.Errorf("layer %d missing from the rootfs: %v", i, err)
-		}
+	const n = 300
+	for _, api := range []overlayAPI{overlayProbe, overlayClassic} {
+		t.Run(api.String(), func(t *testing.T) {
+			c := openCache(t)
+			c.forceOverlay = api
+			var diffIDs []digest.Digest
+			for i := range n {
+				diffIDs = append(diffIDs, commitLayer(t, c, tarLayer(t,
+					fileE(fmt.Sprintf("layer-%03d", i), fmt.Sprint(i), 0o644),
+					fileE("top", fmt.Sprint(i), 0o644),
+				)))
+			}
+			if spelled := n * len(c.layerDir(diffIDs[0].Encoded())+"/diff:"); spelled < 4*4096 {
+				t.Fatalf("test needs lowerdir paths far longer than a page, has %d bytes", spelled)
+			}
+			cfg := testImageConfig()
+			cfg.Config.User = ""
+			b, err := c.CreateBundle(ctx, BundleSpec{ID: "many", Image: "many", Layers: diffIDs, Config: cfg})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { unmountAll(b.Rootfs) })
+			if b.RootfsType != RootfsOverlay {
+				t.Fatalf("RootfsType %q", b.RootfsType)
+			}
+			if api == overlayClassic {
+				// mount(2) was given short names: the kernel shows them.
+				opts := mountOptions(t, b.Rootfs)
+				if !regexp.MustCompile(`(^|,)lowerdir=[0-9]+(:[0-9]+){299},upperdir=[0-9]+,workdir=[0-9]+`).MatchString(opts) {
+					t.Errorf("overlay options %q are not the classic lowerdir= of %d descriptor names", opts, n)
+				}
+			}
+			if got := readFile(t, filepath.Join(b.Rootfs, "top")); got != fmt.Sprint(n-1) {
+				t.Errorf("top = %q, want the topmost layer's %d", got, n-1)
+			}
+			for i := range n {
+				if _, err := os.Stat(filepath.Join(b.Rootfs, fmt.Sprintf("layer-%03d", i))); err != nil {
+					t.Errorf("layer %d missing from the rootfs: %v", i, err)
+				}
+			}
+			// The rootfs is writable, and writes go to the container's upper
+			// directory.
+			if err := os.WriteFile(filepath.Join(b.Rootfs, "top"), []byte("written"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if got := readFile(t, filepath.Join(c.containerDir("many"), "upper", "top")); got != "written" {
+				t.Errorf("upper/top = %q", got)
+			}
+		})
 	}
 }
 
-// TestMountOverlayLegacy covers the mount(2) path kept for kernels
-// without fsconfig lowerdir+, including paths that need escaping.
-func TestMountOverlayLegacy(t *testing.T) {
+// mountOptions is the superblock options of the mount at path, from
+// /proc/self/mountinfo.
+func mountOptions(t *testing.T, path string) string {
+	t.Helper()
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) > 4 && fields[4] == path {
+			return fields[len(fields)-1]
+		}
+	}
+	t.Fatalf("%s is not in mountinfo", path)
+	return ""
+}
+
+// TestProbeOverlay checks that the probe finds what the running kernel
+// offers: lowerdir+ from Linux 6.8 on, the classic option before.
+func TestProbeOverlay(t *testing.T) {
 	requireRoot(t)
-	base := filepath.Join(t.TempDir(), "a,b:c")
+	var uts unix.Utsname
+	if err := unix.Uname(&uts); err != nil {
+		t.Fatal(err)
+	}
+	release := unix.ByteSliceToString(uts.Release[:])
+	var major, minor int
+	if _, err := fmt.Sscanf(release, "%d.%d", &major, &minor); err != nil {
+		t.Fatalf("kernel release %q: %v", release, err)
+	}
+	want := overlayClassic
+	if major > 6 || major == 6 && minor >= 8 {
+		want = overlayLowerdirPlus
+	}
+	got, err := probeOverlay(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != want {
+		t.Errorf("probe on Linux %s: %v, want %v", release, got, want)
+	}
+}
+
+// TestMountOverlayClassic covers the mount(2) path with directories whose
+// paths would need escaping in the options, and a stack deeper than the
+// kernel allows, which fails cleanly.
+func TestMountOverlayClassic(t *testing.T) {
+	requireRoot(t)
+	base := filepath.Join(t.TempDir(), `a,b:c\d`)
 	var lowers []string
 	for i := range 3 {
 		l := filepath.Join(base, fmt.Sprint("l", i))
@@ -581,19 +647,28 @@ func TestMountOverlayLegacy(t *testing.T) {
 	for _, d := range []string{upper, work, target} {
 		os.Mkdir(d, 0o755)
 	}
-	if err := mountOverlayLegacy(target, lowers, upper, work, false); err != nil {
+	if err := mountOverlayClassic(target, lowers, upper, work, false); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { unmountAll(target) })
 	if got := readFile(t, filepath.Join(target, "f")); got != "0" {
 		t.Errorf("f = %q, want the first (topmost) lower's", got)
 	}
-	long := make([]string, 200)
+	if wd, err := os.Getwd(); err != nil || wd == procFDDir {
+		t.Errorf("the process's working directory changed: %q, %v", wd, err)
+	}
+	// A symlink is never followed to a layer.
+	link := filepath.Join(base, "link")
+	os.Symlink(lowers[1], link)
+	if err := mountOverlayClassic(filepath.Join(base, "m3"), []string{link}, upper, work, false); !errors.Is(err, unix.ELOOP) && !errors.Is(err, unix.ENOTDIR) {
+		t.Errorf("mount through a symlinked layer: %v, want ELOOP", err)
+	}
+	long := make([]string, 1100)
 	for i := range long {
 		long[i] = lowers[0]
 	}
-	if err := mountOverlayLegacy(filepath.Join(base, "m2"), long, upper, work, false); err == nil || !strings.Contains(err.Error(), "page") {
-		t.Errorf("legacy mount of 200 layers: %v, want a page-size error", err)
+	if err := mountOverlayClassic(filepath.Join(base, "m2"), long, upper, work, false); err == nil || !strings.Contains(err.Error(), "page") {
+		t.Errorf("classic mount of %d layers: %v, want a page-size error", len(long), err)
 	}
 }
 

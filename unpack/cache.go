@@ -35,6 +35,14 @@ type Cache struct {
 	// copy fallback on a machine that has overlay.
 	forceCopy bool
 
+	// overlay is how this kernel takes an overlay's layers, probed once
+	// (overlayAPIOf); forceOverlay, when set, replaces the probe, so tests
+	// can check the classic mount(2) path on a kernel with lowerdir+.
+	overlayOnce  sync.Once
+	overlay      overlayAPI
+	overlayErr   error
+	forceOverlay overlayAPI
+
 	mu     sync.Mutex
 	pins   map[string]*os.File // layer name -> shared pin lock
 	closed bool

@@ -5,43 +5,85 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
 )
 
-// errNoFsconfig means the kernel cannot take overlay layers one by one
-// (fsopen, or "lowerdir+" before Linux 6.8).
-var errNoFsconfig = errors.New("kernel lacks fsconfig lowerdir+")
+// overlayAPI is how this kernel takes an overlay's lower layers.
+type overlayAPI int
 
-// mountOverlay mounts at target an overlay of lowers (topmost first) with
-// the given upper and work directories. It adds the layers one at a time
-// through fsconfig, so the number of layers is not limited by mount(2)'s
-// one page of options; kernels without that get mount(2).
-func mountOverlay(target string, lowers []string, upper, work string, userXattr bool) error {
-	err := mountOverlayFsconfig(target, lowers, upper, work, userXattr)
-	if errors.Is(err, errNoFsconfig) {
-		return mountOverlayLegacy(target, lowers, upper, work, userXattr)
+const (
+	// overlayProbe: not known yet; probeOverlay finds out.
+	overlayProbe overlayAPI = iota
+	// overlayLowerdirPlus: fsconfig's "lowerdir+", one layer per call
+	// (Linux 6.8 and later), so no option string limits the layers.
+	overlayLowerdirPlus
+	// overlayClassic: mount(2) with "lowerdir=a:b:…", all options in one
+	// page (every kernel; the only way before 6.8).
+	overlayClassic
+)
+
+func (a overlayAPI) String() string {
+	switch a {
+	case overlayLowerdirPlus:
+		return "fsconfig lowerdir+"
+	case overlayClassic:
+		return "mount(2) lowerdir="
 	}
-	return err
+	return "unknown"
 }
 
-func mountOverlayFsconfig(target string, lowers []string, upper, work string, userXattr bool) error {
+// probeOverlay finds out which overlayAPI this kernel offers, trying the
+// parameters on an overlay filesystem context that is never created. dir
+// is an existing directory to offer as a layer. An error means overlay
+// cannot be mounted at all (overlayUnavailable tells why).
+func probeOverlay(dir string) (overlayAPI, error) {
 	fsfd, err := unix.Fsopen("overlay", unix.FSOPEN_CLOEXEC)
 	if errors.Is(err, unix.ENOSYS) {
-		return errNoFsconfig
+		return overlayClassic, nil // before Linux 5.2: mount(2) only
 	}
+	if err != nil {
+		// ENODEV: no overlay filesystem; EPERM: no privilege to mount.
+		return overlayProbe, fmt.Errorf("fsopen overlay: %w", err)
+	}
+	defer unix.Close(fsfd)
+	// Before Linux 6.5 overlay is on the legacy mount API, whose fsconfig
+	// takes any parameter and leaves judging them to the final create:
+	// there, "lowerdir+" would be accepted now and fail later. A flag that
+	// no filesystem has tells that API apart, as only it accepts one.
+	if unix.FsconfigSetFlag(fsfd, "guest-puller-probe") == nil {
+		return overlayClassic, nil
+	}
+	// 6.5 to 6.7 check each parameter but have no "lowerdir+".
+	if unix.FsconfigSetString(fsfd, "lowerdir+", dir) != nil {
+		return overlayClassic, nil
+	}
+	return overlayLowerdirPlus, nil
+}
+
+// mountOverlay mounts at target an overlay of lowers (topmost first) with
+// the given upper and work directories, through api.
+func mountOverlay(api overlayAPI, target string, lowers []string, upper, work string, userXattr bool) error {
+	if api == overlayLowerdirPlus {
+		return mountOverlayFsconfig(target, lowers, upper, work, userXattr)
+	}
+	return mountOverlayClassic(target, lowers, upper, work, userXattr)
+}
+
+// mountOverlayFsconfig adds the layers one at a time through fsconfig, so
+// their number is limited only by overlay's own stack depth.
+func mountOverlayFsconfig(target string, lowers []string, upper, work string, userXattr bool) error {
+	fsfd, err := unix.Fsopen("overlay", unix.FSOPEN_CLOEXEC)
 	if err != nil {
 		return fmt.Errorf("fsopen overlay: %w", err)
 	}
 	defer unix.Close(fsfd)
 
-	for i, l := range lowers {
-		err := fsconfigDir(fsfd, "lowerdir+", l)
-		if i == 0 && errors.Is(err, unix.EINVAL) {
-			return errNoFsconfig
-		}
-		if err != nil {
+	for _, l := range lowers {
+		if err := fsconfigDir(fsfd, "lowerdir+", l); err != nil {
 			return fsconfigError(fsfd, "lowerdir+ "+l, err)
 		}
 	}
@@ -103,28 +145,80 @@ func fsconfigError(fsfd int, step string, err error) error {
 	return fmt.Errorf("overlay %s: %w", step, err)
 }
 
-// mountOverlayLegacy is mount(2), whose options must fit one page.
-func mountOverlayLegacy(target string, lowers []string, upper, work string, userXattr bool) error {
-	esc := make([]string, len(lowers))
-	for i, l := range lowers {
-		esc[i] = escapeOverlayPath(l)
+// procFDDir is where a descriptor's number names the file it is open on.
+const procFDDir = "/proc/self/fd"
+
+// mountOverlayClassic is mount(2), whose options must fit in one page.
+// Cache paths are about 100 bytes each, so spelled out they would fit
+// some 40 layers. Instead each directory is opened (without following a
+// symlink, as fsconfigDir does) and named by its descriptor's number,
+// relative to /proc/self/fd, by a thread whose working directory is
+// there: a few bytes per layer, so overlay's own limit of 500 layers comes
+// first. The names need no escaping either.
+func mountOverlayClassic(target string, lowers []string, upper, work string, userXattr bool) error {
+	var fds []int
+	defer func() {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	}()
+	name := func(dir string) (string, error) {
+		fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return "", &os.PathError{Op: "open", Path: dir, Err: err}
+		}
+		fds = append(fds, fd)
+		return strconv.Itoa(fd), nil
 	}
-	data := "lowerdir=" + strings.Join(esc, ":") + ",upperdir=" + escapeOverlayPath(upper) + ",workdir=" + escapeOverlayPath(work)
+	names := make([]string, len(lowers))
+	for i, l := range lowers {
+		var err error
+		if names[i], err = name(l); err != nil {
+			return err
+		}
+	}
+	u, err := name(upper)
+	if err != nil {
+		return err
+	}
+	w, err := name(work)
+	if err != nil {
+		return err
+	}
+	data := "lowerdir=" + strings.Join(names, ":") + ",upperdir=" + u + ",workdir=" + w
 	if userXattr {
 		data += ",userxattr"
 	}
 	if len(data) >= os.Getpagesize() {
 		return fmt.Errorf("overlay of %d layers at %s: mount options exceed one page and this kernel lacks fsconfig lowerdir+", len(lowers), target)
 	}
-	if err := unix.Mount("overlay", target, "overlay", 0, data); err != nil {
-		return fmt.Errorf("mount overlay at %s: %w", target, err)
-	}
-	return nil
+	return inDir(procFDDir, func() error {
+		if err := unix.Mount("overlay", target, "overlay", 0, data); err != nil {
+			return fmt.Errorf("mount overlay of %d layers at %s: %w", len(lowers), target, err)
+		}
+		return nil
+	})
 }
 
-// escapeOverlayPath escapes the separators of overlay's mount options.
-func escapeOverlayPath(p string) string {
-	return strings.NewReplacer(`\`, `\\`, `:`, `\:`, `,`, `\,`).Replace(p)
+// inDir runs fn on an OS thread of its own whose working directory is dir,
+// leaving the process's working directory alone.
+func inDir(dir string, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		// Never unlocked: a thread with its own working directory must not
+		// run other goroutines, so it exits with this one.
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_FS); err != nil {
+			errc <- fmt.Errorf("unshare CLONE_FS: %w", err)
+			return
+		}
+		if err := unix.Chdir(dir); err != nil {
+			errc <- &os.PathError{Op: "chdir", Path: dir, Err: err}
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
 }
 
 // overlayUnavailable tells a mount failure that means "no overlay here"
