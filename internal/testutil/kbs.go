@@ -397,10 +397,11 @@ func (p *KBSProxy) Requests(methodPath string) int {
 	return p.requests[methodPath]
 }
 
-// SelfSignedTLS writes a self-signed P-256 certificate for 127.0.0.1 and
-// its key into a fresh directory, for dev-kbs --tls-cert/--tls-key and
+// SelfSignedTLS writes a self-signed P-256 certificate for 127.0.0.1 (and
+// the extra addresses, such as 10.0.2.2 where a VM guest sees the host)
+// and its key into a fresh directory, for dev-kbs --tls-cert/--tls-key and
 // guest-puller --kbs-cert.
-func SelfSignedTLS(t testing.TB, cn string) (certFile, keyFile string) {
+func SelfSignedTLS(t testing.TB, cn string, extra ...net.IP) (certFile, keyFile string) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -411,7 +412,7 @@ func SelfSignedTLS(t testing.TB, cn string) (certFile, keyFile string) {
 		Subject:               pkix.Name{CommonName: cn},
 		NotBefore:             time.Now().Add(-time.Hour),
 		NotAfter:              time.Now().Add(24 * time.Hour),
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
+		IPAddresses:           append([]net.IP{net.IPv4(127, 0, 0, 1)}, extra...),
 		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		BasicConstraintsValid: true,

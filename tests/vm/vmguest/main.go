@@ -1,0 +1,148 @@
+// Command vmguest runs inside a VM test's guest (see package vm). As
+// `vmguest agent DEVICE` it is the host's hands in the guest: it answers
+// each command request (wire.Request) arriving on a serial port with the
+// command's result. As `vmguest pull-image SOCKET IMAGE BUNDLE` it makes
+// the call kata-agent makes to the confidential-data-hub to pull an image.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+
+	"github.com/containerd/ttrpc"
+	"golang.org/x/sys/unix"
+
+	"github.com/guest-puller/guest-puller/api/cdhpb"
+	"github.com/guest-puller/guest-puller/tests/vm/wire"
+)
+
+func main() {
+	var err error
+	switch {
+	case len(os.Args) == 3 && os.Args[1] == "agent":
+		err = agent(os.Args[2])
+	case len(os.Args) == 5 && os.Args[1] == "pull-image":
+		err = pullImage(os.Args[2], os.Args[3], os.Args[4])
+	default:
+		err = errors.New("usage: vmguest agent DEVICE | pull-image SOCKET IMAGE BUNDLE")
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "vmguest:", err)
+		os.Exit(1)
+	}
+}
+
+// agent serves requests on the serial port dev until it closes.
+func agent(dev string) error {
+	f, err := os.OpenFile(dev, os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := makeRaw(int(f.Fd())); err != nil {
+		return fmt.Errorf("%s: %w", dev, err)
+	}
+	enc := json.NewEncoder(f)
+	var uts unix.Utsname
+	unix.Uname(&uts)
+	if err := enc.Encode(wire.Hello{Ready: true, Kernel: unix.ByteSliceToString(uts.Release[:])}); err != nil {
+		return err
+	}
+	r := bufio.NewReaderSize(f, 1<<20)
+	for {
+		line, err := r.ReadBytes('\n')
+		if err != nil {
+			return err
+		}
+		line = bytes.TrimSpace(line)
+		if len(line) == 0 {
+			continue
+		}
+		var req wire.Request
+		if err := json.Unmarshal(line, &req); err != nil {
+			// Keep going: the host sees no answer and says so.
+			fmt.Fprintf(os.Stderr, "vmguest: bad request %q: %v\n", line, err)
+			continue
+		}
+		if err := enc.Encode(run(req)); err != nil {
+			return err
+		}
+	}
+}
+
+// makeRaw puts the tty in raw mode: no echo, no line editing, no newline
+// translation, 8-bit clean.
+func makeRaw(fd int) error {
+	t, err := unix.IoctlGetTermios(fd, unix.TCGETS)
+	if err != nil {
+		return err
+	}
+	t.Iflag &^= unix.IGNBRK | unix.BRKINT | unix.PARMRK | unix.ISTRIP | unix.INLCR | unix.IGNCR | unix.ICRNL | unix.IXON | unix.IXOFF
+	t.Oflag &^= unix.OPOST
+	t.Lflag &^= unix.ECHO | unix.ECHONL | unix.ICANON | unix.ISIG | unix.IEXTEN
+	t.Cflag &^= unix.CSIZE | unix.PARENB | unix.CRTSCTS
+	t.Cflag |= unix.CS8 | unix.CLOCAL | unix.CREAD
+	t.Cc[unix.VMIN], t.Cc[unix.VTIME] = 1, 0
+	return unix.IoctlSetTermios(fd, unix.TCSETS, t)
+}
+
+func run(req wire.Request) wire.Response {
+	resp := wire.Response{ID: req.ID}
+	if len(req.Argv) == 0 {
+		resp.Code, resp.Error = -1, "empty argv"
+		return resp
+	}
+	timeout := time.Duration(req.TimeoutSeconds) * time.Second
+	if timeout <= 0 {
+		timeout = 5 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, req.Argv[0], req.Argv[1:]...)
+	cmd.Env = append(os.Environ(), req.Env...)
+	cmd.Stdin = bytes.NewReader(req.Stdin)
+	// Children that outlive the command (a daemon it starts) must not hold
+	// the pipes open.
+	cmd.WaitDelay = 5 * time.Second
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	resp.Stdout, resp.Stderr = stdout.Bytes(), stderr.Bytes()
+	var ee *exec.ExitError
+	switch {
+	case ctx.Err() != nil:
+		resp.Code, resp.Error = -1, fmt.Sprintf("killed after %v", timeout)
+	case errors.As(err, &ee):
+		resp.Code = ee.ExitCode()
+	case err != nil:
+		resp.Code, resp.Error = -1, err.Error()
+	}
+	return resp
+}
+
+// pullImage calls api.ImagePullService/PullImage on the ttrpc socket as
+// kata-agent does, and prints the response as JSON.
+func pullImage(socket, image, bundle string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	conn, err := (&net.Dialer{}).DialContext(ctx, "unix", strings.TrimPrefix(socket, "unix://"))
+	if err != nil {
+		return err
+	}
+	client := ttrpc.NewClient(conn)
+	defer client.Close()
+	resp, err := cdhpb.NewImagePullServiceClient(client).PullImage(ctx, &cdhpb.ImagePullRequest{ImageUrl: image, BundlePath: bundle})
+	if err != nil {
+		return err
+	}
+	return json.NewEncoder(os.Stdout).Encode(map[string]string{"manifestDigest": resp.ManifestDigest})
+}
