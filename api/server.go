@@ -18,6 +18,7 @@ import (
 	guestpullerv1 "github.com/guest-puller/guest-puller/api/v1"
 	"github.com/guest-puller/guest-puller/internal/errdefs"
 	"github.com/guest-puller/guest-puller/internal/refname"
+	"github.com/guest-puller/guest-puller/internal/untrusted"
 	"github.com/guest-puller/guest-puller/pull"
 	"github.com/guest-puller/guest-puller/unpack"
 )
@@ -168,9 +169,11 @@ func (s *Service) reclaim(ctx context.Context, interval time.Duration) {
 func (s *Service) pull(ctx context.Context, api string, req pull.Request) (*pull.Result, error) {
 	start := time.Now()
 	res, err := s.pullAndRecord(ctx, req)
-	attrs := []any{"api", api, "image", req.Image, "container", req.ContainerID, "duration", time.Since(start).Round(time.Millisecond)}
+	// The request's names are the host's, the error may quote a
+	// registry's: bounded and escaped before they reach the log.
+	attrs := []any{"api", api, "image", untrusted.Text(req.Image), "container", untrusted.Text(req.ContainerID), "duration", time.Since(start).Round(time.Millisecond)}
 	if err != nil {
-		s.opts.Log.Warn("pull failed", append(attrs, "exit", errdefs.ExitCode(err), "error", err.Error())...)
+		s.opts.Log.Warn("pull failed", append(attrs, "exit", errdefs.ExitCode(err), "error", untrusted.Escape(err.Error()))...)
 		return nil, toStatus(err)
 	}
 	cached := 0
@@ -211,7 +214,7 @@ func toStatus(err error) error {
 		// credentials in the request, or relies on the daemon's.
 		msg += "; check the request's registry credentials (source_creds), or the daemon's --creds / --auth-file"
 	}
-	return status.Error(code, msg)
+	return status.Error(code, untrusted.Escape(msg))
 }
 
 type cdhService struct{ *Service }
@@ -317,7 +320,7 @@ func (s nativeService) ListImages(ctx context.Context, _ *guestpullerv1.ListImag
 func (s nativeService) RemoveImage(ctx context.Context, req *guestpullerv1.RemoveImageRequest) (*guestpullerv1.RemoveImageResponse, error) {
 	ref, err := refname.Parse(req.Image)
 	if err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "image %q: %v", req.Image, err)
+		return nil, status.Errorf(codes.InvalidArgument, "image %s: %s", untrusted.Quote(req.Image), untrusted.Text(err.Error()))
 	}
 	if err := s.opts.Cache.RemoveImage(ctx, refname.Reference(ref)); err != nil {
 		return nil, toStatus(err)

@@ -16,11 +16,11 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"golang.org/x/sync/singleflight"
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/untrusted"
 )
 
 const (
@@ -337,7 +337,7 @@ func checkHashAlgorithm(extra json.RawMessage) error {
 		return nil
 	}
 	if !strings.EqualFold(*params.Selected, "sha384") {
-		return fmt.Errorf("KBS selected hash algorithm %q; only sha384 is supported", *params.Selected)
+		return fmt.Errorf("KBS selected hash algorithm %s; only sha384 is supported", untrusted.Quote(*params.Selected))
 	}
 	return nil
 }
@@ -420,7 +420,7 @@ type netError struct {
 	err error
 }
 
-func (e *netError) Error() string { return "kbs " + e.op + ": " + oneLine(e.err.Error()) }
+func (e *netError) Error() string { return "kbs " + e.op + ": " + untrusted.Text(e.err.Error()) }
 func (e *netError) Unwrap() error { return e.err }
 
 func retryNet(ctx context.Context, f func() error) error {
@@ -484,22 +484,8 @@ func (r *response) problem(op string) error {
 	}
 	pe := &problemError{op: op, status: r.status}
 	if json.Unmarshal(r.body, &p) == nil {
-		pe.kind = oneLine(p.Type[strings.LastIndex(p.Type, "/")+1:])
-		pe.detail = oneLine(p.Detail)
+		pe.kind = untrusted.Text(p.Type[strings.LastIndex(p.Type, "/")+1:])
+		pe.detail = untrusted.Text(p.Detail)
 	}
 	return pe
-}
-
-// oneLine keeps an externally supplied message on one short line.
-func oneLine(s string) string {
-	s = strings.Join(strings.FieldsFunc(s, func(r rune) bool { return r == '\n' || r == '\r' || r == '\t' }), " ")
-	const max = 300
-	if len(s) > max {
-		cut := max
-		for cut > 0 && !utf8.RuneStart(s[cut]) {
-			cut--
-		}
-		s = s[:cut] + "…"
-	}
-	return strings.TrimSpace(s)
 }

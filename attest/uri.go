@@ -1,11 +1,13 @@
 package attest
 
 import (
+	"errors"
 	"fmt"
 	"net/url"
 	"strings"
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/untrusted"
 )
 
 // ResourceURI names a KBS resource: kbs:///<repo>/<type>/<tag>.
@@ -21,23 +23,28 @@ type ResourceURI struct {
 func ParseResourceURI(s string) (ResourceURI, error) {
 	u, err := url.Parse(s)
 	if err != nil {
-		return ResourceURI{}, fmt.Errorf("resource URI %q: %w: %v", s, errdefs.ErrInvalidConfig, err)
+		// url.Error repeats s: keep only what went wrong.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return ResourceURI{}, fmt.Errorf("resource URI %s: %w: %s", untrusted.Quote(s), errdefs.ErrInvalidConfig, untrusted.Text(err.Error()))
 	}
 	if u.Scheme != "kbs" {
-		return ResourceURI{}, fmt.Errorf("resource URI %q: %w: scheme must be kbs", s, errdefs.ErrInvalidConfig)
+		return ResourceURI{}, fmt.Errorf("resource URI %s: %w: scheme must be kbs", untrusted.Quote(s), errdefs.ErrInvalidConfig)
 	}
 	if u.Opaque != "" || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || u.User != nil {
-		return ResourceURI{}, fmt.Errorf("resource URI %q: %w: want kbs:///repo/type/tag", s, errdefs.ErrInvalidConfig)
+		return ResourceURI{}, fmt.Errorf("resource URI %s: %w: want kbs:///repo/type/tag", untrusted.Quote(s), errdefs.ErrInvalidConfig)
 	}
 	// The escaped path is split so that an encoded slash cannot smuggle a
 	// fourth segment into a valid-looking one.
 	segs := strings.Split(strings.TrimPrefix(u.EscapedPath(), "/"), "/")
 	if len(segs) != 3 {
-		return ResourceURI{}, fmt.Errorf("resource URI %q: %w: want 3 path segments repo/type/tag, got %d", s, errdefs.ErrInvalidConfig, len(segs))
+		return ResourceURI{}, fmt.Errorf("resource URI %s: %w: want 3 path segments repo/type/tag, got %d", untrusted.Quote(s), errdefs.ErrInvalidConfig, len(segs))
 	}
 	for _, seg := range segs {
 		if err := validSegment(seg); err != nil {
-			return ResourceURI{}, fmt.Errorf("resource URI %q: %w: %v", s, errdefs.ErrInvalidConfig, err)
+			return ResourceURI{}, fmt.Errorf("resource URI %s: %w: %v", untrusted.Quote(s), errdefs.ErrInvalidConfig, err)
 		}
 	}
 	return ResourceURI{Repo: segs[0], Type: segs[1], Tag: segs[2]}, nil
@@ -50,13 +57,13 @@ func validSegment(seg string) error {
 		return fmt.Errorf("empty path segment")
 	}
 	if strings.Trim(seg, ".") == "" {
-		return fmt.Errorf("path segment %q is not a name", seg)
+		return fmt.Errorf("path segment %s is not a name", untrusted.Quote(seg))
 	}
 	for _, r := range seg {
 		switch {
 		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '.', r == '_', r == '-':
 		default:
-			return fmt.Errorf("path segment %q has character %q", seg, r)
+			return fmt.Errorf("path segment %s has character %q", untrusted.Quote(seg), r)
 		}
 	}
 	return nil

@@ -15,6 +15,7 @@ import (
 	"github.com/guest-puller/guest-puller/internal/errdefs"
 	"github.com/guest-puller/guest-puller/internal/mediatype"
 	"github.com/guest-puller/guest-puller/internal/refname"
+	"github.com/guest-puller/guest-puller/internal/untrusted"
 )
 
 // evaluation is the state of one Evaluate call. Claims are remembered per
@@ -160,7 +161,7 @@ func (ev *evaluation) accept(claims []Claim, id identityMatcher, keyIDs []string
 		case !ev.digestMatches(c.ManifestDigest):
 			why = fmt.Sprintf("signature is for digest %s, not the image's %s", c.ManifestDigest, ev.img.ManifestDigest)
 		case !id.matches(ev.intended, c.DockerReference):
-			why = fmt.Sprintf("signed identity %q is not accepted by %s for %s", c.DockerReference, id, ev.intended)
+			why = fmt.Sprintf("signed identity %s is not accepted by %s for %s", untrusted.Quote(c.DockerReference), id, ev.intended)
 		default:
 			return c, "", true
 		}
@@ -355,7 +356,7 @@ func (r encrypted) check(layers []string) RequirementResult {
 	}
 	switch {
 	case !r.any && firstPlain >= 0:
-		res.Reason = fmt.Sprintf("layer %d of %d is not encrypted (%s)", firstPlain+1, n, layers[firstPlain])
+		res.Reason = fmt.Sprintf("layer %d of %d is not encrypted (%s)", firstPlain+1, n, untrusted.Text(layers[firstPlain]))
 	case r.any && count == 0:
 		res.Reason = fmt.Sprintf("none of the %d layers is encrypted", n)
 	default:

@@ -24,6 +24,7 @@ import (
 	"github.com/guest-puller/guest-puller/internal/mediatype"
 	"github.com/guest-puller/guest-puller/internal/refname"
 	"github.com/guest-puller/guest-puller/internal/registry"
+	"github.com/guest-puller/guest-puller/internal/untrusted"
 	"github.com/guest-puller/guest-puller/policy"
 	"github.com/guest-puller/guest-puller/unpack"
 	"github.com/guest-puller/guest-puller/verify"
@@ -147,7 +148,7 @@ func (p *Puller) Pull(ctx context.Context, req Request) (*Result, error) {
 	}
 	var cfg ispec.Image
 	if err := json.Unmarshal(img.RawConfig, &cfg); err != nil {
-		return nil, fmt.Errorf("%s: image config: %w", res.Image, err)
+		return nil, fmt.Errorf("%s: image config: %w", res.Image, untrusted.Error(err))
 	}
 	jobs, err := planLayers(res.Image, img.Manifest.Layers, cfg.RootFS.DiffIDs)
 	if err != nil {
@@ -221,7 +222,7 @@ func planLayers(image string, layers []v1.Descriptor, diffIDs []digest.Digest) (
 	for i, desc := range layers {
 		j := &layerJob{image: image, desc: desc, diffID: diffIDs[i]}
 		if err := j.diffID.Validate(); err != nil || j.diffID.Algorithm() != digest.SHA256 {
-			return nil, fmt.Errorf("%s: layer %s: %w: bad diff_id %q", image, desc.Digest, errdefs.ErrIntegrity, j.diffID)
+			return nil, fmt.Errorf("%s: layer %s: %w: bad diff_id %s", image, desc.Digest, errdefs.ErrIntegrity, untrusted.Quote(string(j.diffID)))
 		}
 		var err error
 		if j.layer, err = mediatype.ParseLayer(string(desc.MediaType)); err != nil {
@@ -260,7 +261,7 @@ func (p *Puller) Check(ctx context.Context, image string) (*registry.Image, *pol
 func (p *Puller) check(ctx context.Context, rc *registry.Client, image string) (*registry.Image, *policy.Decision, error) {
 	ref, err := refname.Parse(image)
 	if err != nil {
-		return nil, nil, fmt.Errorf("image %q: %w: %v", image, errdefs.ErrInvalidConfig, err)
+		return nil, nil, fmt.Errorf("image %s: %w: %s", untrusted.Quote(image), errdefs.ErrInvalidConfig, untrusted.Text(err.Error()))
 	}
 	img, err := rc.Resolve(ctx, ref)
 	if err != nil {
@@ -369,7 +370,7 @@ func (p *Puller) applyLayer(ctx context.Context, rc *registry.Client, repo name.
 // HMAC are checked at EOF, after it returned.
 func (p *Puller) verifyStream(ctx context.Context, rc *registry.Client, repo name.Repository, j *layerJob, apply func(io.Reader) error) error {
 	if j.desc.Digest.Algorithm != "sha256" {
-		return fmt.Errorf("%w: unsupported digest algorithm %q", errdefs.ErrIntegrity, j.desc.Digest.Algorithm)
+		return fmt.Errorf("%w: unsupported digest algorithm %s", errdefs.ErrIntegrity, untrusted.Quote(j.desc.Digest.Algorithm))
 	}
 	blob, err := rc.Blob(ctx, repo, j.desc)
 	if err != nil {

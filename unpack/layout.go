@@ -13,6 +13,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/untrusted"
 )
 
 // The on-disk layout under the cache root; doc.go describes it and it is
@@ -61,7 +62,7 @@ func (c *Cache) path(elem ...string) string {
 // The full digest is in its layer.json.
 func layerName(d digest.Digest) (string, error) {
 	if err := d.Validate(); err != nil {
-		return "", fmt.Errorf("diff_id %q: %w: %w", d, errdefs.ErrIntegrity, err)
+		return "", fmt.Errorf("diff_id %s: %w: %w", untrusted.Quote(string(d)), errdefs.ErrIntegrity, err)
 	}
 	return d.Encoded(), nil
 }
@@ -90,7 +91,7 @@ var bundleIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$`)
 // usable as one path element.
 func ValidateBundleID(id string) error {
 	if !bundleIDPattern.MatchString(id) || strings.Contains(id, "..") {
-		return fmt.Errorf("bundle id %q: %w: want 1-200 of [A-Za-z0-9_.-], starting with a letter or digit, without \"..\"", id, errdefs.ErrInvalidConfig)
+		return fmt.Errorf("bundle id %s: %w: want 1-200 of [A-Za-z0-9_.-], starting with a letter or digit, without \"..\"", untrusted.Quote(id), errdefs.ErrInvalidConfig)
 	}
 	return nil
 }

@@ -13,6 +13,8 @@ import (
 	ispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/opencontainers/umoci/oci/config/convert"
 	"golang.org/x/sys/unix"
+
+	"github.com/guest-puller/guest-puller/internal/untrusted"
 )
 
 // maxUserDB bounds the /etc/passwd and /etc/group read from an image.
@@ -44,7 +46,8 @@ func writeRuntimeSpec(bundleDir, rootfs, scratch string, img ispec.Image) error 
 	}
 	spec, err := convert.ToRuntimeSpec(view, img)
 	if err != nil {
-		return fmt.Errorf("runtime spec from image config: %w", err)
+		// umoci names the config's user and group in its errors.
+		return fmt.Errorf("runtime spec from image config: %w", untrusted.Error(err))
 	}
 	spec.Root.Path = rootfsDir
 	spec.Process.Env = runtimeEnv(img.Config.Env, spec.Process.Env)

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/untrusted"
 )
 
 // layerMeta is layers/<name>/layer.json.
@@ -127,17 +128,19 @@ func (s *Staging) Apply(ctx context.Context, r io.Reader) error {
 			}
 			return fmt.Errorf("layer %s: read tar: %w", s.diffID, err)
 		}
-		entry := hdr.Name
+		// Names are the layer's: bounded and escaped in messages, and
+		// errors that repeat them (the filesystem's) are too.
+		entry := untrusted.Quote(hdr.Name)
 		if err := checkEntry(root, hdr); err != nil {
 			var unsafe errUnsafe
 			if errors.As(err, &unsafe) {
-				return fmt.Errorf("layer %s: entry %q: %w: %w", s.diffID, entry, errdefs.ErrIntegrity, err)
+				return fmt.Errorf("layer %s: entry %s: %w: %w", s.diffID, entry, errdefs.ErrIntegrity, err)
 			}
-			return fmt.Errorf("layer %s: entry %q: %w", s.diffID, entry, err)
+			return fmt.Errorf("layer %s: entry %s: %w", s.diffID, entry, untrusted.Error(err))
 		}
 		if (hdr.Typeflag == tar.TypeChar || hdr.Typeflag == tar.TypeBlock) && !isWhiteout(hdr.Name) && !s.c.canMknod(s.dir()) {
 			s.stats.SkippedDevices = append(s.stats.SkippedDevices, hdr.Name)
-			s.c.log.WarnContext(ctx, "skipping device node: this process cannot create devices", "layer", s.diffID, "entry", hdr.Name)
+			s.c.log.WarnContext(ctx, "skipping device node: this process cannot create devices", "layer", s.diffID, "entry", untrusted.Text(hdr.Name))
 			continue
 		}
 		var data io.Reader = tr
@@ -147,7 +150,7 @@ func (s *Staging) Apply(ctx context.Context, r io.Reader) error {
 			data = io.LimitReader(tr, hdr.Size)
 		}
 		if err := te.UnpackEntry(root, hdr, data); err != nil {
-			return fmt.Errorf("layer %s: entry %q: %w", s.diffID, entry, err)
+			return fmt.Errorf("layer %s: entry %s: %w", s.diffID, entry, untrusted.Error(err))
 		}
 		s.stats.Entries++
 		if hdr.Typeflag == tar.TypeReg {

@@ -13,6 +13,7 @@ import (
 	"github.com/sigstore/sigstore/pkg/cryptoutils"
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/untrusted"
 	"github.com/guest-puller/guest-puller/policy"
 )
 
@@ -67,7 +68,7 @@ func (e *evidence) Sigstore(ctx context.Context, pub crypto.PublicKey) ([]policy
 
 	sigs, err := e.sigstore.get(ctx, e.fetchSigstore)
 	if err != nil {
-		return nil, fmt.Errorf("sigstore signatures of %s: %w", e.name(), err)
+		return nil, fmt.Errorf("sigstore signatures of %s: %w", e.name(), untrusted.Error(err))
 	}
 	var claims []policy.Claim
 	for _, s := range sigs {
@@ -95,7 +96,7 @@ func (e *evidence) SimpleSigning(ctx context.Context, keyring []byte) ([]policy.
 	}
 	sigs, err := e.simple.get(ctx, e.fetchSimple)
 	if err != nil {
-		return nil, fmt.Errorf("simple-signing signatures of %s: %w", e.name(), err)
+		return nil, fmt.Errorf("simple-signing signatures of %s: %w", e.name(), untrusted.Error(err))
 	}
 	var claims []policy.Claim
 	for _, s := range sigs {

@@ -23,6 +23,7 @@ import (
 	"github.com/sigstore/sigstore/pkg/signature/options"
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/untrusted"
 )
 
 // cosign's storage format: each signature is a manifest layer whose blob is
@@ -134,7 +135,7 @@ func readSignatureManifest(ctx context.Context, p *remote.Puller, repo name.Repo
 	switch desc.MediaType {
 	case types.OCIManifestSchema1, types.DockerManifestSchema2:
 	default:
-		return nil, fmt.Errorf("media type %q is not an image manifest", desc.MediaType)
+		return nil, fmt.Errorf("media type %s is not an image manifest", untrusted.Quote(string(desc.MediaType)))
 	}
 	m, err := v1.ParseManifest(bytes.NewReader(desc.Manifest))
 	if err != nil {

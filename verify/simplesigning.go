@@ -82,7 +82,9 @@ func (v *Verifier) readLookaside(ctx context.Context, u *url.URL) ([]byte, error
 		case http.StatusNotFound:
 			return nil, errNoSignature
 		default:
-			return nil, fmt.Errorf("HTTP status %s", resp.Status)
+			// The code, not resp.Status: the reason phrase is the
+			// server's own text.
+			return nil, fmt.Errorf("HTTP status %d %s", resp.StatusCode, http.StatusText(resp.StatusCode))
 		}
 		r = resp.Body
 	default:

@@ -16,6 +16,7 @@ import (
 	"syscall"
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/untrusted"
 )
 
 // A command is one thing guest-puller does, named by one or two words
@@ -249,9 +250,11 @@ func (inv *invocation) withHint(err error) error {
 	return err
 }
 
-// oneLine keeps an error on the single line DESIGN.md promises.
+// oneLine keeps an error on the single line DESIGN.md promises, with no
+// character left that a terminal would act on: whatever a registry or a
+// KBS wrote into it was bounded where it entered, and is escaped here too.
 func oneLine(err error) string {
-	return strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "\n", "; ")), " ")
+	return untrusted.Escape(strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "\n", "; ")), " "))
 }
 
 func writeJSON(w io.Writer, v any) error {

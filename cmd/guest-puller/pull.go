@@ -12,6 +12,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/guest-puller/guest-puller/attest"
+	"github.com/guest-puller/guest-puller/internal/untrusted"
 	"github.com/guest-puller/guest-puller/pull"
 	"github.com/guest-puller/guest-puller/unpack"
 )
@@ -136,7 +137,7 @@ policy refuses it (the report says why), like pull for other failures.`)
 			}
 			fmt.Fprintf(stdout, "  [%s] %s", mark, r.Type)
 			if r.Reason != "" {
-				fmt.Fprintf(stdout, ": %s", r.Reason)
+				fmt.Fprintf(stdout, ": %s", untrusted.Escape(r.Reason))
 			}
 			fmt.Fprintln(stdout)
 		}
@@ -145,7 +146,7 @@ policy refuses it (the report says why), like pull for other failures.`)
 			if !s.Verified {
 				state = "not verified"
 				if s.Reason != "" {
-					state += ": " + s.Reason
+					state += ": " + untrusted.Escape(s.Reason)
 				}
 			}
 			fmt.Fprintf(stdout, "  signature key %s (%s): %s\n", s.KeyName, shortID(s.KeyID), state)

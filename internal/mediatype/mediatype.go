@@ -11,6 +11,8 @@ package mediatype
 import (
 	"fmt"
 	"strings"
+
+	"github.com/guest-puller/guest-puller/internal/untrusted"
 )
 
 // Compression is how a layer's (decrypted) blob is compressed.
@@ -68,7 +70,7 @@ func ParseLayer(mt string) (Layer, error) {
 	plain, encrypted := strings.CutSuffix(mt, encryptedSuffix)
 	c, ok := plainLayers[plain]
 	if !ok {
-		return Layer{}, fmt.Errorf("unsupported layer media type %q", mt)
+		return Layer{}, fmt.Errorf("unsupported layer media type %s", untrusted.Quote(mt))
 	}
 	return Layer{Compression: c, Encrypted: encrypted}, nil
 }

@@ -14,6 +14,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/untrusted"
 )
 
 // Blob opens the blob desc of repo for streaming. The reader survives
@@ -172,19 +173,22 @@ func (b *blobReader) open() error {
 		}
 		if err != nil {
 			resp.Body.Close()
-			return fmt.Errorf("blob %s: registry answered a range request from byte %d with Content-Range %q: %w", b.desc.Digest, b.off, resp.Header.Get("Content-Range"), err)
+			return fmt.Errorf("blob %s: registry answered a range request from byte %d with Content-Range %s: %w", b.desc.Digest, b.off, untrusted.Quote(resp.Header.Get("Content-Range")), err)
 		}
 		b.body = resp.Body
 		return nil
 	}
 	resp.Body.Close()
+	// The status code, not resp.Status: the reason phrase is the
+	// registry's own text.
+	status := fmt.Sprintf("%d %s", resp.StatusCode, http.StatusText(resp.StatusCode))
 	switch resp.StatusCode {
 	case http.StatusUnauthorized, http.StatusForbidden:
-		return fmt.Errorf("blob %s: %w: the registry answered %s", b.desc.Digest, errdefs.ErrUnauthenticated, resp.Status)
+		return fmt.Errorf("blob %s: %w: the registry answered %s", b.desc.Digest, errdefs.ErrUnauthenticated, status)
 	case http.StatusNotFound:
 		return fmt.Errorf("blob %s: %w in the registry", b.desc.Digest, errdefs.ErrNotFound)
 	}
-	return fmt.Errorf("blob %s: registry answered %s", b.desc.Digest, resp.Status)
+	return fmt.Errorf("blob %s: registry answered %s", b.desc.Digest, status)
 }
 
 // ContentRange is a parsed Content-Range header of a 206 answer.

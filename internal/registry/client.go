@@ -28,6 +28,7 @@ import (
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
 	"github.com/guest-puller/guest-puller/internal/refname"
+	"github.com/guest-puller/guest-puller/internal/untrusted"
 )
 
 const (
@@ -240,7 +241,7 @@ func (c *Client) resolveAt(ctx context.Context, ref name.Reference, src Source) 
 	if mt.IsIndex() {
 		idx, err := v1.ParseIndexManifest(bytes.NewReader(raw))
 		if err != nil {
-			return nil, fmt.Errorf("%s: index %s: %w", refname.Reference(ref), dgst, err)
+			return nil, fmt.Errorf("%s: index %s: %w", refname.Reference(ref), dgst, untrusted.Error(err))
 		}
 		child, err := c.selectPlatform(idx)
 		if err != nil {
@@ -260,11 +261,11 @@ func (c *Client) resolveAt(ctx context.Context, ref name.Reference, src Source) 
 	case types.DockerManifestSchema1, types.DockerManifestSchema1Signed:
 		return nil, fmt.Errorf("%s: Docker schema 1 manifests are not supported", refname.Reference(ref))
 	default:
-		return nil, fmt.Errorf("%s: unsupported manifest media type %q", refname.Reference(ref), mt)
+		return nil, fmt.Errorf("%s: unsupported manifest media type %s", refname.Reference(ref), untrusted.Quote(string(mt)))
 	}
 	m, err := v1.ParseManifest(bytes.NewReader(raw))
 	if err != nil {
-		return nil, fmt.Errorf("%s: manifest %s: %w", refname.Reference(ref), dgst, err)
+		return nil, fmt.Errorf("%s: manifest %s: %w", refname.Reference(ref), dgst, untrusted.Error(err))
 	}
 	img.Digest, img.MediaType, img.Manifest, img.RawManifest = dgst, mt, m, raw
 	if m.Config.Size > maxConfigSize {
@@ -366,7 +367,7 @@ func (c *Client) selectPlatform(idx *v1.IndexManifest) (v1.Descriptor, error) {
 		}
 	}
 	if best == nil {
-		return v1.Descriptor{}, fmt.Errorf("%w: no manifest for platform %s in the index (it has: %s)", errdefs.ErrInvalidConfig, platforms.Format(c.platform), strings.Join(avail, ", "))
+		return v1.Descriptor{}, fmt.Errorf("%w: no manifest for platform %s in the index (it has: %s)", errdefs.ErrInvalidConfig, platforms.Format(c.platform), untrusted.Text(strings.Join(avail, ", ")))
 	}
 	return *best, nil
 }
@@ -444,7 +445,8 @@ func describe(what fmt.Stringer, err error) error {
 		// http fallback (upgraded to https) both met it.
 		return fmt.Errorf("%s: %w", what, plain)
 	}
-	return fmt.Errorf("%s: %w", what, err)
+	// The registry wrote the rest of the message.
+	return fmt.Errorf("%s: %w", what, untrusted.Error(err))
 }
 
 // readVerified reads a small blob whole and checks its digest and size.

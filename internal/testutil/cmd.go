@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -42,7 +43,22 @@ func BuildCommands(dir string, pkgs ...string) (map[string]string, error) {
 type Result struct {
 	Stdout, Stderr string
 	Code           int
+	// PeakRSS is the command's peak resident set size in bytes (the
+	// kernel's ru_maxrss of the finished process).
+	PeakRSS int64
 }
+
+// PeakRSS is the peak resident set size, in bytes, of the finished
+// process ps: what memory claims are measured by, never timings.
+func PeakRSS(ps *os.ProcessState) int64 {
+	if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
+		return ru.Maxrss * 1024 // KiB on Linux
+	}
+	return 0
+}
+
+// MiB formats a byte count for messages about memory.
+func MiB(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
 
 // Exec runs bin with args and env, and returns its output and exit code;
 // it fails the test only if the command could not run at all.
@@ -56,6 +72,9 @@ func Exec(t testing.TB, env []string, bin string, args ...string) Result {
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
 	res := Result{Stdout: stdout.String(), Stderr: stderr.String()}
+	if cmd.ProcessState != nil {
+		res.PeakRSS = PeakRSS(cmd.ProcessState)
+	}
 	var ee *exec.ExitError
 	switch {
 	case err == nil:
