@@ -296,12 +296,12 @@ func (p *Puller) check(ctx context.Context, rc *registry.Client, image string) (
 }
 
 type layerJob struct {
-	image       string
-	desc        v1.Descriptor
-	diffID      digest.Digest
-	layer       mediatype.Layer
-	key         *decrypt.LayerKey
-	cached      bool
+	image  string
+	desc   v1.Descriptor
+	diffID digest.Digest
+	layer  mediatype.Layer
+	key    *decrypt.LayerKey
+	cached bool
 }
 
 // fetchLayer brings one layer into the cache unless it is there already.
