@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -34,6 +35,9 @@ func newAttester(kind string, opts AttesterOptions, ops tsmOps) (Attester, error
 	}
 }
 
+// ErrNoTEE: the auto attester found neither configfs-tsm nor a TPM.
+var ErrNoTEE = errors.New("no TEE found")
+
 // autoAttester prefers the TEE's own report (configfs-tsm) over a TPM, which
 // in a confidential VM may be a vTPM the host emulates. It never falls back
 // to sample evidence: that would prove nothing.
@@ -56,7 +60,7 @@ func autoAttester(opts AttesterOptions, ops tsmOps) (Attester, error) {
 	} else {
 		tpmErr = fmt.Errorf("tpm: %w", err)
 	}
-	return nil, fmt.Errorf("attester auto: no TEE found (%v; %v)", tsmErr, tpmErr)
+	return nil, fmt.Errorf("attester auto: %w (%v; %v)", ErrNoTEE, tsmErr, tpmErr)
 }
 
 // sampleAttester is Trustee's sample TEE: no hardware, no trust, for

@@ -26,6 +26,18 @@ func LoadRegistriesD(dir string) (*RegistriesD, error) {
 	return loadRegistriesD(dir)
 }
 
+// ParseRegistriesD reads one registries.d file's content, named name in
+// errors: the confidential-data-hub's sigstore config, which image-rs takes
+// as a single file (sigstore_config_uri). A malformed file wraps
+// errdefs.ErrInvalidConfig.
+func ParseRegistriesD(name string, data []byte) (*RegistriesD, error) {
+	r := &RegistriesD{docker: map[string]namespace{}}
+	if err := r.add(name, data); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
 // Options configure a Verifier.
 type Options struct {
 	// Remote are the registry options (auth, transport, retries) for

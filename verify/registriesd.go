@@ -69,27 +69,35 @@ func loadRegistriesD(dir string) (*RegistriesD, error) {
 		if err != nil {
 			return nil, fmt.Errorf("registries.d: %w", err)
 		}
-		f, err := parseRegistriesDFile(data)
-		if err != nil {
-			return nil, fmt.Errorf("registries.d %s: %w: %v", p, errdefs.ErrInvalidConfig, err)
-		}
-		if f.DefaultDocker != nil {
-			if r.defaultDocker != nil {
-				return nil, fmt.Errorf("registries.d %s: %w: default-docker is defined in more than one file", p, errdefs.ErrInvalidConfig)
-			}
-			r.defaultDocker = f.DefaultDocker
-		}
-		for scope, ns := range f.Docker {
-			// Looked up with the registry host spelled canonically
-			// (refname.Host), so it is spelled that way here too.
-			key := refname.Scope(scope)
-			if _, dup := r.docker[key]; dup {
-				return nil, fmt.Errorf("registries.d %s: %w: docker namespace %q is defined more than once", p, errdefs.ErrInvalidConfig, scope)
-			}
-			r.docker[key] = ns
+		if err := r.add(p, data); err != nil {
+			return nil, err
 		}
 	}
 	return r, nil
+}
+
+// add parses the registries.d file name and adds its namespaces to r.
+func (r *RegistriesD) add(name string, data []byte) error {
+	f, err := parseRegistriesDFile(data)
+	if err != nil {
+		return fmt.Errorf("registries.d %s: %w: %v", name, errdefs.ErrInvalidConfig, err)
+	}
+	if f.DefaultDocker != nil {
+		if r.defaultDocker != nil {
+			return fmt.Errorf("registries.d %s: %w: default-docker is defined in more than one file", name, errdefs.ErrInvalidConfig)
+		}
+		r.defaultDocker = f.DefaultDocker
+	}
+	for scope, ns := range f.Docker {
+		// Looked up with the registry host spelled canonically
+		// (refname.Host), so it is spelled that way here too.
+		key := refname.Scope(scope)
+		if _, dup := r.docker[key]; dup {
+			return fmt.Errorf("registries.d %s: %w: docker namespace %q is defined more than once", name, errdefs.ErrInvalidConfig, scope)
+		}
+		r.docker[key] = ns
+	}
+	return nil
 }
 
 // parseRegistriesDFile decodes one file strictly: unknown fields, duplicate
