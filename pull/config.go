@@ -126,7 +126,7 @@ func open(ctx context.Context, cfg Config, progress Progress, full bool) (*Pulle
 		}
 	}
 	opts := Options{
-		Registry:               rc,
+		Registry:               FromClient(rc),
 		Policy:                 pol,
 		RegistriesD:            rd,
 		MaxConcurrentDownloads: cfg.MaxConcurrentDownloads,
@@ -153,7 +153,7 @@ func open(ctx context.Context, cfg Config, progress Progress, full bool) (*Pulle
 	if err != nil {
 		return nil, err
 	}
-	opts.Cache, opts.Keys = cache, keys
+	opts.Cache, opts.Keys = FromCache(cache), keys
 	p, err := New(opts)
 	if err != nil {
 		cache.Close()

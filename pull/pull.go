@@ -36,8 +36,8 @@ const DefaultMaxConcurrentDownloads = 3
 // Options are the parts a Puller works with. Registry and Policy are
 // required; Cache too, except for Check.
 type Options struct {
-	Registry *registry.Client
-	Cache    *unpack.Cache
+	Registry Registry
+	Cache    Cache
 	Policy   *policy.Policy
 	// RegistriesD configures where signatures are looked up (lookaside,
 	// sigstore attachments); nil means the defaults.
@@ -72,8 +72,14 @@ func New(opts Options) (*Puller, error) {
 	return &Puller{opts: opts}, nil
 }
 
-// Cache is the layer cache the Puller unpacks into (nil for a checker).
-func (p *Puller) Cache() *unpack.Cache { return p.opts.Cache }
+// Cache is the layer cache the Puller unpacks into: nil for a checker, or
+// when the Puller's Cache is not an *unpack.Cache.
+func (p *Puller) Cache() *unpack.Cache {
+	if c, ok := p.opts.Cache.(unpackCache); ok {
+		return c.Cache
+	}
+	return nil
+}
 
 // Request is one pull.
 type Request struct {
@@ -125,14 +131,17 @@ func (p *Puller) Pull(ctx context.Context, req Request) (*Result, error) {
 	if p.opts.Cache == nil {
 		return nil, errors.New("pull: no cache")
 	}
+	ref, err := parseImage(req.Image)
+	if err != nil {
+		return nil, err
+	}
 	rc := p.opts.Registry
 	if req.Creds != "" {
-		var err error
-		if rc, err = rc.WithCredentials(registry.Credentials{Creds: req.Creds}); err != nil {
+		if rc, err = rc.ForRequest(req.Creds, ref); err != nil {
 			return nil, err
 		}
 	}
-	img, decision, err := p.check(ctx, rc, req.Image)
+	img, decision, err := p.check(ctx, rc, ref)
 	if err != nil {
 		return nil, err
 	}
@@ -158,10 +167,15 @@ func (p *Puller) Pull(ctx context.Context, req Request) (*Result, error) {
 		return nil, err
 	}
 
+	// The lease pins every layer this pull finds or commits until the
+	// image record and the bundle name them, and lets go of them all
+	// when the pull ends, however it ends.
+	lease := p.opts.Cache.NewLease()
+	defer lease.Release()
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(p.opts.MaxConcurrentDownloads)
 	for _, j := range jobs {
-		g.Go(func() error { return p.fetchLayer(gctx, rc, img.Repo(), j) })
+		g.Go(func() error { return p.fetchLayer(gctx, rc, lease, img.Repo(), j) })
 	}
 	if err := g.Wait(); err != nil {
 		return nil, err
@@ -255,14 +269,23 @@ func (p *Puller) unwrapKeys(ctx context.Context, image string, jobs []*layerJob)
 // Check resolves image and evaluates the policy over it, fetching no layer:
 // `guest-puller policy check`.
 func (p *Puller) Check(ctx context.Context, image string) (*registry.Image, *policy.Decision, error) {
-	return p.check(ctx, p.opts.Registry, image)
+	ref, err := parseImage(image)
+	if err != nil {
+		return nil, nil, err
+	}
+	return p.check(ctx, p.opts.Registry, ref)
 }
 
-func (p *Puller) check(ctx context.Context, rc *registry.Client, image string) (*registry.Image, *policy.Decision, error) {
+// parseImage reads a user's image reference, its host spelled canonically.
+func parseImage(image string) (name.Reference, error) {
 	ref, err := refname.Parse(image)
 	if err != nil {
-		return nil, nil, fmt.Errorf("image %s: %w: %s", untrusted.Quote(image), errdefs.ErrInvalidConfig, untrusted.Text(err.Error()))
+		return nil, fmt.Errorf("image %s: %w: %s", untrusted.Quote(image), errdefs.ErrInvalidConfig, untrusted.Text(err.Error()))
 	}
+	return ref, nil
+}
+
+func (p *Puller) check(ctx context.Context, rc Registry, ref name.Reference) (*registry.Image, *policy.Decision, error) {
 	img, err := rc.Resolve(ctx, ref)
 	if err != nil {
 		return nil, nil, err
@@ -304,13 +327,21 @@ type layerJob struct {
 	cached bool
 }
 
-// fetchLayer brings one layer into the cache unless it is there already.
+// fetchLayer brings one layer into the cache unless the cache may stand
+// for it already, by the layer provenance rules (unpack.Lease.Layer): an
+// encrypted blob (whose key this pull unwrapped) reuses only a layer that
+// exact blob was decrypted into, a plain blob only a layer some plain blob
+// was verified to yield. Otherwise the blob is fetched and verified
+// against the diff_id: applied and committed when the cache lacks the
+// layer, or only verified, then recorded as a source, when the cache has
+// it from other blobs.
+//
 // The per-layer cache lock makes concurrent pulls, in this process or
 // another, fetch a layer once: whoever waits finds it committed.
-func (p *Puller) fetchLayer(ctx context.Context, rc *registry.Client, repo name.Repository, j *layerJob) error {
+func (p *Puller) fetchLayer(ctx context.Context, rc Registry, lease Lease, repo name.Repository, j *layerJob) error {
 	prog := p.opts.Progress
-	blob := digest.Digest(j.desc.Digest.String())
-	if _, reusable := p.opts.Cache.Layer(j.diffID, blob); reusable {
+	src := j.source()
+	if _, reusable := lease.Layer(j.diffID, src); reusable {
 		j.cached = true
 		prog.LayerState(j.desc.Digest, j.desc.Size, StateCached)
 		return nil
@@ -321,7 +352,7 @@ func (p *Puller) fetchLayer(ctx context.Context, rc *registry.Client, repo name.
 		return fmt.Errorf("%s: layer %s: %w", j.image, j.desc.Digest, err)
 	}
 	defer release()
-	present, reusable := p.opts.Cache.Layer(j.diffID, blob)
+	present, reusable := lease.Layer(j.diffID, src)
 	if reusable {
 		j.cached = true
 		prog.LayerState(j.desc.Digest, j.desc.Size, StateCached)
@@ -329,15 +360,15 @@ func (p *Puller) fetchLayer(ctx context.Context, rc *registry.Client, repo name.
 	}
 	prog.LayerState(j.desc.Digest, j.desc.Size, StateDownloading)
 	if present {
-		// The cache has a confidential layer with this diff_id, made from
-		// another blob: this blob must prove it yields the same content
-		// before the cached one stands in for it.
+		// The cache has this diff_id from other blobs (or from this one
+		// read the other way, plain or decrypted): this blob must prove it
+		// yields the same content before the cached layer stands for it.
 		err = p.verifyStream(ctx, rc, repo, j, nil)
 		if err == nil {
-			err = p.opts.Cache.AddLayerSource(j.diffID, blob)
+			err = lease.AddSource(j.diffID, src)
 		}
 	} else {
-		err = p.applyLayer(ctx, rc, repo, j)
+		err = p.applyLayer(ctx, rc, lease, repo, j)
 	}
 	if err != nil {
 		prog.LayerState(j.desc.Digest, j.desc.Size, StateFailed)
@@ -347,14 +378,19 @@ func (p *Puller) fetchLayer(ctx context.Context, rc *registry.Client, repo name.
 	return nil
 }
 
+// source is what this job's blob is to the cache: decrypted when this pull
+// decrypts it with the key it unwrapped.
+func (j *layerJob) source() unpack.Source {
+	return unpack.Source{Blob: digest.Digest(j.desc.Digest.String()), Decrypted: j.key != nil}
+}
+
 // applyLayer applies the layer into a staging directory as it streams and
 // commits it into the cache once every check has held at EOF.
-func (p *Puller) applyLayer(ctx context.Context, rc *registry.Client, repo name.Repository, j *layerJob) error {
-	stage, err := p.opts.Cache.Stage(j.diffID)
+func (p *Puller) applyLayer(ctx context.Context, rc Registry, lease Lease, repo name.Repository, j *layerJob) error {
+	stage, err := lease.Stage(j.diffID, j.source())
 	if err != nil {
 		return err
 	}
-	stage.SetSource(digest.Digest(j.desc.Digest.String()), j.key != nil)
 	if err := p.verifyStream(ctx, rc, repo, j, func(tar io.Reader) error { return stage.Apply(ctx, tar) }); err != nil {
 		stage.Abort()
 		return err
@@ -368,7 +404,7 @@ func (p *Puller) applyLayer(ctx context.Context, rc *registry.Client, repo name.
 //
 // apply (nil to only verify) consumes the tar stream; the digests and the
 // HMAC are checked at EOF, after it returned.
-func (p *Puller) verifyStream(ctx context.Context, rc *registry.Client, repo name.Repository, j *layerJob, apply func(io.Reader) error) error {
+func (p *Puller) verifyStream(ctx context.Context, rc Registry, repo name.Repository, j *layerJob, apply func(io.Reader) error) error {
 	if j.desc.Digest.Algorithm != "sha256" {
 		return fmt.Errorf("%w: unsupported digest algorithm %s", errdefs.ErrIntegrity, untrusted.Quote(j.desc.Digest.Algorithm))
 	}

@@ -74,11 +74,15 @@ func TestBundleContainerID(t *testing.T) {
 	}
 }
 
-// fixture is an in-process registry, a real cache and a policy.
+// fixture is an in-process registry (go-containerregistry's), a cache and
+// a policy. The cache is in memory (newFixture: no root needed) or the
+// real one (newRealFixture: overlay bundles, so root).
 type fixture struct {
 	t     *testing.T
 	host  string
-	cache *unpack.Cache
+	cache Cache
+	mem   *memCache     // newFixture's cache
+	real  *unpack.Cache // newRealFixture's cache
 	gets  *blobCounter
 }
 
@@ -105,12 +109,24 @@ func (b *blobCounter) count(d string) int {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatal("pull's tests make overlay mounts and need root")
-	}
 	gets := &blobCounter{n: map[string]int{}, next: ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0)))}
 	srv := httptest.NewServer(gets)
 	t.Cleanup(srv.Close)
+	mem := newMemCache()
+	t.Cleanup(func() {
+		if leases, pins := mem.outstanding(); leases != 0 || pins != 0 {
+			t.Errorf("%d leases with %d pins outlived their pulls", leases, pins)
+		}
+	})
+	return &fixture{t: t, host: strings.TrimPrefix(srv.URL, "http://"), cache: mem, mem: mem, gets: gets}
+}
+
+func newRealFixture(t *testing.T) *fixture {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("this test makes overlay mounts and needs root")
+	}
+	f := newFixture(t)
 	dir := t.TempDir()
 	t.Cleanup(func() { unmountUnder(t, dir) })
 	c, err := unpack.Open(context.Background(), filepath.Join(dir, "cache"))
@@ -118,7 +134,8 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	return &fixture{t: t, host: strings.TrimPrefix(srv.URL, "http://"), cache: c, gets: gets}
+	f.cache, f.mem, f.real = FromCache(c), nil, c
+	return f
 }
 
 func unmountUnder(t *testing.T, dir string) {
@@ -144,7 +161,7 @@ func (f *fixture) puller(policyJSON string) *Puller {
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	p, err := New(Options{Registry: rc, Cache: f.cache, Policy: pol})
+	p, err := New(Options{Registry: FromClient(rc), Cache: f.cache, Policy: pol})
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -201,7 +218,7 @@ func image(t *testing.T, layers ...v1.Layer) v1.Image {
 const acceptAll = `{"default":[{"type":"insecureAcceptAnything"}]}`
 
 func TestPullAndCacheHit(t *testing.T) {
-	f := newFixture(t)
+	f := newRealFixture(t)
 	ref := f.push("app:1", image(t, tarLayer(t, map[string]string{"a": "A"}), tarLayer(t, map[string]string{"b": "B"})))
 	p := f.puller(acceptAll)
 	ctx := context.Background()
@@ -285,19 +302,15 @@ func TestPullRefusals(t *testing.T) {
 			if n := f.gets.count(d.String()); !tc.fetched && n != 0 {
 				t.Errorf("layer fetched %d times before the refusal", n)
 			}
-			l, err := f.cache.List(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, img := range l.Images {
-				if strings.Contains(img.Ref, "refuse/") {
-					t.Errorf("refused image recorded: %s", img.Ref)
+			for ref := range f.mem.images {
+				if strings.Contains(ref, "refuse/") {
+					t.Errorf("refused image recorded: %s", ref)
 				}
 			}
 		})
 	}
-	if l, _ := f.cache.List(ctx); len(l.Layers) != 0 {
-		t.Errorf("%d layers cached after refused pulls", len(l.Layers))
+	if n := len(f.mem.layers); n != 0 {
+		t.Errorf("%d layers cached after refused pulls", n)
 	}
 }
 

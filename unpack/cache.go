@@ -44,7 +44,7 @@ type Cache struct {
 	forceOverlay overlayAPI
 
 	mu     sync.Mutex
-	pins   map[string]*os.File // layer name -> shared pin lock
+	pins   map[string]*pin // layer name -> this process's shared pin lock
 	closed bool
 }
 
@@ -79,7 +79,7 @@ func Open(ctx context.Context, root string) (*Cache, error) {
 		root:     abs,
 		rootless: os.Geteuid() != 0,
 		log:      slog.Default().With("cache", abs),
-		pins:     map[string]*os.File{},
+		pins:     map[string]*pin{},
 	}
 
 	unlock, err := c.lockCache(ctx, unix.LOCK_EX)
@@ -129,8 +129,8 @@ func makePrivate(root string) error {
 func (c *Cache) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for name, f := range c.pins {
-		f.Close()
+	for name, p := range c.pins {
+		p.f.Close()
 		delete(c.pins, name)
 	}
 	c.closed = true
@@ -166,58 +166,15 @@ func (c *Cache) RemoveIfEmpty(ctx context.Context) (bool, error) {
 // Root is the cache's root directory.
 func (c *Cache) Root() string { return c.root }
 
-// HasLayer reports whether the layer with this diff_id is committed.
+// HasLayer reports whether the layer with this diff_id is committed. It
+// pins nothing: a caller that goes on to use the layer looks it up through
+// a Lease.
 func (c *Cache) HasLayer(diffID digest.Digest) bool {
 	name, err := layerName(diffID)
 	if err != nil {
 		return false
 	}
-	// A caller that sees the layer goes on to use it: pin it first, so a
-	// concurrent GC cannot remove it before the image record exists.
-	c.pin(name)
 	return c.hasLayer(name)
-}
-
-// Layer says whether the layer diffID is committed, and whether a pull
-// whose layer blob is blob may use it without fetching blob. A layer that
-// was made by decrypting a blob is confidential: its diff_id is public (it
-// is in the image config), so another image claiming that diff_id must not
-// get the decrypted content for free. Such a layer is reusable only for a
-// blob already verified to yield it (whose key the pull has unwrapped);
-// for any other blob, the caller verifies the blob against the diff_id and
-// records it with AddLayerSource.
-func (c *Cache) Layer(diffID, blob digest.Digest) (present, reusable bool) {
-	if !c.HasLayer(diffID) {
-		return false, false
-	}
-	name, _ := layerName(diffID)
-	var m layerMeta
-	if err := readJSON(filepath.Join(c.layerDir(name), layerMetaFile), &m); err != nil {
-		return true, false
-	}
-	return true, !m.Confidential || slices.Contains(m.Sources, blob)
-}
-
-// AddLayerSource records that blob was verified to yield the committed
-// layer diffID. The caller holds LockLayer.
-func (c *Cache) AddLayerSource(diffID, blob digest.Digest) error {
-	name, err := layerName(diffID)
-	if err != nil {
-		return err
-	}
-	path := filepath.Join(c.layerDir(name), layerMetaFile)
-	var m layerMeta
-	if err := readJSON(path, &m); err != nil {
-		return fmt.Errorf("layer %s: %w", diffID, err)
-	}
-	if slices.Contains(m.Sources, blob) {
-		return nil
-	}
-	m.Sources = append(m.Sources, blob)
-	if err := writeJSONAtomic(path, m); err != nil {
-		return fmt.Errorf("layer %s: %w", diffID, err)
-	}
-	return nil
 }
 
 func (c *Cache) hasLayer(name string) bool {
@@ -227,49 +184,18 @@ func (c *Cache) hasLayer(name string) bool {
 
 // LockLayer takes the exclusive lock on one layer, shared by every process
 // using the cache, so a layer is fetched and applied once at a time. After
-// taking it, call HasLayer again: another process may have committed it.
+// taking it, look the layer up again: another process may have committed
+// it.
 func (c *Cache) LockLayer(ctx context.Context, diffID digest.Digest) (release func(), err error) {
 	name, err := layerName(diffID)
 	if err != nil {
 		return nil, err
 	}
-	c.pin(name)
 	f, err := lock(ctx, c.layerLock(name), unix.LOCK_EX)
 	if err != nil {
 		return nil, fmt.Errorf("layer %s: %w", diffID, err)
 	}
 	return sync.OnceFunc(func() { f.Close() }), nil
-}
-
-// pin holds a shared lock on the layer's pin file until an image record
-// names the layer (PutImage) or the Cache closes. GC removes only layers
-// whose pin it can lock exclusively, which closes the window between a
-// pull finding or committing a layer and recording the image.
-func (c *Cache) pin(name string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closed || c.pins[name] != nil {
-		return
-	}
-	// GC holds a pin exclusively only while it renames the layer away,
-	// so this wait is short.
-	f, err := lock(context.Background(), c.pinLock(name), unix.LOCK_SH)
-	if err != nil {
-		c.log.Warn("cannot pin layer; a concurrent gc may remove it", "layer", name, "err", err)
-		return
-	}
-	c.pins[name] = f
-}
-
-func (c *Cache) unpin(names []string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, name := range names {
-		if f := c.pins[name]; f != nil {
-			f.Close()
-			delete(c.pins, name)
-		}
-	}
 }
 
 // lockCache takes the cache-wide lock: shared for operations that add to

@@ -414,7 +414,9 @@ func TestGC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !pinner.HasLayer(l5) {
+	lease := pinner.NewLease()
+	defer lease.Release()
+	if present, _ := lease.Layer(l5, Source{Blob: digest.FromString("l5 blob")}); !present {
 		t.Fatal("l5 missing")
 	}
 	report, err := list.GC(ctx)

@@ -17,13 +17,13 @@
 //	  layout.json                   {"version":1,"overlayXattrs":"trusted"|"user"} (atomic)
 //	  locks/cache.lock              flock: shared to add, exclusive to remove (GC, RemoveImage, Open)
 //	  locks/layer-<hex>.lock        LockLayer
-//	  locks/pin-<hex>.lock          shared while a process uses a layer no image record names yet
+//	  locks/pin-<hex>.lock          shared while a lease (a pull) holds the layer
 //	  locks/staging-<name>.lock     held by the process applying staging/<name>
 //	  locks/bundle-<id>.lock        held while bundle <id> is made or replaced
 //	  locks/dir-<hex>.lock          held while a bundle is made in a directory (<hex>: of its real path)
 //	  staging/<name>/diff/          a layer being applied
 //	  layers/<hex>/diff/            a committed layer in overlayfs format (<hex>: the diff_id's encoded part)
-//	  layers/<hex>/layer.json       {"diffID","size","committed"}
+//	  layers/<hex>/layer.json       {"diffID","size","committed","provenance":[{"blob","decrypted"}]}
 //	  images/<sha256(ref)>.json     an ImageRecord (atomic)
 //	  bundles/<id>/                 the default bundle directory: config.json, rootfs/
 //	  containers/<id>/bundle.json   the bundle's record (atomic), written before anything else of it
@@ -108,12 +108,27 @@
 // unmounts (lazily if busy) and deletes bundles that are removed, half
 // made, or whose directory or config.json is gone, then layers named by no
 // image record and no live bundle, except those another process holds
-// pinned or locked. Between finding or committing a layer and PutImage, a
-// Cache keeps the layer pinned; PutImage (or Close) releases the pin. A
+// pinned or locked. A pull holds a Lease: every layer it finds or commits
+// is pinned under the lease until the pull ends, whatever the outcome, and
+// only layers that are there are ever pinned. Leases of one process share
+// one open pin file per layer; a process that dies drops its pins. A
 // bundle GC cannot take down is reported and kept, with its layers, and
 // the rest is collected all the same. Under the exclusive cache lock GC
 // only renames what goes into trash/; it deletes after releasing it, so a
 // large layer's deletion does not hold up pulls. `guest-puller serve`
 // runs GC periodically (--gc-interval), so a pod's cache gives back what
 // each container left as soon as kata-agent has cleaned it up.
+//
+// # Layer provenance
+//
+// A diff_id is a claim made by an image config the registry writes, so a
+// committed layer records where its content was verified to come from: the
+// blobs that were fetched and checked to yield it, each marked plain or
+// decrypted (layer.json's provenance). Reusable applies DESIGN.md's rules:
+// an encrypted blob reuses the layer only if that exact blob was decrypted
+// into it (and the pull unwrapped its key); a plain blob only if some
+// plain blob was verified to yield it. Any other blob is fetched and
+// verified against the diff_id first, then added as a source. Layers
+// written before provenance ("confidential" and "sources") are read
+// conservatively: a confidential layer's sources as decrypted ones.
 package unpack

@@ -17,13 +17,10 @@ func (c *Cache) PutImage(ctx context.Context, rec ImageRecord) error {
 	if rec.Ref == "" {
 		return fmt.Errorf("image record: %w: empty reference", errdefs.ErrInvalidConfig)
 	}
-	names := make([]string, len(rec.Layers))
-	for i, l := range rec.Layers {
-		name, err := layerName(l.DiffID)
-		if err != nil {
+	for _, l := range rec.Layers {
+		if _, err := layerName(l.DiffID); err != nil {
 			return fmt.Errorf("image %s: %w", rec.Ref, err)
 		}
-		names[i] = name
 	}
 	unlock, err := c.lockCache(ctx, unix.LOCK_SH)
 	if err != nil {
@@ -33,8 +30,8 @@ func (c *Cache) PutImage(ctx context.Context, rec ImageRecord) error {
 	if err := writeJSONAtomic(c.imagePath(rec.Ref), rec); err != nil {
 		return fmt.Errorf("image %s: record: %w", rec.Ref, err)
 	}
-	// The record now keeps these layers from GC.
-	c.unpin(names)
+	// The record now keeps these layers from GC; the pins of the pull's
+	// lease end with the pull.
 	return nil
 }
 

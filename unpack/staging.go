@@ -25,12 +25,13 @@ type layerMeta struct {
 	DiffID    digest.Digest `json:"diffID"`
 	Size      int64         `json:"size"`
 	Committed time.Time     `json:"committed"`
-	// Confidential: the layer was first made by decrypting a blob, so its
-	// content is a secret of whoever holds that blob's key. Sources are
-	// the blob digests verified to yield this diff_id; a confidential
-	// layer is reused only for those (see Cache.Layer).
-	Confidential bool            `json:"confidential,omitempty"`
-	Sources      []digest.Digest `json:"sources,omitempty"`
+	// Provenance lists the blobs verified to yield this layer, each
+	// marked plain or decrypted: what Lease.Layer decides reuse by.
+	Provenance []Source `json:"provenance,omitempty"`
+	// The form of layers committed before provenance was recorded per
+	// source: read (see provenance), never written.
+	LegacyConfidential bool            `json:"confidential,omitempty"`
+	LegacySources      []digest.Digest `json:"sources,omitempty"`
 }
 
 type stagingState int
@@ -54,15 +55,10 @@ type Staging struct {
 	stats    ApplyStats
 	lockPath string
 
-	source       digest.Digest
-	confidential bool
-}
-
-// SetSource records the blob the layer is made from, and whether that blob
-// was encrypted (the layer's content is then confidential). Call it before
-// Commit.
-func (s *Staging) SetSource(blob digest.Digest, confidential bool) {
-	s.source, s.confidential = blob, confidential
+	// lease and source are set by Lease.Stage: Commit records the source
+	// as the layer's provenance and pins the layer under the lease.
+	lease  *Lease
+	source Source
 }
 
 // Stage starts applying the layer diffID into a fresh staging directory.
@@ -170,9 +166,9 @@ func (s *Staging) Commit() error {
 	if s.state != stagingApplied {
 		return fmt.Errorf("layer %s: commit: nothing successfully applied", s.diffID)
 	}
-	meta := layerMeta{DiffID: s.diffID, Size: s.stats.Size, Committed: time.Now().UTC(), Confidential: s.confidential}
-	if s.source != "" {
-		meta.Sources = []digest.Digest{s.source}
+	meta := layerMeta{DiffID: s.diffID, Size: s.stats.Size, Committed: time.Now().UTC()}
+	if s.source.Blob != "" {
+		meta.Provenance = []Source{s.source}
 	}
 	if err := writeJSONAtomic(filepath.Join(s.dir(), layerMetaFile), meta); err != nil {
 		return fmt.Errorf("layer %s: commit: %w", s.diffID, err)
@@ -182,13 +178,19 @@ func (s *Staging) Commit() error {
 	if err := syncFS(s.dir()); err != nil {
 		return fmt.Errorf("layer %s: commit: %w", s.diffID, err)
 	}
-	s.c.pin(s.layer)
+	// Pinned before it appears, so that GC cannot take it between the
+	// rename and the pull's image record.
+	pinned := s.lease != nil && s.lease.pin(s.layer)
 	dst := s.c.layerDir(s.layer)
 	if err := os.Rename(s.dir(), dst); err != nil {
 		if errors.Is(err, unix.EEXIST) || errors.Is(err, unix.ENOTEMPTY) {
 			// Committed meanwhile by a caller that did not hold
-			// LockLayer; same diff_id, same content.
+			// LockLayer; same diff_id, same content, but this source
+			// is not recorded: the next pull verifies it again.
 			return s.Abort()
+		}
+		if pinned {
+			s.lease.unpin(s.layer)
 		}
 		return fmt.Errorf("layer %s: commit: %w", s.diffID, err)
 	}

@@ -23,7 +23,10 @@ import (
 // Credentials say where registry credentials come from. At most one of
 // Creds and the auth file is consulted for a registry: Creds wins.
 type Credentials struct {
-	// Creds is USER:PASSWORD for every registry of this pull (--creds).
+	// Creds is USER:PASSWORD for every registry the client reaches. Only a
+	// caller that chooses every registry itself may use it: the
+	// credentials of a request go to its registry alone, through
+	// Client.ForRequest.
 	Creds string
 	// AuthFile is the content of a docker config.json or containers
 	// auth.json (--auth-file, possibly a kbs:// resource the caller fetched).
@@ -38,16 +41,11 @@ type Credentials struct {
 // errdefs.ErrInvalidConfig; no credential content is ever put in an error.
 func (c Credentials) Keychain() (authn.Keychain, error) {
 	if c.Creds != "" {
-		user, pass, ok := strings.Cut(c.Creds, ":")
-		if user == "" {
-			return nil, fmt.Errorf("registry credentials: %w: user name is empty", errdefs.ErrInvalidConfig)
+		auth, err := basicAuthenticator(c.Creds)
+		if err != nil {
+			return nil, err
 		}
-		if !ok {
-			// An empty password is sent only when asked for as "USER:";
-			// the command line asks for a missing one on a terminal.
-			return nil, fmt.Errorf("registry credentials: %w: a user name without a password (want USER:PASSWORD)", errdefs.ErrInvalidConfig)
-		}
-		return staticKeychain{authn.FromConfig(authn.AuthConfig{Username: user, Password: pass})}, nil
+		return staticKeychain{auth}, nil
 	}
 	data, src := c.AuthFile, c.AuthFileName
 	if data == nil {
@@ -72,6 +70,35 @@ func (c Credentials) Keychain() (authn.Keychain, error) {
 type staticKeychain struct{ a authn.Authenticator }
 
 func (k staticKeychain) Resolve(authn.Resource) (authn.Authenticator, error) { return k.a, nil }
+
+// basicAuthenticator reads USER:PASSWORD. Its errors never hold the value.
+func basicAuthenticator(creds string) (authn.Authenticator, error) {
+	user, pass, ok := strings.Cut(creds, ":")
+	if user == "" {
+		return nil, fmt.Errorf("registry credentials: %w: user name is empty", errdefs.ErrInvalidConfig)
+	}
+	if !ok {
+		// An empty password is sent only when asked for as "USER:";
+		// the command line asks for a missing one on a terminal.
+		return nil, fmt.Errorf("registry credentials: %w: a user name without a password (want USER:PASSWORD)", errdefs.ErrInvalidConfig)
+	}
+	return authn.FromConfig(authn.AuthConfig{Username: user, Password: pass}), nil
+}
+
+// boundKeychain gives auth to the registries in hosts (spelled by
+// refname.Host) and defers to others for every other registry.
+type boundKeychain struct {
+	hosts  map[string]bool
+	auth   authn.Authenticator
+	others authn.Keychain
+}
+
+func (k boundKeychain) Resolve(target authn.Resource) (authn.Authenticator, error) {
+	if k.hosts[refname.Host(target.RegistryStr())] {
+		return k.auth, nil
+	}
+	return k.others.Resolve(target)
+}
 
 // defaultAuthFile is the first of $REGISTRY_AUTH_FILE and the docker
 // config ($DOCKER_CONFIG/config.json, else ~/.docker/config.json) that

@@ -153,6 +153,31 @@ func (c *Client) WithCredentials(creds Credentials) (*Client, error) {
 	return &Client{shared: c.shared, keychain: kc, auths: map[string]http.RoundTripper{}}, nil
 }
 
+// ForRequest returns a client like c for one request that brings its own
+// credentials, creds (USER[:PASS]): they are sent only to the registry the
+// request names, ref's host, and to the primary location registries.conf
+// gives ref (the same registry under the name the guest's configuration
+// uses). Any other registry, a mirror among them, is authenticated as by c.
+// The host, which picks the image name in a confidential guest, therefore
+// cannot have the credentials sent anywhere but where the request itself
+// goes. Like WithCredentials, it shares c's connections.
+func (c *Client) ForRequest(creds string, ref name.Reference) (*Client, error) {
+	auth, err := basicAuthenticator(creds)
+	if err != nil {
+		return nil, err
+	}
+	hosts := map[string]bool{refname.Host(ref.Context().RegistryStr()): true}
+	if srcs, err := c.conf.Sources(ref); err == nil {
+		for _, s := range srcs {
+			if !s.Mirror {
+				hosts[refname.Host(s.Ref.Context().RegistryStr())] = true
+			}
+		}
+	}
+	kc := boundKeychain{hosts: hosts, auth: auth, others: c.keychain}
+	return &Client{shared: c.shared, keychain: kc, auths: map[string]http.RoundTripper{}}, nil
+}
+
 // Platform is the platform the client selects from indexes.
 func (c *Client) Platform() ispec.Platform { return c.platform }
 

@@ -1,0 +1,204 @@
+package tests
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+	ispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/guest-puller/guest-puller/internal/testutil"
+)
+
+// Layer provenance (DESIGN.md; issue 8, holes 1 and 2): a hostile registry
+// writes image configs, so a diff_id is only a claim. These tests play the
+// attacker against the real binary and a real registry: images encrypted
+// by skopeo, manifests and configs forged by hand.
+
+// provenanceWorld is a registry with a public image and a genuinely
+// encrypted one, and a policy where "secure/" needs encrypted layers and
+// everything else is accepted.
+type provenanceWorld struct {
+	reg       *testutil.Registry
+	key       testutil.KeyPair
+	public    string // reference of the plain image
+	encrypted string // reference of the encrypted image
+	pubM      ispec.Manifest
+	encM      ispec.Manifest
+	e         *env
+	args      []string
+}
+
+func newProvenanceWorld(t *testing.T) *provenanceWorld {
+	t.Helper()
+	testutil.Need(t, "skopeo", "umoci", "openssl")
+	w := &provenanceWorld{reg: testutil.StartRegistry(t, testutil.RegistryOptions{})}
+	w.key = testutil.RSAKey(t, t.TempDir(), "prov", "")
+	w.public = w.reg.Push(t, testutil.BuildImage(t, testutil.ImageSpec{Layers: [][]byte{
+		testutil.Tar(t, testutil.Dir("app/", 0o755), testutil.File("app/who", "the attacker's public layer", 0o644)),
+	}}), "public/app:1")
+	w.encrypted = w.reg.Push(t, testutil.BuildImage(t, testutil.ImageSpec{Layers: [][]byte{
+		testutil.Tar(t, testutil.Dir("app/", 0o755), testutil.File("app/who", "the vendor's confidential layer", 0o600)),
+	}}), "secure/app:1", "--encryption-key", "jwe:"+w.key.Public)
+	for ref, m := range map[string]*ispec.Manifest{"public/app": &w.pubM, "secure/app": &w.encM} {
+		if err := json.Unmarshal(w.reg.RawManifest(t, ref, "1"), m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(w.encM.Layers) != 1 || !strings.HasSuffix(w.encM.Layers[0].MediaType, "+encrypted") {
+		t.Fatalf("skopeo did not encrypt the layer: %+v", w.encM.Layers)
+	}
+	w.e = newEnv(t)
+	pol := w.e.write("policy.json", fmt.Sprintf(`{"default":[{"type":"insecureAcceptAnything"}],
+		"transports":{"docker":{"%s/secure":[{"type":"encrypted"}]}}}`, w.reg.Host))
+	w.args = []string{"--policy", pol, "--insecure-registry", w.reg.Host}
+	return w
+}
+
+// config returns the config blob of m in repo with its diff_ids replaced.
+func (w *provenanceWorld) forgeConfig(t *testing.T, repo string, m ispec.Manifest, diffIDs ...string) ispec.Descriptor {
+	t.Helper()
+	var cfg map[string]any
+	if err := json.Unmarshal(w.reg.GetBlob(t, repo, m.Config.Digest.String()), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	ids := make([]any, len(diffIDs))
+	for i, d := range diffIDs {
+		ids[i] = d
+	}
+	cfg["rootfs"].(map[string]any)["diff_ids"] = ids
+	raw, err := json.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := m.Config
+	d.Digest, d.Size = digest.Digest(w.reg.UploadBlob(t, repo, raw)), int64(len(raw))
+	return d
+}
+
+func (w *provenanceWorld) pullJSON(t *testing.T, ref string, args ...string) pullResult {
+	t.Helper()
+	return w.e.pull(ref, append(slices.Clone(w.args), args...)...)
+}
+
+// noBundle checks that a refused pull made no bundle and recorded no image.
+func (w *provenanceWorld) noBundle(t *testing.T, id, ref string) {
+	t.Helper()
+	l := w.e.cacheLs()
+	for _, b := range l.Bundles {
+		if b.ID == id {
+			t.Errorf("bundle %s was made: %+v", id, b)
+		}
+	}
+	for _, img := range l.Images {
+		if strings.HasSuffix(ref, strings.TrimPrefix(img.Ref, w.reg.Host)) {
+			t.Errorf("image %s was recorded", img.Ref)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(w.e.cache, "bundles", id)); !os.IsNotExist(err) {
+		t.Errorf("bundle directory %s exists (%v)", id, err)
+	}
+}
+
+// TestProvenanceEncryptedScopeNotSatisfiedByPlainLayer (hole 1): with a
+// public layer X cached, an image in the scope that requires encryption
+// copies a genuine encrypted layer descriptor (media type, annotations,
+// blob: its key unwraps) and claims X's diff_id. The encrypted descriptor
+// may only reuse a layer that very blob was decrypted into, so the blob is
+// fetched, decrypted and found not to yield X: exit 5, nothing mounted.
+// The honest images still pull, and say truthfully what was decrypted.
+func TestProvenanceEncryptedScopeNotSatisfiedByPlainLayer(t *testing.T) {
+	w := newProvenanceWorld(t)
+	pub := w.pullJSON(t, w.public, "--container-id", "public")
+	if pub.Layers[0].Encrypted {
+		t.Fatalf("the public layer is reported encrypted")
+	}
+	x := pub.Layers[0].DiffID
+
+	cfg := w.forgeConfig(t, "secure/app", w.encM, x)
+	forged := forgeManifest(t, w.reg, "secure/app", "forged", w.encM, func(m *ispec.Manifest) { m.Config = cfg })
+	msg := w.e.pullFails(5, forged, append(slices.Clone(w.args), "--decryption-key", w.key.Private, "--container-id", "forged")...)
+	if !strings.Contains(msg, w.encM.Layers[0].Digest.String()) || !strings.Contains(msg, "diff_id") {
+		t.Errorf("error does not name the layer and the diff_id mismatch: %s", msg)
+	}
+	w.noBundle(t, "forged", forged)
+	// The forged pull also gets no bundle through policy check's eyes:
+	// the image is allowed by policy (its descriptor is encrypted), so
+	// the refusal above came from verifying the blob.
+	if c := w.e.gp(append([]string{"policy", "check", forged}, w.args...)...); c.Code != 0 {
+		t.Errorf("policy check of the forgery: exit %d, want 0 (the refusal is the pull's): %s", c.Code, c.Stderr)
+	}
+
+	// The genuine encrypted image: decrypted by this pull, then reused
+	// from the cache by the next, which unwrapped its key again.
+	first := w.pullJSON(t, w.encrypted, "--decryption-key", w.key.Private, "--container-id", "enc-1")
+	second := w.pullJSON(t, w.encrypted, "--decryption-key", w.key.Private, "--container-id", "enc-2")
+	if l := first.Layers[0]; !l.Encrypted || l.Cached {
+		t.Errorf("first pull of the encrypted image: %+v, want encrypted, not cached", l)
+	}
+	if l := second.Layers[0]; !l.Encrypted || !l.Cached {
+		t.Errorf("second pull of the encrypted image: %+v, want encrypted and cached", l)
+	}
+	if got, _ := os.ReadFile(filepath.Join(second.Rootfs, "app/who")); string(got) != "the vendor's confidential layer" {
+		t.Errorf("encrypted image's app/who = %q", got)
+	}
+	// And the forgery still fails, now that the encrypted blob's own layer
+	// is cached too.
+	w.e.pullFails(5, forged, append(slices.Clone(w.args), "--decryption-key", w.key.Private, "--container-id", "forged-2")...)
+	w.noBundle(t, "forged-2", forged)
+}
+
+// TestProvenanceDecryptedLayerNeedsItsKey (hole 2): after an encrypted
+// image was pulled with its key, an image anyone may pull names the same
+// encrypted blob digest under a plain tar+gzip media type, with the same
+// diff_id. A layer known only from decryption is never reused for a plain
+// descriptor: the blob is fetched and read as gzip, which ciphertext is
+// not: exit 5, and no bundle shows the decrypted files to a pull without
+// any key.
+func TestProvenanceDecryptedLayerNeedsItsKey(t *testing.T) {
+	w := newProvenanceWorld(t)
+	victim := w.pullJSON(t, w.encrypted, "--decryption-key", w.key.Private, "--container-id", "victim")
+	if !victim.Layers[0].Encrypted {
+		t.Fatalf("victim layer not decrypted: %+v", victim.Layers)
+	}
+	secretDiffID := victim.Layers[0].DiffID
+	encLayer := w.encM.Layers[0]
+
+	// The attacker's repository: the ciphertext (same digest), its own
+	// config claiming the decrypted layer's diff_id, a plain descriptor.
+	w.reg.UploadBlob(t, "public/app", w.reg.GetBlob(t, "secure/app", encLayer.Digest.String()))
+	cfg := w.forgeConfig(t, "public/app", w.pubM, secretDiffID)
+	forged := forgeManifest(t, w.reg, "public/app", "plain-view", w.pubM, func(m *ispec.Manifest) {
+		m.Config = cfg
+		m.Layers = []ispec.Descriptor{{
+			MediaType: ispec.MediaTypeImageLayerGzip,
+			Digest:    encLayer.Digest,
+			Size:      encLayer.Size,
+		}}
+	})
+	r := w.e.gp("pull", forged, "--json", "--quiet", "--container-id", "thief", w.args[0], w.args[1], w.args[2], w.args[3])
+	if r.Code == 0 {
+		var got pullResult
+		json.Unmarshal([]byte(r.Stdout), &got)
+		data, _ := os.ReadFile(filepath.Join(got.Rootfs, "app/who"))
+		t.Fatalf("a pull without any key got the decrypted layer (layers %+v): app/who = %q", got.Layers, data)
+	}
+	if r.Code != 5 || !strings.Contains(r.Stderr, encLayer.Digest.String()) || !strings.Contains(r.Stderr, "gzip") {
+		t.Errorf("exit %d, want 5 naming the layer and its corrupt gzip data: %s", r.Code, r.Stderr)
+	}
+	w.noBundle(t, "thief", forged)
+
+	// The victim's layer is intact and still its own.
+	again := w.pullJSON(t, w.encrypted, "--decryption-key", w.key.Private, "--container-id", "victim-2")
+	if l := again.Layers[0]; !l.Encrypted || !l.Cached {
+		t.Errorf("victim's second pull: %+v, want encrypted and cached", l)
+	}
+	if got, _ := os.ReadFile(filepath.Join(again.Rootfs, "app/who")); string(got) != "the vendor's confidential layer" {
+		t.Errorf("victim's app/who = %q", got)
+	}
+}
