@@ -4,9 +4,11 @@
 // AES_256_CTR_HMAC_SHA256 decryption of a layer blob. It is built on
 // github.com/containers/ocicrypt and knows nothing of registries.
 //
-// It also holds the wrap side of the attestation-agent key provider, which
-// `guest-puller keyprovider` serves to skopeo over ocicrypt's keyprovider
-// protocol.
+// It also holds the encryption side: the wrap side of the attestation-agent
+// key provider, which `guest-puller keyprovider` serves to skopeo over
+// ocicrypt's keyprovider protocol, and the encryption of a layer for JWE and
+// attestation-agent recipients (Recipients.EncryptLayer), which
+// `guest-puller encrypt` (internal/encrypt) runs over whole images.
 //
 // ocicrypt's key wrappers and cipher options are used directly; its
 // top-level package is not imported, because its init fills a

@@ -352,10 +352,9 @@ func (s *pullSettings) config() (pull.Config, error) {
 	if bad != nil {
 		return cfg, bad
 	}
-	if err := askPassword(s.f.inv, &cfg); err != nil {
-		return cfg, err
-	}
-	return cfg, nil
+	var err error
+	cfg.Creds, err = askPassword(s.f.inv, "creds", cfg.Creds)
+	return cfg, err
 }
 
 // stringList is a repeatable flag. A flag given replaces the config file's

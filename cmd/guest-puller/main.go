@@ -39,6 +39,7 @@ func commands() []*command {
 		{name: "cache ls", summary: "list cached images, layers and bundles", run: cmdCacheLs},
 		{name: "cache rm", args: "IMAGE", summary: "forget IMAGE; its bundles and layers go at the next gc", run: cmdCacheRm},
 		{name: "cache gc", summary: "remove bundles of removed containers, then unused layers", run: cmdCacheGC},
+		{name: "encrypt", args: "SRC DST", summary: "copy an image with its layers encrypted (KBS key or JWE recipients)", run: cmdEncrypt},
 		{name: "keyprovider", summary: "answer one ocicrypt keyprovider request (wrap side, for skopeo)", run: cmdKeyProvider},
 		{name: "attest ak", summary: "print the TPM attestation key's public key (PEM) for the KBS", run: cmdAttestAK},
 		{name: "version", summary: "print the version", run: cmdVersion},

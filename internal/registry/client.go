@@ -48,8 +48,13 @@ type Options struct {
 	// Conf is the registries.conf (mirrors, blocked, insecure); nil for none.
 	Conf *Conf
 	// Platform selects from an index, OS/ARCH[/VARIANT]; "" means the
-	// running platform.
+	// running platform. A single-platform image whose config names another
+	// platform is refused, unless AnyPlatform.
 	Platform string
+	// AnyPlatform takes a single-platform image whatever platform it is
+	// for: for tools that copy images (encrypt), not for pulls that run
+	// them.
+	AnyPlatform bool
 	// UserAgent is sent with every request.
 	UserAgent string
 	// Transport replaces the network transports (tests). It then serves
@@ -325,7 +330,7 @@ func (c *Client) checkPlatform(rawConfig []byte) error {
 	if err := json.Unmarshal(rawConfig, &cfg); err != nil {
 		return fmt.Errorf("image config: %w: %v", errdefs.ErrIntegrity, err)
 	}
-	if cfg.OS == "" || cfg.Architecture == "" {
+	if c.opts.AnyPlatform || cfg.OS == "" || cfg.Architecture == "" {
 		return nil
 	}
 	p := platforms.Normalize(ispec.Platform{OS: cfg.OS, Architecture: cfg.Architecture, Variant: cfg.Variant})

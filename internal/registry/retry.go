@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/guest-puller/guest-puller/internal/errdefs"
 )
 
 // Retry says how a request that failed for a passing reason is repeated.
@@ -142,6 +144,10 @@ func transient(err error) bool {
 	)
 	switch {
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return false
+	case errors.Is(err, errdefs.ErrInvalidConfig):
+		// A registry that speaks plain HTTP to a TLS client (schemeGuard)
+		// will go on doing so.
 		return false
 	case errors.As(err, &unknownCA), errors.As(err, &hostname), errors.As(err, &invalid),
 		errors.As(err, &verifyErr), errors.As(err, &recordError):
