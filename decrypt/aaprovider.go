@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/untrusted"
 )
 
 // This file is the attestation-agent key provider as confidential
@@ -59,6 +60,10 @@ type aaPacket struct {
 // parseAAPacket decodes and checks one packet. An unknown field is refused:
 // it may carry meaning this reader would ignore.
 func parseAAPacket(raw []byte) (*aaPacket, error) {
+	// The bound on what wrapped_data unwraps to follows from this one.
+	if len(raw) > maxWrappedKey {
+		return nil, fmt.Errorf("%w: a packet of %d bytes (the limit is %d)", errBound, len(raw), maxWrappedKey)
+	}
 	var p aaPacket
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
@@ -69,13 +74,13 @@ func parseAAPacket(raw []byte) (*aaPacket, error) {
 		return nil, errors.New("malformed packet: trailing data")
 	}
 	if p.Version != "" && p.Version != aaPacketVersion {
-		return nil, fmt.Errorf("unsupported packet version %q", p.Version)
+		return nil, fmt.Errorf("unsupported packet version %s", untrusted.Quote(p.Version))
 	}
 	if p.Provider != "" && p.Provider != aaProviderKBS {
-		return nil, fmt.Errorf("unsupported KEK provider %q", p.Provider)
+		return nil, fmt.Errorf("unsupported KEK provider %s", untrusted.Quote(p.Provider))
 	}
 	if p.WrapType != wrapA256GCM {
-		return nil, fmt.Errorf("kid %s: unsupported wrap_type %q", p.Kid, p.WrapType)
+		return nil, fmt.Errorf("kid %s: unsupported wrap_type %s", untrusted.Quote(p.Kid), untrusted.Quote(p.WrapType))
 	}
 	if _, err := resourceURI(p.Kid); err != nil {
 		return nil, err
@@ -87,19 +92,19 @@ func parseAAPacket(raw []byte) (*aaPacket, error) {
 func (p *aaPacket) open(kek []byte) ([]byte, error) {
 	iv, err := base64.StdEncoding.DecodeString(p.IV)
 	if err != nil || len(iv) != gcmIVSize {
-		return nil, fmt.Errorf("kid %s: iv is not %d bytes of base64", p.Kid, gcmIVSize)
+		return nil, fmt.Errorf("kid %s: iv is not %d bytes of base64", untrusted.Quote(p.Kid), gcmIVSize)
 	}
 	sealed, err := base64.StdEncoding.DecodeString(p.WrappedData)
 	if err != nil {
-		return nil, fmt.Errorf("kid %s: wrapped_data is not base64", p.Kid)
+		return nil, fmt.Errorf("kid %s: wrapped_data is not base64", untrusted.Quote(p.Kid))
 	}
 	aead, err := newGCM(kek)
 	if err != nil {
-		return nil, fmt.Errorf("kid %s: %w", p.Kid, err)
+		return nil, fmt.Errorf("kid %s: %w", untrusted.Quote(p.Kid), err)
 	}
 	opts, err := aead.Open(nil, iv, sealed, nil)
 	if err != nil {
-		return nil, fmt.Errorf("kid %s: wrapped_data does not open with the KEK (wrong KEK or tampered packet)", p.Kid)
+		return nil, fmt.Errorf("kid %s: wrapped_data does not open with the KEK (wrong KEK or tampered packet)", untrusted.Quote(p.Kid))
 	}
 	return opts, nil
 }
@@ -140,11 +145,11 @@ func newGCM(kek []byte) (cipher.AEAD, error) {
 func resourceURI(kid string) (string, error) {
 	u, err := url.Parse(kid)
 	if err != nil || u.Scheme != "kbs" || u.Opaque != "" || u.RawQuery != "" || u.Fragment != "" {
-		return "", fmt.Errorf("kid %q is not a kbs://<host>/<repo>/<type>/<tag> resource URI", kid)
+		return "", fmt.Errorf("kid %s is not a kbs://<host>/<repo>/<type>/<tag> resource URI", untrusted.Quote(kid))
 	}
 	parts := strings.Split(strings.TrimPrefix(u.Path, "/"), "/")
 	if len(parts) != 3 || parts[0] == "" || parts[1] == "" || parts[2] == "" || strings.Contains(u.Path, "..") {
-		return "", fmt.Errorf("kid %q is not a kbs://<host>/<repo>/<type>/<tag> resource URI", kid)
+		return "", fmt.Errorf("kid %s is not a kbs://<host>/<repo>/<type>/<tag> resource URI", untrusted.Quote(kid))
 	}
 	return "kbs:///" + strings.Join(parts, "/"), nil
 }
@@ -191,45 +196,50 @@ func (c *kekCache) get(ctx context.Context, rg ResourceGetter, uri string) ([]by
 // packets, comma-separated) with KEKs from kek and returns the first private
 // options that open.
 func unwrapAA(ctx context.Context, annotation string, kek func(ctx context.Context, uri string) ([]byte, error)) ([]byte, error) {
+	packets, err := splitPackets(annotation)
+	if err != nil {
+		return nil, err
+	}
 	var errs multiError
-	for _, b64 := range strings.Split(annotation, ",") {
-		raw, err := base64.StdEncoding.DecodeString(b64)
-		if err != nil {
-			errs = append(errs, errors.New("packet is not base64"))
-			continue
-		}
-		p, err := parseAAPacket(raw)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		uri, _ := resourceURI(p.Kid) // checked by parseAAPacket
-		k, err := kek(ctx, uri)
-		if err != nil {
-			if ctx.Err() != nil {
+	for _, b64 := range packets {
+		opts, err := unwrapPacket(b64, func(raw []byte) ([]byte, error) {
+			p, err := parseAAPacket(raw)
+			if err != nil {
 				return nil, err
 			}
-			errs = append(errs, err)
-			continue
+			uri, _ := resourceURI(p.Kid) // checked by parseAAPacket
+			k, err := kek(ctx, uri)
+			if err != nil {
+				return nil, err
+			}
+			return p.open(k)
+		})
+		if err == nil {
+			return opts, nil
 		}
-		opts, err := p.open(k)
-		if err != nil {
-			errs = append(errs, err)
-			continue
+		if ctx.Err() != nil {
+			return nil, err
 		}
-		return opts, nil
+		errs = append(errs, err)
 	}
 	return nil, errs
 }
 
 // multiError is errors.Join on one line: error messages here end up on the
-// command line's single stderr line.
+// command line's single stderr line. An annotation may hold thousands of
+// bad packets; the message names the first few.
 type multiError []error
 
+const maxErrorsShown = 4
+
 func (m multiError) Error() string {
-	s := make([]string, len(m))
+	var s []string
 	for i, err := range m {
-		s[i] = err.Error()
+		if i == maxErrorsShown {
+			s = append(s, fmt.Sprintf("and %d more", len(m)-i))
+			break
+		}
+		s = append(s, err.Error())
 	}
 	return strings.Join(s, "; ")
 }

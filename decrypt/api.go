@@ -41,11 +41,11 @@ type Options struct {
 // Keyring holds private key material, in memory only. It never logs or
 // prints key material. Safe for concurrent use.
 type Keyring struct {
-	keys      *keySet
-	dc        *config.DecryptConfig // read-only after NewKeyring
-	schemes   []scheme
-	resources ResourceGetter
-	keks      kekCache
+	keys       *keySet
+	dc         *config.DecryptConfig // read-only after NewKeyring
+	recipients []recipient
+	resources  ResourceGetter
+	keks       kekCache
 }
 
 // NewKeyring loads the keys of opts. A key that cannot be read or parsed is

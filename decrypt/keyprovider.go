@@ -4,14 +4,18 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"strings"
+	"syscall"
 
 	"github.com/containers/ocicrypt/keywrap/keyprovider"
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/untrusted"
 )
 
 // maxKeyProviderInput bounds what ServeKeyProvider reads: a request holds
@@ -74,7 +78,7 @@ func ServeKeyProvider(ctx context.Context, in io.Reader, out io.Writer, opts Key
 			Results keyprovider.KeyUnwrapResults `json:"keyunwrapresults"`
 		}{keyprovider.KeyUnwrapResults{OptsData: optsData}}
 	default:
-		return fmt.Errorf("keyprovider: %w: unknown op %q", errdefs.ErrInvalidConfig, req.Operation)
+		return fmt.Errorf("keyprovider: %w: unknown op %s", errdefs.ErrInvalidConfig, untrusted.Quote(string(req.Operation)))
 	}
 	if err := json.NewEncoder(out).Encode(resp); err != nil {
 		return fmt.Errorf("keyprovider: writing response: %w", err)
@@ -136,7 +140,7 @@ func keyUnwrap(ctx context.Context, p keyprovider.KeyUnwrapParams, rg ResourceGe
 	for _, pp := range sources {
 		if pp.keyid != "" {
 			if want, err := resourceURI(pp.keyid); err != nil || want != uri {
-				errs = append(errs, fmt.Errorf("keyid %s does not name kid %s", pp.keyid, pkt.Kid))
+				errs = append(errs, fmt.Errorf("keyid %s does not name kid %s", untrusted.Quote(pp.keyid), untrusted.Quote(pkt.Kid)))
 				continue
 			}
 		}
@@ -147,7 +151,7 @@ func keyUnwrap(ctx context.Context, p keyprovider.KeyUnwrapParams, rg ResourceGe
 		case rg != nil:
 			kek, err = rg.GetResource(ctx, uri)
 		default:
-			err = fmt.Errorf("%w: no KEK for kid %s: give keypath=KEKFILE", errdefs.ErrInvalidConfig, pkt.Kid)
+			err = fmt.Errorf("%w: no KEK for kid %s: give keypath=KEKFILE", errdefs.ErrInvalidConfig, untrusted.Quote(pkt.Kid))
 		}
 		if err != nil {
 			errs = append(errs, err)
@@ -181,7 +185,7 @@ func parseProviderParams(s string) (providerParams, error) {
 	for _, field := range strings.Split(s, "::") {
 		k, v, ok := strings.Cut(field, "=")
 		if !ok {
-			return pp, fmt.Errorf("%w: %s parameter %q is not key=value", errdefs.ErrInvalidConfig, aaProvider, field)
+			return pp, fmt.Errorf("%w: %s parameter %s is not key=value", errdefs.ErrInvalidConfig, aaProvider, untrusted.Quote(field))
 		}
 		switch k {
 		case "keypath":
@@ -193,26 +197,45 @@ func parseProviderParams(s string) (providerParams, error) {
 			pp.keyid = v
 		case "algorithm":
 			if v != wrapA256GCM {
-				return pp, fmt.Errorf("%w: %s algorithm %q is not supported (only %s)", errdefs.ErrInvalidConfig, aaProvider, v, wrapA256GCM)
+				return pp, fmt.Errorf("%w: %s algorithm %s is not supported (only %s)", errdefs.ErrInvalidConfig, aaProvider, untrusted.Quote(v), wrapA256GCM)
 			}
 		case "sample":
 			if v != "false" {
 				return pp, fmt.Errorf("%w: the sample key provider's hard-coded key is not supported", errdefs.ErrInvalidConfig)
 			}
 		default:
-			return pp, fmt.Errorf("%w: unknown %s parameter %q", errdefs.ErrInvalidConfig, aaProvider, k)
+			return pp, fmt.Errorf("%w: unknown %s parameter %s", errdefs.ErrInvalidConfig, aaProvider, untrusted.Quote(k))
 		}
 	}
 	return pp, nil
 }
 
+// readKEK reads the KEK file at path: a regular file of exactly kekSize
+// bytes. The path comes from whoever runs the key provider, so nothing else
+// is read: not a device (keypath=/dev/zero would read forever), not a FIFO
+// (opening it would block), and no more than kekSize+1 bytes. Errors never
+// say what the file holds or how big it is (keypath=/etc/shadow must not
+// learn its size).
 func readKEK(path string) ([]byte, error) {
-	kek, err := os.ReadFile(path)
+	refuse := fmt.Errorf("%w: KEK %s: want a regular file of exactly %d bytes", errdefs.ErrInvalidConfig, untrusted.Quote(path), kekSize)
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
 	if err != nil {
-		return nil, fmt.Errorf("%w: KEK: %v", errdefs.ErrInvalidConfig, err)
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err // the path is named once, quoted
+		}
+		return nil, fmt.Errorf("%w: KEK %s: %v", errdefs.ErrInvalidConfig, untrusted.Quote(path), err)
 	}
-	if len(kek) != kekSize {
-		return nil, fmt.Errorf("%w: KEK %s is %d bytes, want %d", errdefs.ErrInvalidConfig, path, len(kek), kekSize)
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() || fi.Size() != kekSize {
+		return nil, refuse
 	}
-	return kek, nil
+	kek := make([]byte, kekSize+1)
+	n, err := io.ReadFull(f, kek)
+	if n != kekSize || err != io.ErrUnexpectedEOF {
+		// The file changed size since the stat, or could not be read.
+		return nil, refuse
+	}
+	return kek[:kekSize], nil
 }

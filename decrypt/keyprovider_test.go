@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
@@ -76,7 +77,7 @@ func TestServeKeyProvider(t *testing.T) {
 		{name: "wrap, A256CTR", req: wrapRequest(optsData, "keypath="+kekPath+"::keyid="+kid+"::algorithm=A256CTR"), want: errdefs.ErrInvalidConfig, wantMsg: "not supported"},
 		{name: "wrap, sample key", req: wrapRequest(optsData, "sample=true"), want: errdefs.ErrInvalidConfig, wantMsg: "sample"},
 		{name: "wrap, keyid not a resource", req: wrapRequest(optsData, "keypath="+kekPath+"::keyid=default/key/1"), want: errdefs.ErrInvalidConfig, wantMsg: "is not a kbs://"},
-		{name: "wrap, KEK too short", req: wrapRequest(optsData, "keypath="+short+"::keyid="+kid), want: errdefs.ErrInvalidConfig, wantMsg: "is 31 bytes, want 32"},
+		{name: "wrap, KEK too short", req: wrapRequest(optsData, "keypath="+short+"::keyid="+kid), want: errdefs.ErrInvalidConfig, wantMsg: "want a regular file of exactly 32 bytes"},
 		{name: "wrap, KEK missing", req: wrapRequest(optsData, "keypath="+short+".nope::keyid="+kid), want: errdefs.ErrInvalidConfig, wantMsg: "no such file"},
 		{name: "wrap, no optsdata", req: wrapRequest(nil, "keypath="+kekPath+"::keyid="+kid), want: errdefs.ErrInvalidConfig, wantMsg: "no ec or optsdata"},
 		{name: "unwrap with keypath", req: unwrapRequest(packet, "keypath="+kekPath)},
@@ -198,6 +199,58 @@ func TestResourceURI(t *testing.T) {
 		}
 		if err != nil || got != tc.want {
 			t.Errorf("resourceURI(%q) = %q, %v; want %q", tc.kid, got, err, tc.want)
+		}
+	}
+}
+
+// TestReadKEK: keypath= names whatever the caller of the key provider
+// likes (issue 15, item 5). Only a regular file of exactly 32 bytes is
+// read; anything else is refused at once, and the refusal says nothing of
+// what the file holds or how big it is.
+func TestReadKEK(t *testing.T) {
+	dir := t.TempDir()
+	kek, good := newKEK(t)
+	shadow := filepath.Join(dir, "shadow")
+	if err := os.WriteFile(shadow, bytes.Repeat([]byte("root:$6$salt$hash:19000:0:99999:7:::\n"), 19)[:679], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	long := filepath.Join(dir, "kek-and-more")
+	if err := os.WriteFile(long, append(kek, '\n'), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := readKEK(good); err != nil || !bytes.Equal(got, kek) {
+		t.Fatalf("readKEK(a 32-byte file) = %x, %v", got, err)
+	}
+	for name, path := range map[string]string{
+		"/dev/zero":       "/dev/zero",
+		"a FIFO":          fifo,
+		"a directory":     dir,
+		"a 679-byte file": shadow,
+		"33 bytes":        long,
+		"a symlink to a 679-byte file": func() string {
+			l := filepath.Join(dir, "link")
+			if err := os.Symlink(shadow, l); err != nil {
+				t.Fatal(err)
+			}
+			return l
+		}(),
+	} {
+		got, err := readKEK(path)
+		if err == nil {
+			t.Errorf("%s: read as a KEK: %x", name, got)
+			continue
+		}
+		if !errors.Is(err, errdefs.ErrInvalidConfig) || !strings.Contains(err.Error(), "want a regular file of exactly 32 bytes") {
+			t.Errorf("%s: %v", name, err)
+		}
+		for _, leak := range []string{"679", "33", "root:"} {
+			if strings.Contains(strings.ReplaceAll(err.Error(), path, ""), leak) {
+				t.Errorf("%s: the error tells %q: %v", name, leak, err)
+			}
 		}
 	}
 }

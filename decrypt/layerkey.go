@@ -17,6 +17,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/untrusted"
 )
 
 const pubOptsAnnotation = "org.opencontainers.image.enc.pubopts"
@@ -40,7 +41,7 @@ func publicOptions(annotations map[string]string) (blockcipher.PublicLayerBlockC
 	}
 	switch {
 	case pub.CipherType != blockcipher.AES256CTR:
-		return pub, fmt.Errorf("unsupported cipher %q", pub.CipherType)
+		return pub, fmt.Errorf("unsupported cipher %s", untrusted.Quote(string(pub.CipherType)))
 	case len(pub.Hmac) != sha256.Size:
 		return pub, fmt.Errorf("%s: HMAC is %d bytes, want %d", pubOptsAnnotation, len(pub.Hmac), sha256.Size)
 	case len(pub.CipherOptions) != 0:

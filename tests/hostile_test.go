@@ -1,14 +1,31 @@
 package tests
 
 import (
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 	"unicode"
+
+	"github.com/ProtonMail/go-crypto/openpgp"
+	"github.com/ProtonMail/go-crypto/openpgp/packet"
+	"github.com/opencontainers/go-digest"
+	"github.com/opencontainers/image-spec/specs-go"
+	ispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/guest-puller/guest-puller/internal/testutil"
 )
@@ -175,4 +192,221 @@ func TestHostileText(t *testing.T) {
 func jsonString(s string) string {
 	b, _ := json.Marshal(s)
 	return string(b)
+}
+
+// memoryBudget is what each hostile input of issue 15 may cost the
+// guest-puller process at its peak (resident set), against gigabytes
+// before.
+const memoryBudget = 128 << 20
+
+// assertPeakRSS fails the test if the finished command took more than
+// memoryBudget of resident memory.
+func assertPeakRSS(t *testing.T, what string, r testutil.Result) {
+	t.Helper()
+	if r.PeakRSS <= 0 {
+		t.Fatalf("%s: no peak RSS measured", what)
+	}
+	t.Logf("%s: peak RSS %s", what, testutil.MiB(r.PeakRSS))
+	if r.PeakRSS > memoryBudget {
+		t.Errorf("%s: peak RSS %s, more than the %s budget", what, testutil.MiB(r.PeakRSS), testutil.MiB(memoryBudget))
+	}
+}
+
+// pushEncryptedLayer stores, as repo:tag, an image of one encrypted layer
+// whose recipient annotations are ann (with valid public options), and
+// returns its reference. The layer blob is a placeholder: a pull must
+// refuse the key before fetching it.
+func pushEncryptedLayer(t *testing.T, reg *testutil.Registry, repo, tag string, ann map[string]string) string {
+	t.Helper()
+	layer := reg.UploadBlob(t, repo, []byte("placeholder ciphertext"))
+	diffID := fmt.Sprintf("sha256:%x", sha256.Sum256([]byte("placeholder tar")))
+	cfg := []byte(`{"architecture":"` + runtime.GOARCH + `","os":"linux","rootfs":{"type":"layers","diff_ids":["` + diffID + `"]},"config":{}}`)
+	cfgDigest := reg.UploadBlob(t, repo, cfg)
+	pub, _ := json.Marshal(map[string]any{"cipher": "AES_256_CTR_HMAC_SHA256", "hmac": make([]byte, 32)})
+	annotations := map[string]string{"org.opencontainers.image.enc.pubopts": base64.StdEncoding.EncodeToString(pub)}
+	maps.Copy(annotations, ann)
+	m := ispec.Manifest{
+		Versioned: specs.Versioned{SchemaVersion: 2},
+		MediaType: ispec.MediaTypeImageManifest,
+		Config:    ispec.Descriptor{MediaType: ispec.MediaTypeImageConfig, Digest: digest.Digest(cfgDigest), Size: int64(len(cfg))},
+		Layers: []ispec.Descriptor{{
+			MediaType:   "application/vnd.oci.image.layer.v1.tar+gzip+encrypted",
+			Digest:      digest.Digest(layer),
+			Size:        int64(len("placeholder ciphertext")),
+			Annotations: annotations,
+		}},
+	}
+	raw, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.PutManifest(t, repo, tag, ispec.MediaTypeImageManifest, raw)
+	return reg.Host + "/" + repo + ":" + tag
+}
+
+// gpgEncryptionKey makes an OpenPGP key with gpg (Ed25519 to sign, an
+// X25519 subkey to encrypt) and returns its exported secret keyring, the
+// --decryption-key guest-puller takes, and its encryption public key.
+func gpgEncryptionKey(t *testing.T) (string, *packet.PublicKey) {
+	t.Helper()
+	home, err := os.MkdirTemp("", "gpg") // short: gpg-agent's socket path is limited
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"GNUPGHOME=" + home}
+	t.Cleanup(func() {
+		exec.Command("gpgconf", "--homedir", home, "--kill", "all").Run()
+		os.RemoveAll(home)
+	})
+	const uid = "Bomb Test <bombs@example.com>"
+	gpg := func(args ...string) string {
+		return testutil.RunEnv(t, env, "gpg", append([]string{"--batch", "--pinentry-mode", "loopback", "--passphrase", ""}, args...)...)
+	}
+	gpg("--quick-gen-key", uid, "ed25519", "sign", "never")
+	var fpr string
+	for _, line := range strings.Split(gpg("--with-colons", "--list-keys", uid), "\n") {
+		if f := strings.Split(line, ":"); len(f) > 9 && f[0] == "fpr" {
+			fpr = f[9]
+			break
+		}
+	}
+	gpg("--quick-add-key", fpr, "cv25519", "encr", "never")
+	secret := filepath.Join(t.TempDir(), "secret.gpg")
+	gpg("--output", secret, "--export-secret-keys", uid)
+	pubFile := filepath.Join(t.TempDir(), "public.gpg")
+	gpg("--output", pubFile, "--export", uid)
+	f, err := os.Open(pubFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	el, err := openpgp.ReadKeyRing(f)
+	if err != nil || len(el) != 1 {
+		t.Fatalf("gpg's public key: %v", err)
+	}
+	k, ok := el[0].EncryptionKey(time.Now())
+	if !ok {
+		t.Fatal("gpg's key has no encryption subkey")
+	}
+	return secret, k.PublicKey
+}
+
+// TestKeyUnwrapBombs (issue 15, items 1 and 2): layer annotations that a
+// registry serves with an image, crafted to make key unwrap take
+// gigabytes, are refused as "cannot decrypt" (exit 4) by the real binary
+// before any layer is fetched, with its peak RSS under memoryBudget.
+func TestKeyUnwrapBombs(t *testing.T) {
+	reg := testutil.StartRegistry(t, testutil.RegistryOptions{})
+	e := newEnv(t)
+	policy := e.write("policy.json", acceptAll)
+	gpgKey, gpgPub := gpgEncryptionKey(t)
+	rsa := testutil.RSAKey(t, t.TempDir(), "rsa", "")
+	b64 := base64.StdEncoding.EncodeToString
+	const keys = "org.opencontainers.image.enc.keys."
+
+	for _, tc := range []struct {
+		name string
+		keys []string
+		ann  map[string]string
+		want string
+	}{
+		{
+			// As reported: 2.7 MB with the guest's public key, 2 GiB
+			// inflated, 4.5 GB RSS before.
+			name: "pgp: 2 GiB of zeros in one compressed packet",
+			keys: []string{gpgKey},
+			ann:  map[string]string{keys + "pgp": b64(testutil.PGPBomb(t, gpgPub, 2<<30, 0))},
+			want: "wrapped key of",
+		},
+		{
+			name: "pgp: 2 GiB behind three nested compressed packets",
+			keys: []string{gpgKey},
+			ann:  map[string]string{keys + "pgp": b64(testutil.PGPBomb(t, gpgPub, 2<<30, 3))},
+			want: "holds more than",
+		},
+		{
+			name: "pkcs7: 3 MB of indefinite-length BER nested 750,000 deep",
+			keys: []string{rsa.Private, rsa.Cert},
+			ann:  map[string]string{keys + "pkcs7": b64(testutil.NestedBER(750_000))},
+			want: "wrapped key of",
+		},
+		{
+			name: "pkcs7: 60 KB of BER nested 15,000 deep",
+			keys: []string{rsa.Private, rsa.Cert},
+			ann:  map[string]string{keys + "pkcs7": b64(testutil.NestedBER(15_000))},
+			want: "nested more than",
+		},
+		{
+			name: "attestation-agent: a 2 MB packet",
+			keys: []string{"provider:attestation-agent"},
+			ann: map[string]string{keys + "provider.attestation-agent": b64([]byte(`{"kid":"kbs:///default/key/1","wrap_type":"A256GCM","iv":"AAAAAAAAAAAAAAAA","wrapped_data":"` +
+				strings.Repeat("A", 2<<20) + `"}`))},
+			want: "wrapped key of",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tag := fmt.Sprintf("bomb-%x", sha256.Sum256([]byte(tc.name)))[:20]
+			ref := pushEncryptedLayer(t, reg, "bombs/app", tag, tc.ann)
+			args := []string{"pull", ref, "--quiet", "--policy", policy, "--insecure-registry", reg.Host}
+			for _, k := range tc.keys {
+				args = append(args, "--decryption-key", k)
+			}
+			if tc.keys[0] == "provider:attestation-agent" {
+				// Never reached: the packet is refused before its KEK
+				// is asked for.
+				args = append(args, "--kbs", "http://127.0.0.1:1", "--attester", "sample")
+			}
+			r := e.gp(args...)
+			if r.Code != 4 {
+				t.Fatalf("exit %d, want 4: %s", r.Code, r.Stderr)
+			}
+			if !strings.Contains(r.Stderr, tc.want) {
+				t.Errorf("the error does not say %q: %s", tc.want, r.Stderr)
+			}
+			assertPeakRSS(t, "pull", r)
+		})
+	}
+}
+
+// TestKeyProviderKEKFiles (issue 15, item 5): `guest-puller keyprovider`
+// takes keypath= from whoever runs it. Only a regular file of exactly 32
+// bytes is a KEK: /dev/zero is refused at once rather than read until
+// memory runs out, a FIFO does not block, and the error says nothing of
+// what a file holds or how big it is.
+func TestKeyProviderKEKFiles(t *testing.T) {
+	dir := t.TempDir()
+	shadow := filepath.Join(dir, "shadow")
+	if err := os.WriteFile(shadow, []byte(strings.Repeat("root:$y$j9T$salt$hash:19000:0:99999:7:::\n", 17)[:679]), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	opts := base64.StdEncoding.EncodeToString([]byte(`{"symkey":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","digest":"","cipheroptions":{"nonce":"AAAAAAAAAAAAAAAAAAAAAA=="}}`))
+	for name, path := range map[string]string{"/dev/zero": "/dev/zero", "a 679-byte file": shadow, "a FIFO": fifo, "a directory": dir} {
+		t.Run(name, func(t *testing.T) {
+			param := base64.StdEncoding.EncodeToString([]byte("keypath=" + path + "::keyid=kbs:///default/key/1"))
+			req := `{"op":"keywrap","keywrapparams":{"ec":{"Parameters":{"attestation-agent":["` + param + `"]},"DecryptConfig":{"Parameters":{}}},"optsdata":"` + opts + `"}}`
+			cmd := exec.Command(bins["guest-puller"], "keyprovider")
+			cmd.Stdin = strings.NewReader(req)
+			var stdout, stderr strings.Builder
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			err := cmd.Run()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+				t.Fatalf("keyprovider: %v, want exit 2; stderr: %s", err, stderr.String())
+			}
+			msg := strings.ReplaceAll(stderr.String(), path, "")
+			if !strings.Contains(msg, "want a regular file of exactly 32 bytes") {
+				t.Errorf("stderr: %s", stderr.String())
+			}
+			for _, leak := range []string{"679", "root:"} {
+				if strings.Contains(msg, leak) {
+					t.Errorf("the error tells %q: %s", leak, stderr.String())
+				}
+			}
+			assertPeakRSS(t, "keyprovider", testutil.Result{PeakRSS: testutil.PeakRSS(cmd.ProcessState)})
+		})
+	}
 }
