@@ -230,7 +230,7 @@ func TestParseRecipientsRefusals(t *testing.T) {
 		{[]string{"provider:other:x"}, "only the attestation-agent provider"},
 		{[]string{"provider:attestation-agent:keypath=" + kek}, "needs keypath=KEK-FILE::keyid="},
 		{[]string{"provider:attestation-agent:keyid=kbs:///default/key/1"}, "needs keypath=KEK-FILE::keyid="},
-		{[]string{"provider:attestation-agent:keypath=" + short + "::keyid=kbs:///default/key/1"}, "is 16 bytes, want 32"},
+		{[]string{"provider:attestation-agent:keypath=" + short + "::keyid=kbs:///default/key/1"}, "want a regular file of exactly 32 bytes"},
 		{[]string{"provider:attestation-agent:keypath=" + kek + "::keyid=https://x/y"}, "kbs"},
 		{[]string{"rsa.pub"}, "want jwe:PUBLIC-KEY-FILE or provider:attestation-agent:"},
 	} {
