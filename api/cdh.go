@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -45,6 +46,11 @@ func (s cdhService) GetResource(ctx context.Context, req *cdhpb.GetResourceReque
 	attrs := []any{"api", "api.GetResourceService", "resource", req.ResourcePath, "duration", time.Since(start).Round(time.Millisecond)}
 	if err != nil {
 		s.opts.Log.Warn("get resource failed", append(attrs, "exit", errdefs.ExitCode(err), "error", err.Error())...)
+		if errors.Is(err, errdefs.ErrNotFound) {
+			// The one thing asked for does not exist: that, rather than
+			// the general "cannot decrypt" of a failed KBS request.
+			return nil, status.Error(codes.NotFound, err.Error())
+		}
 		return nil, toStatus(err)
 	}
 	// The resource is a secret: its size is all the log says of it.

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -12,6 +13,9 @@ import (
 	"github.com/containerd/ttrpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/guest-puller/guest-puller/api/cdhpb"
 	"github.com/guest-puller/guest-puller/internal/errdefs"
@@ -121,5 +125,72 @@ func wantStatus(t *testing.T, what string, err error, code codes.Code, msg strin
 	st, _ := status.FromError(err)
 	if st.Code() != code || !strings.Contains(st.Message(), msg) {
 		t.Errorf("%s: %v, want %v containing %q", what, err, code, msg)
+	}
+}
+
+// TestCDHWireContract pins the confidential-data-hub's messages to
+// guest-components' protos/confidential-data-hub/api.proto: package,
+// services, and every field's name, number and type, which is what
+// kata-agent's generated clients put on the wire.
+func TestCDHWireContract(t *testing.T) {
+	type field struct {
+		name   string
+		number protowire.Number
+		kind   protoreflect.Kind
+		card   protoreflect.Cardinality
+	}
+	str, bytes, rep := protoreflect.StringKind, protoreflect.BytesKind, protoreflect.Repeated
+	opt := protoreflect.Optional
+	for _, tc := range []struct {
+		msg    proto.Message
+		name   string
+		fields []field
+	}{
+		{&cdhpb.UnsealSecretInput{}, "api.UnsealSecretInput", []field{{"secret", 1, bytes, opt}}},
+		{&cdhpb.UnsealSecretOutput{}, "api.UnsealSecretOutput", []field{{"plaintext", 1, bytes, opt}}},
+		{&cdhpb.GetResourceRequest{}, "api.GetResourceRequest", []field{{"ResourcePath", 1, str, opt}}},
+		{&cdhpb.GetResourceResponse{}, "api.GetResourceResponse", []field{{"Resource", 1, bytes, opt}}},
+		{&cdhpb.SecureMountRequest{}, "api.SecureMountRequest", []field{
+			{"volume_type", 1, str, opt}, {"options", 2, protoreflect.MessageKind, rep}, {"flags", 3, str, rep}, {"mount_point", 4, str, opt},
+		}},
+		{&cdhpb.SecureMountResponse{}, "api.SecureMountResponse", nil},
+		{&cdhpb.ImagePullRequest{}, "api.ImagePullRequest", []field{{"image_url", 1, str, opt}, {"bundle_path", 2, str, opt}}},
+		{&cdhpb.ImagePullResponse{}, "api.ImagePullResponse", []field{{"manifest_digest", 1, str, opt}}},
+	} {
+		d := tc.msg.ProtoReflect().Descriptor()
+		if string(d.FullName()) != tc.name {
+			t.Errorf("%s is %s on the wire", tc.name, d.FullName())
+		}
+		if d.Fields().Len() != len(tc.fields) {
+			t.Errorf("%s has %d fields, want %d", tc.name, d.Fields().Len(), len(tc.fields))
+		}
+		for _, f := range tc.fields {
+			fd := d.Fields().ByName(protoreflect.Name(f.name))
+			if fd == nil || fd.Number() != f.number || fd.Kind() != f.kind || fd.Cardinality() != f.card {
+				t.Errorf("%s.%s: %v, want number %d, %v, %v", tc.name, f.name, fd, f.number, f.kind, f.card)
+			}
+		}
+	}
+	if m := (&cdhpb.SecureMountRequest{}).ProtoReflect().Descriptor().Fields().ByName("options"); !m.IsMap() || m.MapKey().Kind() != str || m.MapValue().Kind() != str {
+		t.Error("SecureMountRequest.options is not map<string, string>")
+	}
+	// The services and methods, as ttrpc names them on the wire: each
+	// reaches a handler, not ttrpc's "service X" or "method X".
+	c := serveTest(t, New(Options{Puller: func(context.Context) (*pull.Puller, error) { return nil, errors.New("none") }}))
+	for _, m := range []struct{ service, method string }{
+		{"api.SealedSecretService", "UnsealSecret"},
+		{"api.GetResourceService", "GetResource"},
+		{"api.SecureMountService", "SecureMount"},
+		{"api.ImagePullService", "PullImage"},
+	} {
+		err := c.Call(context.Background(), m.service, m.method, &cdhpb.SecureMountResponse{}, &cdhpb.SecureMountResponse{})
+		if st, _ := status.FromError(err); st.Message() == "service "+m.service || st.Message() == "method "+m.method {
+			t.Errorf("%s/%s is not served: %v", m.service, m.method, err)
+		}
+	}
+	// and the check above can tell.
+	err := c.Call(context.Background(), "api.NoSuchService", "X", &cdhpb.SecureMountResponse{}, &cdhpb.SecureMountResponse{})
+	if st, _ := status.FromError(err); st.Message() != "service api.NoSuchService" {
+		t.Errorf("an unknown service answers %v", err)
 	}
 }

@@ -35,6 +35,7 @@ func commands() []*command {
 	return []*command{
 		{name: "pull", args: "IMAGE", summary: "pull, check, decrypt and unpack IMAGE; print the bundle path", run: cmdPull},
 		{name: "serve", summary: "the ttrpc daemon kata-agent calls", run: cmdServe},
+		{name: "cdh", summary: "serve as the confidential-data-hub kata-agent starts", run: cmdCDH},
 		{name: "policy check", args: "IMAGE", summary: "explain what the policy decides for IMAGE, fetching no layer", run: cmdPolicyCheck},
 		{name: "cache ls", summary: "list cached images, layers and bundles", run: cmdCacheLs},
 		{name: "cache rm", args: "IMAGE", summary: "forget IMAGE; its bundles and layers go at the next gc", run: cmdCacheRm},
@@ -67,7 +68,7 @@ func main() {
 		},
 	})))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	code := run(ctx, cdhArgs(os.Args[0], os.Args[1:]), os.Stdin, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
 }

@@ -255,6 +255,9 @@ type KBSProxyOptions struct {
 	// SwapTeeKey replaces the tee-pubkey of every attestation request
 	// with another key after the guest bound its own into the evidence.
 	SwapTeeKey bool
+	// InitData, if set, replaces the body of the init-data every
+	// attestation request carries: init-data other than the guest bound.
+	InitData string
 }
 
 // KBSProxy is a reverse proxy in front of a KBS that records every
@@ -327,7 +330,7 @@ func StartKBSProxy(t testing.TB, target string, opts KBSProxyOptions) *KBSProxy 
 		p.mu.Lock()
 		p.requests[r.Method+" "+r.URL.Path]++
 		p.mu.Unlock()
-		if r.URL.Path == "/kbs/v0/attest" && (opts.ReplayAttest || opts.SwapTeeKey) {
+		if r.URL.Path == "/kbs/v0/attest" && (opts.ReplayAttest || opts.SwapTeeKey || opts.InitData != "") {
 			body, err := io.ReadAll(r.Body)
 			if err != nil {
 				http.Error(w, err.Error(), http.StatusBadRequest)
@@ -335,6 +338,9 @@ func StartKBSProxy(t testing.TB, target string, opts KBSProxyOptions) *KBSProxy 
 			}
 			if opts.SwapTeeKey {
 				body = swapTeeKey(t, body, &foreign.PublicKey)
+			}
+			if opts.InitData != "" {
+				body = replaceInitData(t, body, opts.InitData)
 			}
 			if opts.ReplayAttest {
 				first := r.Clone(r.Context())
@@ -373,6 +379,24 @@ func swapTeeKey(t testing.TB, body []byte, pub *ecdsa.PublicKey) []byte {
 	}
 	rd["tee-pubkey"] = jwk
 	if req["runtime-data"], err = json.Marshal(rd); err != nil {
+		return body
+	}
+	out, err := json.Marshal(req)
+	if err != nil {
+		return body
+	}
+	return out
+}
+
+// replaceInitData replaces the body of an attestation request's init-data.
+func replaceInitData(t testing.TB, body []byte, initData string) []byte {
+	var req map[string]json.RawMessage
+	if err := json.Unmarshal(body, &req); err != nil {
+		return body
+	}
+	var err error
+	if req["init-data"], err = json.Marshal(map[string]string{"format": "toml", "body": initData}); err != nil {
+		t.Error(err)
 		return body
 	}
 	out, err := json.Marshal(req)
