@@ -306,8 +306,8 @@ func (h *Hub) buildPuller(ctx context.Context) (*pull.Puller, error) {
 		}
 	}
 	p, err := pull.New(pull.Options{
-		Registry:               rc,
-		Cache:                  h.cache,
+		Registry:               pull.FromClient(rc),
+		Cache:                  pull.FromCache(h.cache),
 		Policy:                 pol,
 		RegistriesD:            rd,
 		Keys:                   keys,
