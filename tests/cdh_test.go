@@ -325,6 +325,23 @@ func credentialDir(t *testing.T) string {
 	return dir
 }
 
+// waitLog waits a little for dev-kbs's log, read by another goroutine, to
+// hold every one of subs.
+func waitLog(k *devkbstest.DevKBS, subs ...string) (string, bool) {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		log := k.Log()
+		ok := true
+		for _, s := range subs {
+			ok = ok && strings.Contains(log, s)
+		}
+		if ok || time.Now().After(deadline) {
+			return log, ok
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func wantCode(t *testing.T, what string, err error, code codes.Code, msgs ...string) {
 	t.Helper()
 	st, _ := status.FromError(err)
@@ -504,8 +521,7 @@ path = %q
 		t.Fatalf("with the log restored: %v", err)
 	}
 	t.Run("the KBS replayed the log to the quoted PCR and saw the pull", func(t *testing.T) {
-		log := kbs.Log()
-		if !strings.Contains(log, "operation=PullImage") || !strings.Contains(log, w.encDigest) || !strings.Contains(log, "eventlog-pcr=14") {
+		if log, ok := waitLog(kbs, "operation=PullImage", w.encDigest, "eventlog-pcr=14"); !ok {
 			t.Errorf("dev-kbs log shows no replayed PullImage event of %s:\n%s", w.encDigest, log)
 		}
 		data, _ := os.ReadFile(aaLog)
@@ -557,7 +573,9 @@ url = "` + kbsURL + `"
 	_, err := pull("first")
 	wantCode(t, "a pull with the KBS down", err, codes.FailedPrecondition, cdhPolicyURI, "connection refused")
 
-	kbs := w.startKBS(t, "--listen", fmt.Sprintf("127.0.0.1:%d", port))
+	// Tokens live 5 s, less than the client's 10 s margin: every request
+	// attests anew, so the KBS sees the event log as it is at that request.
+	kbs := w.startKBS(t, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--token-ttl", "5s")
 	resp, err := pull("second")
 	if err != nil {
 		t.Fatalf("the pull after the KBS came up: %v", err)
@@ -575,11 +593,10 @@ url = "` + kbsURL + `"
 	if err != nil {
 		t.Fatal(err)
 	}
-	log := kbs.Log()
-	if !strings.Contains(log, fmt.Sprintf("init-data=sha256:%x", id.Digest)) {
+	if log, ok := waitLog(kbs, fmt.Sprintf("init-data=sha256:%x", id.Digest)); !ok {
 		t.Errorf("dev-kbs did not check the init-data (sha256:%x):\n%s", id.Digest, log)
 	}
-	if !strings.Contains(log, "operation=PullImage") || !strings.Contains(log, w.encDigest) {
+	if log, ok := waitLog(kbs, "operation=PullImage", w.encDigest); !ok {
 		t.Errorf("dev-kbs log shows no replayed PullImage event:\n%s", log)
 	}
 	data, _ := os.ReadFile(eventLog)
