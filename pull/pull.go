@@ -45,7 +45,9 @@ type Options struct {
 	// Keys unwraps encrypted layers; nil means no key: an encrypted image
 	// fails with errdefs.ErrDecrypt.
 	Keys *decrypt.Keyring
-	// MaxConcurrentDownloads bounds the layers fetched at once.
+	// MaxConcurrentDownloads bounds the layers fetched at once by one
+	// pull, and the layers decompressed at once by all the Puller's pulls
+	// together (see compression.go).
 	MaxConcurrentDownloads int
 	// Progress, if set, is told what each layer is doing.
 	Progress Progress
@@ -54,8 +56,9 @@ type Options struct {
 // Puller pulls images. It is safe for concurrent use: concurrent pulls
 // that need the same layer fetch it once.
 type Puller struct {
-	opts    Options
-	closers []func() error
+	opts     Options
+	decoders decoders
+	closers  []func() error
 }
 
 // New returns a Puller.
@@ -69,7 +72,7 @@ func New(opts Options) (*Puller, error) {
 	if opts.Progress == nil {
 		opts.Progress = nopProgress{}
 	}
-	return &Puller{opts: opts}, nil
+	return &Puller{opts: opts, decoders: newDecoders(opts.MaxConcurrentDownloads)}, nil
 }
 
 // Cache is the layer cache the Puller unpacks into: nil for a checker, or
@@ -408,6 +411,15 @@ func (p *Puller) verifyStream(ctx context.Context, rc Registry, repo name.Reposi
 	if j.desc.Digest.Algorithm != "sha256" {
 		return fmt.Errorf("%w: unsupported digest algorithm %s", errdefs.ErrIntegrity, untrusted.Quote(j.desc.Digest.Algorithm))
 	}
+	if j.layer.Compression != mediatype.Uncompressed {
+		// A decoder first, so that a layer waiting for one holds no
+		// connection.
+		release, err := p.decoders.acquire(ctx)
+		if err != nil {
+			return err
+		}
+		defer release()
+	}
 	blob, err := rc.Blob(ctx, repo, j.desc)
 	if err != nil {
 		return err
@@ -474,6 +486,9 @@ func (j *layerJob) cause(err error, in, out *errRecorder) error {
 	oerr := out.first()
 	if oerr == nil {
 		return err
+	}
+	if werr := windowError(oerr); werr != nil {
+		return werr
 	}
 	if j.key != nil {
 		if _, derr := io.Copy(io.Discard, in); derr != nil && errors.Is(derr, errdefs.ErrIntegrity) {

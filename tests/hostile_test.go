@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
@@ -16,6 +17,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -26,7 +28,10 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/specs-go"
 	ispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
+	guestpullerv1 "github.com/guest-puller/guest-puller/api/v1"
 	"github.com/guest-puller/guest-puller/internal/testutil"
 )
 
@@ -212,36 +217,69 @@ func assertPeakRSS(t *testing.T, what string, r testutil.Result) {
 	}
 }
 
-// pushEncryptedLayer stores, as repo:tag, an image of one encrypted layer
-// whose recipient annotations are ann (with valid public options), and
-// returns its reference. The layer blob is a placeholder: a pull must
-// refuse the key before fetching it.
-func pushEncryptedLayer(t *testing.T, reg *testutil.Registry, repo, tag string, ann map[string]string) string {
+// testLayer is a layer as a registry serves it: a blob of a media type,
+// with annotations, and the diff_id the image config claims for it.
+type testLayer struct {
+	blob        []byte
+	diffID      string
+	mediaType   string
+	annotations map[string]string
+}
+
+// pushLayers stores an image of layers as repo:tag, blob by blob, and
+// returns its reference: images no builder would write.
+func pushLayers(t *testing.T, reg *testutil.Registry, repo, tag string, layers ...testLayer) string {
 	t.Helper()
-	layer := reg.UploadBlob(t, repo, []byte("placeholder ciphertext"))
-	diffID := fmt.Sprintf("sha256:%x", sha256.Sum256([]byte("placeholder tar")))
-	cfg := []byte(`{"architecture":"` + runtime.GOARCH + `","os":"linux","rootfs":{"type":"layers","diff_ids":["` + diffID + `"]},"config":{}}`)
-	cfgDigest := reg.UploadBlob(t, repo, cfg)
-	pub, _ := json.Marshal(map[string]any{"cipher": "AES_256_CTR_HMAC_SHA256", "hmac": make([]byte, 32)})
-	annotations := map[string]string{"org.opencontainers.image.enc.pubopts": base64.StdEncoding.EncodeToString(pub)}
-	maps.Copy(annotations, ann)
-	m := ispec.Manifest{
-		Versioned: specs.Versioned{SchemaVersion: 2},
-		MediaType: ispec.MediaTypeImageManifest,
-		Config:    ispec.Descriptor{MediaType: ispec.MediaTypeImageConfig, Digest: digest.Digest(cfgDigest), Size: int64(len(cfg))},
-		Layers: []ispec.Descriptor{{
-			MediaType:   "application/vnd.oci.image.layer.v1.tar+gzip+encrypted",
-			Digest:      digest.Digest(layer),
-			Size:        int64(len("placeholder ciphertext")),
-			Annotations: annotations,
-		}},
+	m := ispec.Manifest{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ispec.MediaTypeImageManifest}
+	var diffIDs []string
+	for _, l := range layers {
+		m.Layers = append(m.Layers, ispec.Descriptor{
+			MediaType:   l.mediaType,
+			Digest:      digest.Digest(reg.UploadBlob(t, repo, l.blob)),
+			Size:        int64(len(l.blob)),
+			Annotations: l.annotations,
+		})
+		diffIDs = append(diffIDs, l.diffID)
 	}
+	cfg, err := json.Marshal(ispec.Image{
+		Platform: ispec.Platform{Architecture: runtime.GOARCH, OS: "linux"},
+		RootFS:   ispec.RootFS{Type: "layers", DiffIDs: digestsOf(diffIDs)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Config = ispec.Descriptor{MediaType: ispec.MediaTypeImageConfig, Digest: digest.Digest(reg.UploadBlob(t, repo, cfg)), Size: int64(len(cfg))}
 	raw, err := json.Marshal(m)
 	if err != nil {
 		t.Fatal(err)
 	}
 	reg.PutManifest(t, repo, tag, ispec.MediaTypeImageManifest, raw)
 	return reg.Host + "/" + repo + ":" + tag
+}
+
+func digestsOf(s []string) []digest.Digest {
+	out := make([]digest.Digest, len(s))
+	for i, d := range s {
+		out[i] = digest.Digest(d)
+	}
+	return out
+}
+
+// pushEncryptedLayer stores, as repo:tag, an image of one encrypted layer
+// whose recipient annotations are ann (with valid public options), and
+// returns its reference. The layer blob is a placeholder: a pull must
+// refuse the key before fetching it.
+func pushEncryptedLayer(t *testing.T, reg *testutil.Registry, repo, tag string, ann map[string]string) string {
+	t.Helper()
+	pub, _ := json.Marshal(map[string]any{"cipher": "AES_256_CTR_HMAC_SHA256", "hmac": make([]byte, 32)})
+	annotations := map[string]string{"org.opencontainers.image.enc.pubopts": base64.StdEncoding.EncodeToString(pub)}
+	maps.Copy(annotations, ann)
+	return pushLayers(t, reg, repo, tag, testLayer{
+		blob:        []byte("placeholder ciphertext"),
+		diffID:      fmt.Sprintf("sha256:%x", sha256.Sum256([]byte("placeholder tar"))),
+		mediaType:   "application/vnd.oci.image.layer.v1.tar+gzip+encrypted",
+		annotations: annotations,
+	})
 }
 
 // gpgEncryptionKey makes an OpenPGP key with gpg (Ed25519 to sign, an
@@ -408,5 +446,175 @@ func TestKeyProviderKEKFiles(t *testing.T) {
 			}
 			assertPeakRSS(t, "keyprovider", testutil.Result{PeakRSS: testutil.PeakRSS(cmd.ProcessState)})
 		})
+	}
+}
+
+const zstdLayerType = "application/vnd.oci.image.layer.v1.tar+zstd"
+
+// TestZstdWindows (issue 15, item 4): a registry can serve any zstd layer
+// as a frame that asks for a 128 MiB window (zstd --long=27), which the
+// decoder would fill and keep per layer. Windows up to 8 MiB (what builders
+// write) still pull; larger ones are refused as unsafe content (exit 5)
+// at the frame header, one layer or three at once, in bounded memory.
+func TestZstdWindows(t *testing.T) {
+	reg := testutil.StartRegistry(t, testutil.RegistryOptions{})
+	e := newEnv(t)
+	policy := e.write("policy.json", acceptAll)
+	pull := func(ref string) testutil.Result {
+		return e.gp("pull", ref, "--quiet", "--policy", policy, "--insecure-registry", reg.Host)
+	}
+	layer := func(name string, size int64, args ...string) testLayer {
+		blob, diffID := testutil.ZstdTar(t, name, size, args...)
+		return testLayer{blob: blob, diffID: diffID, mediaType: zstdLayerType}
+	}
+
+	t.Run("8 MiB windows pull", func(t *testing.T) {
+		ref := pushLayers(t, reg, "zstd/ok", "1",
+			layer("a", 48<<20, "--long=23"), layer("b", 48<<20, "--long=23"), layer("c", 48<<20, "-19"))
+		r := pull(ref)
+		if r.Code != 0 {
+			t.Fatalf("exit %d: %s", r.Code, r.Stderr)
+		}
+		assertPeakRSS(t, "pull of three zstd layers with 8 MiB windows", r)
+	})
+	for _, tc := range []struct {
+		name   string
+		layers []testLayer
+	}{
+		{"a 16 MiB window", []testLayer{layer("a", 32<<20, "--long=24")}},
+		{"a 128 MiB window over 300 MiB", []testLayer{layer("a", 300<<20, "--long=27")}},
+		{"three 128 MiB windows at once", []testLayer{
+			layer("a", 200<<20, "--long=27"), layer("b", 200<<20, "--long=27"), layer("c", 200<<20, "--long=27")}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ref := pushLayers(t, reg, "zstd/bomb", strings.ReplaceAll(tc.name, " ", "-"), tc.layers...)
+			r := pull(ref)
+			if r.Code != 5 {
+				t.Fatalf("exit %d, want 5: %s", r.Code, r.Stderr)
+			}
+			if !strings.Contains(r.Stderr, "needs a window larger than 8 MiB") {
+				t.Errorf("stderr: %s", r.Stderr)
+			}
+			assertPeakRSS(t, "pull", r)
+			if l := e.cacheLs(); len(l.Layers) != 3 {
+				t.Errorf("cache holds %d layers after the refusal, want the 3 of the first image", len(l.Layers))
+			}
+		})
+	}
+}
+
+// daemonBudget is the peak RSS the daemon may reach serving eight
+// concurrent pulls of zstd layers that each ask for the largest window
+// allowed: the decoders of all requests share MaxConcurrentDownloads
+// slots, so N pulls cannot multiply it.
+const daemonBudget = 128 << 20
+
+// TestDaemonZstdBombs (issue 15, item 4): eight concurrent requests to the
+// real `guest-puller serve`, each for an image of three zstd layers at the
+// largest window allowed, filled, plus one that asks for 128 MiB windows:
+// the genuine ones are pulled, the bomb refused, and the daemon's peak RSS
+// stays under daemonBudget.
+func TestDaemonZstdBombs(t *testing.T) {
+	reg := testutil.StartRegistry(t, testutil.RegistryOptions{})
+	e := newEnv(t)
+	policy := e.write("policy.json", acceptAll)
+	var refs []string
+	for i := range 7 {
+		var layers []testLayer
+		for j := range 3 {
+			blob, diffID := testutil.ZstdTar(t, fmt.Sprintf("image-%d-layer-%d", i, j), 24<<20, "--long=23")
+			layers = append(layers, testLayer{blob: blob, diffID: diffID, mediaType: zstdLayerType})
+		}
+		refs = append(refs, pushLayers(t, reg, fmt.Sprintf("daemon-zstd/app-%d", i), "1", layers...))
+	}
+	var bomb []testLayer
+	for j := range 3 {
+		blob, diffID := testutil.ZstdTar(t, fmt.Sprintf("bomb-%d", j), 200<<20, "--long=27")
+		bomb = append(bomb, testLayer{blob: blob, diffID: diffID, mediaType: zstdLayerType})
+	}
+	refs = append(refs, pushLayers(t, reg, "daemon-zstd/bomb", "1", bomb...))
+
+	d := startDaemon(t, e, "--policy", policy, "--insecure-registry", reg.Host)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	native := guestpullerv1.NewGuestPullerClient(d.client)
+	errs := make([]error, len(refs))
+	var wg sync.WaitGroup
+	for i, ref := range refs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = native.Pull(ctx, &guestpullerv1.PullRequest{Image: ref, ContainerId: fmt.Sprintf("zstd-%d", i)})
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs[:len(refs)-1] {
+		if err != nil {
+			t.Errorf("pull %d: %v", i, err)
+		}
+	}
+	if err := errs[len(refs)-1]; status.Code(err) != codes.DataLoss || !strings.Contains(err.Error(), "needs a window larger than") {
+		t.Errorf("pull of the 128 MiB windows: %v, want DataLoss naming the window", err)
+	}
+	hwm := vmHWM(t, d.cmd.Process.Pid)
+	t.Logf("daemon peak RSS after %d concurrent pulls: %s", len(refs), testutil.MiB(hwm))
+	if hwm > daemonBudget {
+		t.Errorf("daemon peak RSS %s, more than the %s budget", testutil.MiB(hwm), testutil.MiB(daemonBudget))
+	}
+	for _, line := range strings.Split(strings.TrimSpace(d.logs.String()), "\n") {
+		assertPrintable(t, "daemon log line", line)
+	}
+}
+
+// vmHWM is the peak resident set size of a running process, in bytes.
+func vmHWM(t *testing.T, pid int) int64 {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			var kb int64
+			if _, err := fmt.Sscanf(strings.TrimSpace(v), "%d kB", &kb); err != nil {
+				t.Fatalf("VmHWM %q: %v", v, err)
+			}
+			return kb << 10
+		}
+	}
+	t.Fatal("no VmHWM in /proc/PID/status")
+	return 0
+}
+
+// TestEncryptedOnlyNote (issue 15, item 7): `policy check` says what a
+// scope that requires encryption but no signature does not prove, and
+// does not say it of the confidential cell [sigstoreSigned, encrypted].
+func TestEncryptedOnlyNote(t *testing.T) {
+	reg := testutil.StartRegistry(t, testutil.RegistryOptions{})
+	e := newEnv(t)
+	src := testutil.BuildImage(t, testutil.ImageSpec{Layers: [][]byte{testutil.Tar(t, testutil.File("f", "x", 0o644))}})
+	reg.Push(t, src, "enc-only/app:1")
+	reg.Push(t, src, "confidential/app:1")
+	k := testutil.ECKey(t, t.TempDir(), "cosign")
+	policy := e.write("policy.json", `{"default":[{"type":"reject"}],"transports":{"docker":{
+		"`+reg.Host+`/enc-only":[{"type":"encrypted"}],
+		"`+reg.Host+`/confidential":[{"type":"sigstoreSigned","keyPath":"`+k.Public+`"},{"type":"encrypted"}]}}}`)
+	check := func(repo string, extra ...string) testutil.Result {
+		r := e.gp(append([]string{"policy", "check", reg.Host + "/" + repo + "/app:1", "--policy", policy, "--insecure-registry", reg.Host}, extra...)...)
+		if r.Code != 3 {
+			t.Fatalf("policy check %s: exit %d, want 3 (a plain unsigned image): %s%s", repo, r.Code, r.Stdout, r.Stderr)
+		}
+		return r
+	}
+	const note = "note: this scope requires encrypted layers but no signature"
+	if r := check("enc-only"); !strings.Contains(r.Stdout, note) || !strings.Contains(r.Stdout, "[sigstoreSigned, encrypted]") {
+		t.Errorf("encrypted-only scope: no note:\n%s", r.Stdout)
+	}
+	var out struct{ Notes []string }
+	if r := check("enc-only", "--json"); json.Unmarshal([]byte(r.Stdout), &out) != nil || len(out.Notes) != 1 {
+		t.Errorf("policy check --json: notes %q in:\n%s", out.Notes, r.Stdout)
+	}
+	if r := check("confidential"); strings.Contains(r.Stdout, "note:") {
+		t.Errorf("[sigstoreSigned, encrypted] scope has a note:\n%s", r.Stdout)
 	}
 }

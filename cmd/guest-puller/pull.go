@@ -13,6 +13,7 @@ import (
 
 	"github.com/guest-puller/guest-puller/attest"
 	"github.com/guest-puller/guest-puller/internal/untrusted"
+	"github.com/guest-puller/guest-puller/policy"
 	"github.com/guest-puller/guest-puller/pull"
 	"github.com/guest-puller/guest-puller/unpack"
 )
@@ -119,8 +120,9 @@ policy refuses it (the report says why), like pull for other failures.`)
 			ManifestDigest string `json:"manifestDigest"`
 			Allowed        bool   `json:"allowed"`
 			pull.PolicyResult
-			Signatures any `json:"signatures"`
-		}{d.Image, img.Digest.String(), d.Allowed, pull.PolicyResult{Scope: d.Scope, Requirements: d.Requirements}, d.Signatures}
+			Signatures any      `json:"signatures"`
+			Notes      []string `json:"notes,omitempty"`
+		}{d.Image, img.Digest.String(), d.Allowed, pull.PolicyResult{Scope: d.Scope, Requirements: d.Requirements}, d.Signatures, policyNotes(d.Requirements)}
 		if err := writeJSON(stdout, out); err != nil {
 			return err
 		}
@@ -151,11 +153,39 @@ policy refuses it (the report says why), like pull for other failures.`)
 			}
 			fmt.Fprintf(stdout, "  signature key %s (%s): %s\n", s.KeyName, shortID(s.KeyID), state)
 		}
+		for _, n := range policyNotes(d.Requirements) {
+			fmt.Fprintf(stdout, "note: %s\n", n)
+		}
 	}
 	if err := d.Err(); err != nil {
 		// The report above is the answer, on stdout; the exit code says
 		// refused. Saying it again on stderr would only repeat it.
 		return reported(err)
+	}
+	return nil
+}
+
+// encryptedOnlyNote is what policy check says of a scope that requires
+// encryption and no signature (issue 15, item 7).
+const encryptedOnlyNote = "this scope requires encrypted layers but no signature. Encryption alone binds neither " +
+	"the image config (entrypoint, env, user) nor the set of layers to the encrypted content: genuine encrypted layers " +
+	"can be re-served with another config, and anyone with a public-key recipient (JWE, PKCS7, PGP) can make layers " +
+	"that count as encrypted. For a confidential workload require [sigstoreSigned, encrypted]."
+
+// signatureRequirements are the requirement types that bind a manifest
+// digest (and so its config and layers) to a signer.
+var signatureRequirements = map[string]bool{"signedBy": true, "sigstoreSigned": true, "sigstoreThreshold": true}
+
+// policyNotes are what a user should know about the scope that decided,
+// beyond each requirement's verdict.
+func policyNotes(reqs []policy.RequirementResult) []string {
+	encrypted, signed := false, false
+	for _, r := range reqs {
+		encrypted = encrypted || r.Type == "encrypted"
+		signed = signed || signatureRequirements[r.Type]
+	}
+	if encrypted && !signed {
+		return []string{encryptedOnlyNote}
 	}
 	return nil
 }

@@ -1,11 +1,17 @@
 package testutil
 
 import (
+	"archive/tar"
 	"bytes"
 	"compress/flate"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
+	"fmt"
+	"io"
+	"os/exec"
 	"testing"
+	"time"
 
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 )
@@ -183,4 +189,45 @@ func NestedBER(depth int) []byte {
 		b = append(b, 0, 0)
 	}
 	return b
+}
+
+// ZstdTar returns a layer: a tar of one file, name, of size zero bytes,
+// compressed by the zstd command with args ("--long=27" asks for a 128 MiB
+// window), and the tar's digest, its diff_id. The tar reaches zstd through
+// a pipe, so the frame names the window args ask for whatever the size;
+// the decoder fills that window as it decodes.
+func ZstdTar(t testing.TB, name string, size int64, args ...string) (blob []byte, diffID string) {
+	t.Helper()
+	Need(t, "zstd")
+	cmd := exec.Command("zstd", append([]string{"-q", "-c"}, args...)...)
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.New()
+	tw := tar.NewWriter(io.MultiWriter(in, sum))
+	err = tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: size, ModTime: time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC), Format: tar.FormatPAX})
+	if err == nil {
+		_, err = io.CopyN(tw, zeroReader{}, size)
+	}
+	if err == nil {
+		err = tw.Close()
+	}
+	in.Close()
+	if werr := cmd.Wait(); werr != nil || err != nil {
+		t.Fatalf("zstd %v: %v %v\n%s", args, err, werr, stderr.String())
+	}
+	return out.Bytes(), fmt.Sprintf("sha256:%x", sum.Sum(nil))
+}
+
+type zeroReader struct{}
+
+func (zeroReader) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
 }
