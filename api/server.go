@@ -169,9 +169,13 @@ func (s *Service) reclaim(ctx context.Context, interval time.Duration) {
 func (s *Service) pull(ctx context.Context, api string, req pull.Request) (*pull.Result, error) {
 	start := time.Now()
 	res, err := s.pullAndRecord(ctx, req)
+	id := req.ContainerID
+	if id == "" && req.BundleDir != "" {
+		id = pull.BundleContainerID(req.BundleDir)
+	}
 	// The request's names are the host's, the error may quote a
 	// registry's: bounded and escaped before they reach the log.
-	attrs := []any{"api", api, "image", untrusted.Text(req.Image), "container", untrusted.Text(req.ContainerID), "duration", time.Since(start).Round(time.Millisecond)}
+	attrs := []any{"api", api, "image", untrusted.Text(req.Image), "container", untrusted.Text(id), "duration", time.Since(start).Round(time.Millisecond)}
 	if err != nil {
 		s.opts.Log.Warn("pull failed", append(attrs, "exit", errdefs.ExitCode(err), "error", untrusted.Escape(err.Error()))...)
 		return nil, toStatus(err)

@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"time"
 )
 
 // Attester produces evidence of the guest's state bound to reportData (the
@@ -53,6 +54,10 @@ type ClientOptions struct {
 	KeyType string
 	// HTTPClient overrides the transport (tests); timeouts still apply.
 	HTTPClient *http.Client
+	// IdleTimeout is how long the KBS may send nothing, for an answer or
+	// mid-body, before the request fails and is retried; 0 means
+	// idleread.DefaultTimeout.
+	IdleTimeout time.Duration
 	// InitData, if set, is sent in every attest request ("init-data":
 	// {"format": "toml", "body": …}) for the KBS to check against the
 	// evidence's binding of it.

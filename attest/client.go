@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/idleread"
 	"github.com/guest-puller/guest-puller/internal/untrusted"
 )
 
@@ -116,6 +117,17 @@ func NewClient(baseURL string, att Attester, opts ClientOptions) (*Client, error
 		}
 		hc.Transport = tr
 	}
+	// A KBS that accepts the connection and then sends nothing must not
+	// hold a pull: the request fails, and retryNet sends it again.
+	idle := opts.IdleTimeout
+	if idle <= 0 {
+		idle = idleread.DefaultTimeout
+	}
+	next := hc.Transport
+	if next == nil {
+		next = http.DefaultTransport
+	}
+	hc.Transport = &idleread.Transport{Next: next, Idle: idle}
 	// A redirect would carry the session cookie and token to wherever the
 	// KBS (or whoever answers for it) points.
 	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }

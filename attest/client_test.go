@@ -516,3 +516,87 @@ func TestNewClientOptions(t *testing.T) {
 		t.Errorf("nil attester: %v", err)
 	}
 }
+
+// TestClientIdleTimeout: a KBS that accepts a request and then sends
+// nothing, before its answer or in the middle of it, costs the idle time
+// and a retry, not the pull; a caller's own deadline ends a request to a
+// KBS that stalls for good, as the caller's deadline.
+func TestClientIdleTimeout(t *testing.T) {
+	e := newKBSEnv(t, nil)
+	var mu sync.Mutex
+	seen := map[string]int{}
+	stalls := map[string]string{} // path → "answer" or "body": stall its first request there
+	stallFor := 0                 // >0: stall every request
+	done := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen[r.URL.Path]++
+		how := stalls[r.URL.Path]
+		if seen[r.URL.Path] > 1 {
+			how = ""
+		}
+		if stallFor > 0 {
+			how = "answer"
+		}
+		mu.Unlock()
+		wait := func() {
+			select {
+			case <-r.Context().Done():
+			case <-done:
+			}
+		}
+		switch how {
+		case "answer":
+			wait()
+		case "body":
+			rec := httptest.NewRecorder()
+			e.handler.Load().ServeHTTP(rec, r)
+			for k, v := range rec.Header() {
+				w.Header()[k] = v
+			}
+			w.WriteHeader(rec.Code)
+			w.Write(rec.Body.Bytes()[:rec.Body.Len()/2])
+			w.(http.Flusher).Flush()
+			wait()
+		default:
+			e.handler.Load().ServeHTTP(w, r)
+		}
+	}))
+	t.Cleanup(func() { close(done); srv.Close() })
+	count := func(path string) int {
+		mu.Lock()
+		defer mu.Unlock()
+		return seen[path]
+	}
+
+	mu.Lock()
+	stalls["/kbs/v0/auth"] = "answer"
+	stalls["/kbs/v0/resource/default/key/1"] = "body"
+	mu.Unlock()
+	c, err := attest.NewClient(srv.URL, e.tpmAttester(t), attest.ClientOptions{IdleTimeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	got, err := c.GetResource(ctx, "kbs:///default/key/1")
+	if err != nil || !bytes.Equal(got, e.kek) {
+		t.Fatalf("GetResource through a stalling KBS: %v", err)
+	}
+	if a, r := count("/kbs/v0/auth"), count("/kbs/v0/resource/default/key/1"); a != 2 || r != 2 {
+		t.Errorf("%d auth and %d resource requests, want 2 and 2 (each stalled once, then retried)", a, r)
+	}
+
+	mu.Lock()
+	stallFor = 1
+	mu.Unlock()
+	slow, err := attest.NewClient(srv.URL, e.tpmAttester(t), attest.ClientOptions{IdleTimeout: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if _, err := slow.GetResource(short, "kbs:///default/key/1"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("GetResource past the caller's deadline: %v, want context.DeadlineExceeded", err)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/guest-puller/guest-puller/attest"
 	"github.com/guest-puller/guest-puller/decrypt"
@@ -41,7 +42,43 @@ type Config struct {
 	RegistriesConf         string   `json:"registries-conf,omitempty"`
 	RegistriesD            string   `json:"registries-d,omitempty"`
 	Platform               string   `json:"platform,omitempty"`
+	// IdleTimeout: a registry or KBS that sends nothing for this long,
+	// for an answer or mid-body, fails the request, which is retried (a
+	// blob resumed); 0 means idleread.DefaultTimeout.
+	IdleTimeout Duration `json:"idle-timeout,omitempty"`
 }
+
+// Duration is a time.Duration that a config file writes as Go writes
+// durations ("30s", "1m30s") and the command line takes as a flag value.
+type Duration time.Duration
+
+// String implements flag.Value.
+func (d *Duration) String() string { return time.Duration(*d).String() }
+
+// Set implements flag.Value: a positive duration.
+func (d *Duration) Set(s string) error {
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	if v <= 0 {
+		return fmt.Errorf("%s is not a positive duration", s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// UnmarshalJSON reads "30s".
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("want a duration such as \"30s\": %w", err)
+	}
+	return d.Set(s)
+}
+
+// MarshalJSON writes "30s".
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
 
 // DefaultRegistriesD is read for lookaside and attachment settings when
 // Config.RegistriesD is empty and the directory exists.
@@ -219,6 +256,7 @@ func newRegistryClient(ctx context.Context, cfg Config, res *resources) (*regist
 		Conf:        conf,
 		Platform:    cfg.Platform,
 		UserAgent:   "guest-puller/" + Version,
+		IdleTimeout: time.Duration(cfg.IdleTimeout),
 	})
 }
 
@@ -278,7 +316,7 @@ func (r *resources) newClient() (*attest.Client, error) {
 		}
 		return nil, fmt.Errorf("%w: %w", errdefs.ErrDecrypt, err)
 	}
-	var opts attest.ClientOptions
+	opts := attest.ClientOptions{IdleTimeout: time.Duration(r.cfg.IdleTimeout)}
 	if r.cfg.KBSCert != "" {
 		if opts.CACert, err = os.ReadFile(r.cfg.KBSCert); err != nil {
 			return nil, fmt.Errorf("--kbs-cert: %w: %w", errdefs.ErrInvalidConfig, err)

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
@@ -329,14 +330,15 @@ func TestLoadConfig(t *testing.T) {
 		os.WriteFile(p, []byte(s), 0o600)
 		return p
 	}
-	c, err := LoadConfig(write(`{"policy":"/p.json","decryption-key":["/k1","/k2:pw"],"max-concurrent-downloads":5,"insecure-registry":["r:5000"]}`))
+	c, err := LoadConfig(write(`{"policy":"/p.json","decryption-key":["/k1","/k2:pw"],"max-concurrent-downloads":5,"insecure-registry":["r:5000"],"idle-timeout":"1m30s"}`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Policy != "/p.json" || len(c.DecryptionKeys) != 2 || c.MaxConcurrentDownloads != 5 || c.InsecureRegistries[0] != "r:5000" {
+	if c.Policy != "/p.json" || len(c.DecryptionKeys) != 2 || c.MaxConcurrentDownloads != 5 || c.InsecureRegistries[0] != "r:5000" || time.Duration(c.IdleTimeout) != 90*time.Second {
 		t.Errorf("config %+v", c)
 	}
-	for _, bad := range []string{`{"polciy":"x"}`, `{"policy":1}`, `{`, `{"policy":"x"} {}`} {
+	for _, bad := range []string{`{"polciy":"x"}`, `{"policy":1}`, `{`, `{"policy":"x"} {}`,
+		`{"idle-timeout":30}`, `{"idle-timeout":"soon"}`, `{"idle-timeout":"0s"}`, `{"idle-timeout":"-5s"}`} {
 		if _, err := LoadConfig(write(bad)); !errors.Is(err, errdefs.ErrInvalidConfig) {
 			t.Errorf("LoadConfig(%s) = %v, want ErrInvalidConfig", bad, err)
 		}

@@ -39,6 +39,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/guest-puller/guest-puller/internal/devkbs/devkbstest"
 	"github.com/guest-puller/guest-puller/internal/testutil"
@@ -572,6 +573,33 @@ func TestKBS(t *testing.T) {
 		}))
 		t.Cleanup(srv.Close)
 		refuse(t, srv.URL, "tpm", "malformed challenge")
+	})
+
+	t.Run("a KBS that stalls mid-answer is retried", func(t *testing.T) {
+		// Every exchange (auth, attest, resource) first gets half an
+		// answer and then silence: --idle-timeout gives up on it and the
+		// client asks again.
+		proxy := testutil.StartKBSProxy(t, w.kbs.URL, testutil.KBSProxyOptions{StallFirst: true})
+		e := newEnv(t)
+		res := w.pullOK(t, e, w.secrets(), w.encRef, append(w.kbsArgs(proxy.URL, "tpm"),
+			"--policy", e.write("policy.json", acceptAll), "--auth-file", w.authFile, "--idle-timeout", "500ms")...)
+		w.checkDecrypted(t, res, w.enc)
+		for _, req := range []string{"POST /kbs/v0/auth", "POST /kbs/v0/attest", "GET /kbs/v0/resource/default/key/1"} {
+			if n := proxy.Requests(req); n < 2 {
+				t.Errorf("%s: %d requests, want the stalled one and its retry", req, n)
+			}
+		}
+		// Each stall was given up after --idle-timeout, not after the
+		// 30s default.
+		stalls := proxy.Stalls()
+		if len(stalls) != 3 {
+			t.Errorf("%d stalled answers given up on, want 3", len(stalls))
+		}
+		for _, d := range stalls {
+			if d > 10*time.Second {
+				t.Errorf("a stalled answer was waited on for %v, with --idle-timeout 500ms", d)
+			}
+		}
 	})
 
 	t.Run("resource encrypted to another key", func(t *testing.T) {

@@ -491,3 +491,80 @@ func TestDaemonReclaimsWhatContainersLeave(t *testing.T) {
 		t.Errorf("the daemon's log does not say what it reclaimed:\n%s", d.logs.String())
 	}
 }
+
+// TestDaemonStalledRegistry: a registry that accepts a blob request and
+// stops sending half-way costs the idle timeout and a resume, not the
+// request: each blob is fetched once whole-from-the-start and once with a
+// Range. A registry that stalls for good holds a request no longer than
+// its caller's deadline, which ends the daemon's work on it too.
+func TestDaemonStalledRegistry(t *testing.T) {
+	reg := testutil.StartRegistry(t, testutil.RegistryOptions{})
+	pushed := reg.Push(t, testutil.BuildImage(t, testutil.ImageSpec{Layers: [][]byte{
+		testutil.Tar(t, testutil.Entry{Name: "big", Size: 2 << 20, Mode: 0o644}),
+		testutil.Tar(t, testutil.File("hello", "resumed", 0o644)),
+	}}), "stall/app:1")
+	m, _ := testutil.ParseManifest(t, reg.RawManifest(t, "stall/app", "1"))
+	if len(m.Layers) != 2 {
+		t.Fatalf("%d layers, want 2", len(m.Layers))
+	}
+	stalling := testutil.StartProxy(t, reg.Host, testutil.ProxyOptions{BlobFaults: []testutil.Fault{{StallMidBlob: true}}})
+	e := newEnv(t)
+	policy := e.write("policy.json", acceptAll)
+	d := startDaemon(t, e, "--policy", policy, "--insecure-registry", stalling.Host, "--idle-timeout", "500ms")
+	k := newKata(t, e, d)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	dir := k.bundle("stalled")
+	if _, err := k.pull(ctx, strings.Replace(pushed, reg.Host, stalling.Host, 1), dir); err != nil {
+		t.Fatalf("pull through a registry that stalls mid-blob: %v\n%s", err, d.logs.String())
+	}
+	if got, err := os.ReadFile(filepath.Join(dir, "rootfs", "hello")); err != nil || string(got) != "resumed" {
+		t.Errorf("rootfs/hello = %q, %v", got, err)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "rootfs", "big")); err != nil || fi.Size() != 2<<20 {
+		t.Errorf("rootfs/big: %v %v", fi, err)
+	}
+	for _, blob := range []string{m.Config.Digest, m.Layers[0].Digest, m.Layers[1].Digest} {
+		if full, ranged := stalling.FullGets(blob), stalling.RangeGets(blob); full != 1 || ranged != 1 {
+			t.Errorf("blob %s: %d GETs from the start and %d resumes, want 1 and 1", blob, full, ranged)
+		}
+	}
+	if err := remove(dir); err != nil {
+		t.Fatal(err)
+	}
+
+	// A registry that never finishes a blob, and a daemon whose idle
+	// timeout is long: the caller's deadline decides.
+	forever := make([]testutil.Fault, 100)
+	for i := range forever {
+		forever[i] = testutil.Fault{StallMidBlob: true}
+	}
+	dead := testutil.StartProxy(t, reg.Host, testutil.ProxyOptions{BlobFaults: forever})
+	e2 := newEnv(t)
+	d2 := startDaemon(t, e2, "--policy", policy, "--insecure-registry", dead.Host)
+	k2 := newKata(t, e2, d2)
+	short, cancelShort := context.WithTimeout(ctx, 2*time.Second)
+	defer cancelShort()
+	_, err := k2.pull(short, strings.Replace(pushed, reg.Host, dead.Host, 1), k2.bundle("deadline"))
+	if !errors.Is(err, context.DeadlineExceeded) && status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("pull past the caller's deadline: %v, want DeadlineExceeded", err)
+	}
+	// The daemon stopped working on it too, long before its own 30s idle
+	// timeout would have.
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(d2.logs.String(), "pull failed"); {
+		if time.Now().After(deadline) {
+			t.Fatalf("the daemon still works on a request its caller gave up on:\n%s", d2.logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(d2.logs.String(), "deadline exceeded") {
+		t.Errorf("the daemon's log does not say the caller's deadline ended the pull:\n%s", d2.logs.String())
+	}
+	if names, _ := os.ReadDir(filepath.Join(e2.cache, "staging")); len(names) != 0 {
+		t.Errorf("the abandoned pull left staging directories: %v", names)
+	}
+	if _, err := guestpullerv1.NewGuestPullerClient(d2.client).Status(ctx, &guestpullerv1.StatusRequest{}); err != nil {
+		t.Errorf("the daemon after the abandoned pull: %v", err)
+	}
+}

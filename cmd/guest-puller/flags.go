@@ -241,6 +241,7 @@ var settings = []setting{
 	{name: "insecure-registry", usage: "allow plain HTTP and unverified TLS to `HOST[:PORT]`; repeatable"},
 	{name: "registries-conf", usage: "containers-registries.conf v2 `FILE` (mirrors, blocked, insecure)"},
 	{name: "registries-d", usage: "containers-registries.d `DIR` (lookaside, sigstore attachments) (default /etc/containers/registries.d if it exists)"},
+	{name: "idle-timeout", usage: "give up a registry or KBS request when the server sends nothing for `DURATION`, waiting for its answer or in the middle of it, then retry it (a blob resumes where it stopped) (default 30s)"},
 	{name: "platform", usage: "`OS/ARCH[/VARIANT]` to pull (default the running platform; an image for another platform is refused unless asked for here)"},
 }
 
@@ -295,6 +296,8 @@ func (f *flags) settings(keep func(name string) bool) *pullSettings {
 			f.fs.DurationVar(p, st.name, 0, usage)
 		case *[]string:
 			f.fs.Var((*stringList)(p), st.name, usage)
+		case flag.Value:
+			f.fs.Var(p, st.name, usage)
 		default:
 			panic(fmt.Sprintf("setting %s: unsupported type %T", st.name, p))
 		}

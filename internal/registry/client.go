@@ -27,6 +27,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/idleread"
 	"github.com/guest-puller/guest-puller/internal/refname"
 	"github.com/guest-puller/guest-puller/internal/untrusted"
 )
@@ -69,6 +70,11 @@ type Options struct {
 	// RootCAs, if set, are the CAs a registry's certificate must chain to,
 	// in place of the system's.
 	RootCAs *x509.CertPool
+	// IdleTimeout is how long a registry may send nothing while a request
+	// waits for its answer or reads its body before the request fails
+	// (and is retried, or the blob resumed); 0 means
+	// idleread.DefaultTimeout.
+	IdleTimeout time.Duration
 }
 
 // Client reads images from registries. It is safe for concurrent use.
@@ -97,7 +103,8 @@ type shared struct {
 	match    platforms.MatchComparer
 	retry    Retry
 	// rt is the stack under authentication, for every repository: the
-	// one retry layer, the user agent, TLS-by-default, the connections.
+	// one retry layer, the user agent, the idle timeout, TLS-by-default,
+	// the connections.
 	rt http.RoundTripper
 }
 
@@ -139,7 +146,14 @@ func New(opts Options) (*Client, error) {
 	if opts.Transport == nil {
 		secure, insecure = newBaseTransport(false, opts.Proxy, opts.RootCAs), newBaseTransport(true, opts.Proxy, nil)
 	}
-	var rt http.RoundTripper = &schemeGuard{secure: secure, insecure: insecure, allowed: s.isInsecure}
+	idle := opts.IdleTimeout
+	if idle <= 0 {
+		idle = idleread.DefaultTimeout
+	}
+	var rt http.RoundTripper = &idleread.Transport{
+		Next: &schemeGuard{secure: secure, insecure: insecure, allowed: s.isInsecure},
+		Idle: idle,
+	}
 	if opts.UserAgent != "" {
 		rt = transport.NewUserAgent(rt, opts.UserAgent)
 	}

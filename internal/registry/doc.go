@@ -9,8 +9,10 @@
 //	go-containerregistry's authentication (token handshake, shared per
 //	repository: Client.transportFor) → the one retry layer (Retry: 408,
 //	429 with Retry-After, 5xx, failed connections; GETs and HEADs only)
-//	→ user agent → TLS-by-default (schemeGuard) → connections (shared by
-//	every Client made from one New).
+//	→ user agent → idle timeout (idleread: a server that sends nothing for
+//	Options.IdleTimeout fails the request, which the retry layer repeats
+//	or blobReader resumes) → TLS-by-default (schemeGuard) → connections
+//	(shared by every Client made from one New).
 //
 // Nothing above the retry layer repeats a request: go-containerregistry
 // does not wrap a transport it is given ready-made, and blobReader only

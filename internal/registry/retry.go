@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -9,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
@@ -125,9 +127,47 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 				return nil, werr
 			}
 		default:
-			return resp, nil
+			if strings.Contains(req.URL.Path, "/blobs/") || req.Method == http.MethodHead {
+				// A blob streams: blobReader resumes its body.
+				return resp, nil
+			}
+			// A manifest, token or ping answer is read above this layer,
+			// by go-containerregistry, where nothing would repeat it: read
+			// it here, so that a body that breaks or stalls mid-way is
+			// retried like a connection that failed.
+			body, err := readAnswer(resp.Body, maxManifestSize)
+			if err == nil {
+				resp.Body = body
+				return resp, nil
+			}
+			if last || ctx.Err() != nil || !transient(err) {
+				return nil, err
+			}
+			if werr := sleep(ctx, t.policy.wait(n)); werr != nil {
+				return nil, err
+			}
 		}
 	}
+}
+
+// readAnswer reads body up to limit bytes and returns what reads the same
+// as body would have; the caller's own limit still applies to what
+// follows, past limit, from the network. body is closed unless returned
+// within the result.
+func readAnswer(body io.ReadCloser, limit int64) (io.ReadCloser, error) {
+	buf, err := io.ReadAll(io.LimitReader(body, limit+1))
+	if err != nil {
+		body.Close()
+		return nil, err
+	}
+	if int64(len(buf)) <= limit {
+		body.Close()
+		return io.NopCloser(bytes.NewReader(buf)), nil
+	}
+	return struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(bytes.NewReader(buf), body), body}, nil
 }
 
 // transient reports whether a transport error may go away when the same

@@ -25,14 +25,26 @@ type fault struct {
 	retryAfter string //
 	cut        bool   // close the connection before answering
 	cutAfter   int    // -1: no cut; else answer, send this many bytes, cut
+	stall      bool   // instead of cutting, send nothing more until the client gives up
 }
 
 func status(code int) fault { return fault{status: code, cutAfter: -1} }
 func tooMany(retryAfter string) fault {
 	return fault{status: http.StatusTooManyRequests, retryAfter: retryAfter, cutAfter: -1}
 }
-func cutBeforeAnswer() fault   { return fault{cut: true, cutAfter: -1} }
-func cutBodyAfter(n int) fault { return fault{cutAfter: n} }
+func cutBeforeAnswer() fault     { return fault{cut: true, cutAfter: -1} }
+func cutBodyAfter(n int) fault   { return fault{cutAfter: n} }
+func stallBeforeAnswer() fault   { return fault{stall: true, cutAfter: -1} }
+func stallBodyAfter(n int) fault { return fault{stall: true, cutAfter: n} }
+
+// stall holds a request open, sending nothing, until its client gives up
+// (or, as a bound on a test that went wrong, for 20 seconds).
+func stall(r *http.Request) {
+	select {
+	case <-r.Context().Done():
+	case <-time.After(20 * time.Second):
+	}
+}
 
 func repeat(f fault, n int) []fault {
 	out := make([]fault, n)
@@ -76,6 +88,8 @@ func (f *faulty) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		f.next.ServeHTTP(w, r)
 	case ft.cut:
 		hijackClose(w)
+	case ft.stall && ft.cutAfter < 0:
+		stall(r)
 	case ft.status != 0:
 		if ra := ft.retryAfter; ra == "date+3s" {
 			// An HTTP date has whole seconds: 3s from now is at least 2s.
@@ -93,6 +107,10 @@ func (f *faulty) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(rec.Code)
 		w.Write(rec.Body.Bytes()[:min(ft.cutAfter, rec.Body.Len())])
 		w.(http.Flusher).Flush()
+		if ft.stall {
+			stall(r)
+			return
+		}
 		hijackClose(w)
 	}
 }
@@ -116,6 +134,9 @@ func isBlobGet(r *http.Request) bool {
 func isManifestGet(r *http.Request) bool {
 	return strings.Contains(r.URL.Path, "/manifests/")
 }
+
+// testIdle is the idle timeout of the tests with stalling registries.
+const testIdle = 200 * time.Millisecond
 
 // fastRetry keeps the default number of attempts with short waits.
 var fastRetry = Retry{Backoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, MaxRetryAfter: 5 * time.Second}
@@ -152,6 +173,11 @@ func TestRetryBlob(t *testing.T) {
 		{name: "connection cut mid-body", script: []fault{cutBodyAfter(3000)}, requests: 2, ranged: 1},
 		{name: "cut mid-body, then the resume is refused once", script: []fault{cutBodyAfter(3000), status(503)}, requests: 3, ranged: 2},
 		{name: "connections cut before the first byte, always", script: repeat(cutBodyAfter(0), 20), requests: 5, err: "without progress"},
+		{name: "no answer, once", script: []fault{stallBeforeAnswer()}, requests: 2},
+		{name: "no answer, always", script: repeat(stallBeforeAnswer(), 20), requests: 5, err: "idle timeout"},
+		{name: "stalls mid-body", script: []fault{stallBodyAfter(3000)}, requests: 2, ranged: 1},
+		{name: "stalls mid-body, then the resume gets no answer", script: []fault{stallBodyAfter(3000), stallBeforeAnswer()}, requests: 3, ranged: 2},
+		{name: "stalls before the first byte, always", script: repeat(stallBodyAfter(0), 20), requests: 5, err: "idle timeout"},
 		{name: "404", script: []fault{status(404)}, requests: 1, err: "not found"},
 		{name: "403", script: []fault{status(403)}, requests: 1, err: "authentication failed"},
 	} {
@@ -160,7 +186,7 @@ func TestRetryBlob(t *testing.T) {
 			host := testRegistry(t, func(h http.Handler) http.Handler { f.next = h; return f })
 			img, _ := random.Image(8000, 1)
 			ref := push(t, host, "retry/blob:1", img)
-			c := newClient(t, Options{Insecure: []string{host}, Retry: fastRetry, Transport: countingTransport()})
+			c := newClient(t, Options{Insecure: []string{host}, Retry: fastRetry, Transport: countingTransport(), IdleTimeout: testIdle})
 			got, err := c.Resolve(context.Background(), ref)
 			if err != nil {
 				t.Fatal(err)
@@ -224,6 +250,11 @@ func TestRetryIsOneLayer(t *testing.T) {
 		{"token 503 once", func(r *http.Request) bool { return r.URL.Path == "/token" }, []fault{status(503)}, 2, false},
 		{"token 500 always", func(r *http.Request) bool { return r.URL.Path == "/token" }, repeat(status(500), 20), 5, true},
 		{"ping 503 twice", func(r *http.Request) bool { return r.URL.Path == "/v2/" }, repeat(status(503), 2), 3, false},
+		{"manifest no answer once", isManifestGet, []fault{stallBeforeAnswer()}, 2, false},
+		{"manifest cut mid-body", isManifestGet, []fault{cutBodyAfter(10)}, 2, false},
+		{"manifest stalls mid-body", isManifestGet, []fault{stallBodyAfter(10)}, 2, false},
+		{"manifest no answer always", isManifestGet, repeat(stallBeforeAnswer(), 20), 5, true},
+		{"token no answer once", func(r *http.Request) bool { return r.URL.Path == "/token" }, []fault{stallBeforeAnswer()}, 2, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := &faulty{match: tc.match}
@@ -234,7 +265,7 @@ func TestRetryIsOneLayer(t *testing.T) {
 			f.mu.Lock()
 			f.script = tc.script
 			f.mu.Unlock()
-			c := newClient(t, Options{Insecure: []string{host}, Retry: fastRetry, Transport: countingTransport(), Credentials: Credentials{Creds: user + ":" + pass}})
+			c := newClient(t, Options{Insecure: []string{host}, Retry: fastRetry, Transport: countingTransport(), IdleTimeout: testIdle, Credentials: Credentials{Creds: user + ":" + pass}})
 			_, err := c.Resolve(context.Background(), ref)
 			if n, _, _ := f.requests(); n-before != tc.requests {
 				t.Errorf("%d requests, want exactly %d", n-before, tc.requests)

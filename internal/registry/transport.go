@@ -62,9 +62,10 @@ func (e *plainHTTPError) Error() string {
 func (e *plainHTTPError) Unwrap() error { return errdefs.ErrInvalidConfig }
 
 // newBaseTransport is an http.Transport with the timeouts a puller needs:
-// bounded connection set-up and header waits, no bound on a body's transfer
-// (a layer may take minutes), and enough idle connections for parallel
-// layer fetches.
+// bounded connection set-up, no bound on a body's transfer (a layer may
+// take minutes), and enough idle connections for parallel layer fetches.
+// How long a server may keep a request waiting for data, for its answer or
+// mid-body, is the idle timeout's (idleread, one layer up).
 func newBaseTransport(skipVerify bool, proxy func(*http.Request) (*url.URL, error), roots *x509.CertPool) *http.Transport {
 	if proxy == nil {
 		proxy = http.ProxyFromEnvironment
@@ -80,7 +81,6 @@ func newBaseTransport(skipVerify bool, proxy func(*http.Request) (*url.URL, erro
 		MaxIdleConnsPerHost:   16,
 		IdleConnTimeout:       90 * time.Second,
 		TLSHandshakeTimeout:   15 * time.Second,
-		ResponseHeaderTimeout: 60 * time.Second,
 		ExpectContinueTimeout: time.Second,
 		TLSClientConfig:       &tls.Config{InsecureSkipVerify: skipVerify, RootCAs: roots, MinVersion: tls.VersionTLS12}, //nolint:gosec // only for hosts named insecure
 	}

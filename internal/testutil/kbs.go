@@ -258,6 +258,10 @@ type KBSProxyOptions struct {
 	// InitData, if set, replaces the body of the init-data every
 	// attestation request carries: init-data other than the guest bound.
 	InitData string
+	// StallFirst answers the first request to each path with the KBS's
+	// status, headers and the first half of its body, then sends nothing
+	// more until the client gives up on it (or the test ends).
+	StallFirst bool
 }
 
 // KBSProxy is a reverse proxy in front of a KBS that records every
@@ -270,6 +274,8 @@ type KBSProxy struct {
 	mu       sync.Mutex
 	secrets  []string
 	requests map[string]int
+	stalls   []time.Duration
+	stop     chan struct{}
 }
 
 // StartKBSProxy proxies to the KBS at target (http://HOST:PORT).
@@ -279,7 +285,7 @@ func StartKBSProxy(t testing.TB, target string, opts KBSProxyOptions) *KBSProxy 
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &KBSProxy{requests: map[string]int{}}
+	p := &KBSProxy{requests: map[string]int{}, stop: make(chan struct{})}
 	foreign, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -329,7 +335,27 @@ func StartKBSProxy(t testing.TB, target string, opts KBSProxyOptions) *KBSProxy 
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.mu.Lock()
 		p.requests[r.Method+" "+r.URL.Path]++
+		stall := opts.StallFirst && p.requests[r.Method+" "+r.URL.Path] == 1
 		p.mu.Unlock()
+		if stall {
+			rec := httptest.NewRecorder()
+			rp.ServeHTTP(rec, r)
+			for k, v := range rec.Header() {
+				w.Header()[k] = v
+			}
+			w.WriteHeader(rec.Code)
+			w.Write(rec.Body.Bytes()[:rec.Body.Len()/2])
+			w.(http.Flusher).Flush()
+			start := time.Now()
+			select {
+			case <-r.Context().Done():
+				p.mu.Lock()
+				p.stalls = append(p.stalls, time.Since(start))
+				p.mu.Unlock()
+			case <-p.stop:
+			}
+			return
+		}
 		if r.URL.Path == "/kbs/v0/attest" && (opts.ReplayAttest || opts.SwapTeeKey || opts.InitData != "") {
 			body, err := io.ReadAll(r.Body)
 			if err != nil {
@@ -358,6 +384,7 @@ func StartKBSProxy(t testing.TB, target string, opts KBSProxyOptions) *KBSProxy 
 		rp.ServeHTTP(w, r)
 	}))
 	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(p.stop) })
 	p.URL = srv.URL
 	return p
 }
@@ -412,6 +439,14 @@ func (p *KBSProxy) Secrets() []string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return append([]string(nil), p.secrets...)
+}
+
+// Stalls says, for each stalled answer (StallFirst) its client gave up
+// on, how long the client waited.
+func (p *KBSProxy) Stalls() []time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]time.Duration(nil), p.stalls...)
 }
 
 // Requests is how many requests "METHOD /path" the proxy has relayed.

@@ -24,6 +24,7 @@ type Proxy struct {
 	rangeGets map[string]int // blob digest → GETs with Range
 	inFlight  int            // blob GETs being served now
 	maxFlight int            // the most ever served at once
+	stop      chan struct{}  // closed when the test ends: stalled answers return
 }
 
 // ProxyOptions say how a Proxy misbehaves.
@@ -48,6 +49,10 @@ type Fault struct {
 	RetryAfter string
 	// Cut closes the connection without answering.
 	Cut bool
+	// StallMidBlob answers, sends the first half of the blob, then sends
+	// nothing more, keeping the connection open until the client gives up
+	// on it (or the test ends).
+	StallMidBlob bool
 }
 
 // StartProxy proxies to the registry at host (plain http).
@@ -55,7 +60,7 @@ func StartProxy(t testing.TB, host string, opts ProxyOptions) *Proxy {
 	t.Helper()
 	target, _ := url.Parse("http://" + host)
 	rp := httputil.NewSingleHostReverseProxy(target)
-	p := &Proxy{opts: opts, fullGets: map[string]int{}, rangeGets: map[string]int{}}
+	p := &Proxy{opts: opts, fullGets: map[string]int{}, rangeGets: map[string]int{}, stop: make(chan struct{})}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if len(p.opts.BlobFaults) > 0 {
 			w.Header().Set("Connection", "close")
@@ -92,6 +97,9 @@ func StartProxy(t testing.TB, host string, opts ProxyOptions) *Proxy {
 				conn.Close()
 			}
 			return
+		case fault != nil && fault.StallMidBlob:
+			p.serveBlob(w, r, target, stallHalf)
+			return
 		case fault != nil:
 			if fault.RetryAfter != "" {
 				w.Header().Set("Retry-After", fault.RetryAfter)
@@ -103,16 +111,28 @@ func StartProxy(t testing.TB, host string, opts ProxyOptions) *Proxy {
 			rp.ServeHTTP(w, r)
 			return
 		}
-		p.serveBlob(w, r, target, drop)
+		how := whole
+		if drop {
+			how = dropHalf
+		}
+		p.serveBlob(w, r, target, how)
 	}))
 	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(p.stop) })
 	p.Host = strings.TrimPrefix(srv.URL, "http://")
 	return p
 }
 
-// serveBlob relays a blob, slowly if asked to; with drop it relays the
-// first half, then closes the connection without finishing the response.
-func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, target *url.URL, drop bool) {
+// How serveBlob ends a blob's answer.
+const (
+	whole     = iota
+	dropHalf  // the first half, then the connection is closed
+	stallHalf // the first half, then nothing until the client gives up
+)
+
+// serveBlob relays a blob, slowly if asked to, whole or its first half
+// only.
+func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, target *url.URL, how int) {
 	out := r.Clone(r.Context())
 	out.RequestURI = ""
 	out.URL.Scheme, out.URL.Host, out.Host = target.Scheme, target.Host, target.Host
@@ -127,7 +147,7 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, target *url.UR
 	}
 	w.WriteHeader(resp.StatusCode)
 	n := resp.ContentLength
-	if drop {
+	if how != whole {
 		n /= 2
 	}
 	var body io.Reader = io.LimitReader(resp.Body, n)
@@ -154,9 +174,15 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, target *url.UR
 		io.Copy(w, body)
 	}
 	w.(http.Flusher).Flush()
-	if drop {
+	switch how {
+	case dropHalf:
 		if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
 			conn.Close()
+		}
+	case stallHalf:
+		select {
+		case <-r.Context().Done():
+		case <-p.stop:
 		}
 	}
 }
