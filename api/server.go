@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"sync"
 	"time"
 
@@ -293,11 +294,12 @@ func (s nativeService) Status(ctx context.Context, _ *guestpullerv1.StatusReques
 		return nil, toStatus(err)
 	}
 	out := &guestpullerv1.StatusResponse{
-		Version:   s.opts.Version,
-		CacheRoot: c.Root(),
-		Images:    int64(len(l.Images)),
-		Layers:    int64(len(l.Layers)),
-		Bundles:   int64(len(l.Bundles)),
+		Version:    s.opts.Version,
+		CacheRoot:  c.Root(),
+		Images:     int64(len(l.Images)),
+		Layers:     int64(len(l.Layers)),
+		Bundles:    int64(len(l.Bundles)),
+		Goroutines: int64(runtime.NumGoroutine()),
 	}
 	for _, layer := range l.Layers {
 		out.LayerBytes += layer.Size

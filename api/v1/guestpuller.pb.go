@@ -374,13 +374,16 @@ func (*StatusRequest) Descriptor() ([]byte, []int) {
 }
 
 type StatusResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Version       string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
-	CacheRoot     string                 `protobuf:"bytes,2,opt,name=cache_root,json=cacheRoot,proto3" json:"cache_root,omitempty"`
-	Images        int64                  `protobuf:"varint,3,opt,name=images,proto3" json:"images,omitempty"`
-	Layers        int64                  `protobuf:"varint,4,opt,name=layers,proto3" json:"layers,omitempty"`
-	Bundles       int64                  `protobuf:"varint,5,opt,name=bundles,proto3" json:"bundles,omitempty"`
-	LayerBytes    int64                  `protobuf:"varint,6,opt,name=layer_bytes,json=layerBytes,proto3" json:"layer_bytes,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Version    string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
+	CacheRoot  string                 `protobuf:"bytes,2,opt,name=cache_root,json=cacheRoot,proto3" json:"cache_root,omitempty"`
+	Images     int64                  `protobuf:"varint,3,opt,name=images,proto3" json:"images,omitempty"`
+	Layers     int64                  `protobuf:"varint,4,opt,name=layers,proto3" json:"layers,omitempty"`
+	Bundles    int64                  `protobuf:"varint,5,opt,name=bundles,proto3" json:"bundles,omitempty"`
+	LayerBytes int64                  `protobuf:"varint,6,opt,name=layer_bytes,json=layerBytes,proto3" json:"layer_bytes,omitempty"`
+	// The daemon's goroutines now: steady while it serves, whatever it has
+	// served, unless something leaks.
+	Goroutines    int64 `protobuf:"varint,7,opt,name=goroutines,proto3" json:"goroutines,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -453,6 +456,13 @@ func (x *StatusResponse) GetBundles() int64 {
 func (x *StatusResponse) GetLayerBytes() int64 {
 	if x != nil {
 		return x.LayerBytes
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetGoroutines() int64 {
+	if x != nil {
+		return x.Goroutines
 	}
 	return 0
 }
@@ -808,7 +818,7 @@ const file_v1_guestpuller_proto_rawDesc = "" +
 	"\n" +
 	"signatures\x18\t \x03(\v2\x19.guestpuller.v1.SignatureR\n" +
 	"signatures\"\x0f\n" +
-	"\rStatusRequest\"\xb4\x01\n" +
+	"\rStatusRequest\"\xd4\x01\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x1d\n" +
 	"\n" +
@@ -817,7 +827,10 @@ const file_v1_guestpuller_proto_rawDesc = "" +
 	"\x06layers\x18\x04 \x01(\x03R\x06layers\x12\x18\n" +
 	"\abundles\x18\x05 \x01(\x03R\abundles\x12\x1f\n" +
 	"\vlayer_bytes\x18\x06 \x01(\x03R\n" +
-	"layerBytes\"\x13\n" +
+	"layerBytes\x12\x1e\n" +
+	"\n" +
+	"goroutines\x18\a \x01(\x03R\n" +
+	"goroutines\"\x13\n" +
 	"\x11ListImagesRequest\"]\n" +
 	"\x05Image\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\x12'\n" +

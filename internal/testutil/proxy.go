@@ -22,6 +22,7 @@ type Proxy struct {
 	opts      ProxyOptions
 	fullGets  map[string]int // blob digest → GETs without Range
 	rangeGets map[string]int // blob digest → GETs with Range
+	blobGets  int            // blob GETs so far, for DropEvery
 	inFlight  int            // blob GETs being served now
 	maxFlight int            // the most ever served at once
 	stop      chan struct{}  // closed when the test ends: stalled answers return
@@ -32,6 +33,9 @@ type ProxyOptions struct {
 	// DropFirst cuts the first full GET of every blob after half of its
 	// bytes.
 	DropFirst bool
+	// DropEvery, if set, cuts every DropEvery-th blob GET (of any blob,
+	// resumes included) after half of its bytes.
+	DropEvery int
 	// BytesPerSecond, if set, slows every blob download down to it.
 	BytesPerSecond int
 	// BlobFaults are played, in order, on the first GETs of every blob;
@@ -78,7 +82,9 @@ func StartProxy(t testing.TB, host string, opts ProxyOptions) *Proxy {
 		} else {
 			p.fullGets[dgst]++
 		}
-		drop := p.opts.DropFirst && !ranged && p.fullGets[dgst] == 1
+		p.blobGets++
+		drop := p.opts.DropFirst && !ranged && p.fullGets[dgst] == 1 ||
+			p.opts.DropEvery > 0 && p.blobGets%p.opts.DropEvery == 0
 		var fault *Fault
 		if n := p.fullGets[dgst] + p.rangeGets[dgst]; n <= len(p.opts.BlobFaults) {
 			fault = &p.opts.BlobFaults[n-1]
