@@ -32,30 +32,36 @@ type LoadOptions struct {
 type Policy struct {
 	def    []requirement
 	docker map[string][]requirement // scope → requirements; "" is the transport default
+	keys   *keyReader
 	// scopeNames maps a docker scope, its host spelled by refname.Scope,
 	// to the scope as the policy file wrote it (Decision.Scope).
 	scopeNames map[string]string
+
+	warnings []string
 }
 
-// Load parses and validates a policy. Every key it names is read and parsed
-// now, so a policy that loads cannot fail later for a missing key. Errors
-// wrap errdefs.ErrInvalidConfig.
+// Warnings lists what in the policy is valid but cannot do what its author
+// meant: docker scopes that no image reference can match ("busybox" for
+// docker.io/library/busybox), which containers/image accepts and never
+// applies. Callers show them to the user (policy check) or log them.
+func (p *Policy) Warnings() []string { return p.warnings }
+
+// Load parses and validates a policy. It reads no key: as in
+// containers/image, the keys, keyrings and CA bundles a requirement names are
+// read (through LoadOptions.Read) when that requirement is evaluated, so a
+// key that is missing or does not parse refuses the images of the scopes
+// that name it (exit 3, the reason naming the key) and no other. Errors wrap
+// errdefs.ErrInvalidConfig; ctx only cancels.
 //
-// Besides containers-policy.json(5) as containers/image reads it, Load
-// refuses a few things containers/image lets pass but that can only be
-// mistakes: unknown transport names, docker scopes that can never match
-// (not fully expanded, such as "busybox"), JSON nulls, empty strings and
-// empty key lists, and the same public key twice in one sigstoreThreshold.
+// Load reads containers-policy.json(5) as containers/image does, with the
+// differences the README lists under "Differences from containers/image":
+// it refuses unknown transport names, JSON nulls, empty strings and empty
+// key lists, where containers/image lets them pass.
 func Load(ctx context.Context, data []byte, opts LoadOptions) (*Policy, error) {
-	p, err := load(ctx, data, opts)
-	if err != nil {
-		if ctxErr := ctx.Err(); ctxErr != nil {
-			// A canceled key read says nothing about the file.
-			return nil, fmt.Errorf("policy: %w", ctxErr)
-		}
-		return nil, err
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("policy: %w", err)
 	}
-	return p, nil
+	return load(data, opts)
 }
 
 // Claim is what one signature asserts, once verify/ has checked it

@@ -7,11 +7,16 @@
 // caller's ReadFunc, and signatures are reached through the Evidence
 // interface that verify/ implements. policy decides; verify only checks.
 //
-// Everything that can be checked is checked at Load: every key, keyring
-// and CA bundle is read and parsed then, so evaluation never fails for a
-// configuration reason. What parses but cannot be verified here refuses
+// Load checks the structure (fields, types, requirement and identity types,
+// transport scopes) and reads no key. As in containers/image, the keys,
+// keyrings and CA bundles a requirement names are read and parsed when that
+// requirement is evaluated: a key that is missing or does not parse refuses
+// the images of the scopes that name it, with a reason naming the key, and
+// affects no other scope. What parses but cannot be verified here refuses
 // the image at evaluation, with a reason: keyless sigstore (fulcio, pki,
 // rekor), signedBy key types other than GPGKeys, and signedBaseLayer.
+// Docker scopes are any string, as in containers/image; those no reference
+// can match are reported by Policy.Warnings.
 //
 // Scope lookup for the docker transport tries, most specific first, the
 // image's reference with its tag or digest, its repository, each parent

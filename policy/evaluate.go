@@ -23,6 +23,7 @@ import (
 type evaluation struct {
 	img      Image
 	intended reference.Named
+	keys     *keyReader
 	sigstore map[string]lookup   // by publicKey.id
 	gpg      map[[32]byte]lookup // by SHA-256 of the keyring
 }
@@ -77,6 +78,7 @@ func (p *Policy) evaluate(ctx context.Context, img Image) (*Decision, error) {
 	ev := &evaluation{
 		img:      img,
 		intended: intended,
+		keys:     p.keys,
 		sigstore: map[string]lookup{},
 		gpg:      map[[32]byte]lookup{},
 	}
@@ -267,8 +269,13 @@ func (r *signedBy) evaluate(ctx context.Context, ev *evaluation) (RequirementRes
 		res.Reason = fmt.Sprintf("keyType %q is not implemented (as in containers/image)", r.keyType)
 		return res, nil
 	}
+	keyrings, err := ev.keys.keyrings(ctx, r.keyrings)
+	if err != nil {
+		res.Reason = err.Error()
+		return res, nil
+	}
 	c := &keyCheck{}
-	for _, kr := range r.keyrings {
+	for _, kr := range keyrings {
 		res := SignatureResult{KeyName: kr.name, KeyID: strings.Join(kr.fingerprints, ",")}
 		claims, err := ev.gpgClaims(ctx, kr)
 		if err == nil {
@@ -290,11 +297,22 @@ func (r *signedBy) evaluate(ctx context.Context, ev *evaluation) (RequirementRes
 
 func (r *sigstoreSigned) evaluate(ctx context.Context, ev *evaluation) (RequirementResult, []SignatureResult) {
 	res := RequirementResult{Type: TypeSigstoreSigned}
+	keys, err := ev.keys.publicKeys(ctx, r.keys)
+	if err == nil {
+		err = ev.keys.certificates(ctx, r.cas)
+	}
+	if err == nil {
+		err = ev.keys.rekorKeys(ctx, r.rekor)
+	}
+	if err != nil {
+		res.Reason = err.Error()
+		return res, nil
+	}
 	if r.keyless != "" {
 		res.Reason = fmt.Sprintf("keyless sigstore verification is not supported (%s)", r.keyless)
 		return res, nil
 	}
-	c := ev.checkSigstore(ctx, r.keys, r.identity)
+	c := ev.checkSigstore(ctx, keys, r.identity)
 	if c.err == nil && len(c.verified) > 0 {
 		res.OK, res.Reason = true, "signed by "+strings.Join(c.verified, ", ")
 	} else {
@@ -305,9 +323,21 @@ func (r *sigstoreSigned) evaluate(ctx context.Context, ev *evaluation) (Requirem
 
 func (r *sigstoreThreshold) evaluate(ctx context.Context, ev *evaluation) (RequirementResult, []SignatureResult) {
 	res := RequirementResult{Type: TypeSigstoreThreshold}
-	c := ev.checkSigstore(ctx, r.keys, r.identity)
-	// Keys are distinct (Load refuses the same key twice), and each
-	// counts once however many signatures it made.
+	keys, err := ev.keys.publicKeys(ctx, r.keys)
+	if err != nil {
+		res.Reason = err.Error()
+		return res, nil
+	}
+	// The same key under two names would count twice toward the threshold.
+	byID := map[string]string{}
+	for _, k := range keys {
+		if other, dup := byID[k.id]; dup {
+			res.Reason = fmt.Sprintf("keys %q and %q are the same public key: each signer must count once", other, k.name)
+			return res, nil
+		}
+		byID[k.id] = k.name
+	}
+	c := ev.checkSigstore(ctx, keys, r.identity)
 	signed := fmt.Sprintf("%d of %d keys signed", len(c.verified), len(r.keys))
 	if len(c.verified) > 0 {
 		signed += " (" + strings.Join(c.verified, ", ") + ")"

@@ -381,10 +381,11 @@ func TestSigstoreSigned(t *testing.T) {
 
 	t.Run("keyless is refused", func(t *testing.T) {
 		writeFile(t, dir, "ca.pem", newCACert(t))
+		writeFile(t, dir, "rekor.pub", newKey(t, "p256").pem)
 		for _, req := range []string{
-			`{"type":"sigstoreSigned","fulcio":{"caPath":"ca.pem","oidcIssuer":"https://issuer","subjectEmail":"a@example.com"},"rekorPublicKeyPath":"a.pub"}`,
+			`{"type":"sigstoreSigned","fulcio":{"caPath":"ca.pem","oidcIssuer":"https://issuer","subjectEmail":"a@example.com"},"rekorPublicKeyPath":"rekor.pub"}`,
 			`{"type":"sigstoreSigned","pki":{"caRootsPath":"ca.pem","subjectEmail":"a@example.com"}}`,
-			`{"type":"sigstoreSigned","keyPath":"a.pub","rekorPublicKeyPath":"b.pub"}`,
+			`{"type":"sigstoreSigned","keyPath":"a.pub","rekorPublicKeyPath":"rekor.pub"}`,
 		} {
 			p := mustLoad(t, `{"default":[`+req+`]}`, dir)
 			ev := (&memEvidence{}).sign(t, a, "example.com/app:v1", d)

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/ecdsa"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
@@ -15,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/ProtonMail/go-crypto/openpgp/armor"
@@ -25,20 +27,57 @@ import (
 // ReadFunc can fetch it.
 const kbsScheme = "kbs://"
 
-// loader reads the files a policy names. Each file is read once per Load,
-// however many requirements name it.
-type loader struct {
-	baseDir string
-	read    ReadFunc
-	files   map[string][]byte
+// keySource is one key, keyring or CA bundle that a policy field names: a
+// file (local or kbs://) or inline data. Nothing is read at Load: as in
+// containers/image, a key is read when a requirement that needs it is
+// evaluated, so a missing or bad key fails only the decisions of the scopes
+// that name it.
+type keySource struct {
+	name string // as reported: the path as written in the policy, or keyData[i]
+	at   string // where the policy names it: transports.docker["x"][0].keyPath
+	path string // the path as written, "" for inline data
+	data []byte // inline data
 }
 
-func newLoader(opts LoadOptions) *loader {
-	l := &loader{baseDir: opts.BaseDir, read: opts.Read, files: map[string][]byte{}}
-	if l.read == nil {
-		l.read = readLocal
+// keyError is why a key could not be used. Its message names the key (its
+// path as written, or its keyData entry) and where the policy names it.
+type keyError struct {
+	src keySource
+	err error
+}
+
+func (e *keyError) Error() string {
+	switch {
+	case e.src.path == "":
+		return fmt.Sprintf("key %s (%s): %v", e.src.name, e.src.at, e.err)
+	case e.src.path == e.src.name:
+		return fmt.Sprintf("key file %q (%s): %v", e.src.path, e.src.at, e.err)
+	default:
+		return fmt.Sprintf("key %q, file %q (%s): %v", e.src.name, e.src.path, e.src.at, e.err)
 	}
-	return l
+}
+
+func (e *keyError) Unwrap() error { return e.err }
+
+// keyReader reads the key files of one policy. Local files are read on
+// every evaluation that needs them, as containers/image does, so a key
+// replaced on disk takes effect without reloading the policy; kbs://
+// resources are remembered once read, since each read is a round trip to
+// the KBS (after attestation).
+type keyReader struct {
+	baseDir string
+	read    ReadFunc
+
+	mu  sync.Mutex
+	kbs map[string][]byte
+}
+
+func newKeyReader(opts LoadOptions) *keyReader {
+	r := &keyReader{baseDir: opts.BaseDir, read: opts.Read, kbs: map[string][]byte{}}
+	if r.read == nil {
+		r.read = readLocal
+	}
+	return r
 }
 
 func readLocal(_ context.Context, path string) ([]byte, error) {
@@ -48,20 +87,104 @@ func readLocal(_ context.Context, path string) ([]byte, error) {
 	return os.ReadFile(path)
 }
 
-// file reads path, relative paths being relative to the policy's directory.
-func (l *loader) file(ctx context.Context, path string) ([]byte, error) {
-	if !strings.HasPrefix(path, kbsScheme) && !filepath.IsAbs(path) {
-		path = filepath.Join(l.baseDir, path)
+// bytes returns the content of src: its inline data, or its file, relative
+// paths being relative to the policy's directory.
+func (r *keyReader) bytes(ctx context.Context, src keySource) ([]byte, error) {
+	if src.path == "" {
+		return src.data, nil
 	}
-	if data, ok := l.files[path]; ok {
-		return data, nil
+	path := src.path
+	isKBS := strings.HasPrefix(path, kbsScheme)
+	if !isKBS && !filepath.IsAbs(path) {
+		path = filepath.Join(r.baseDir, path)
 	}
-	data, err := l.read(ctx, path)
+	if isKBS {
+		r.mu.Lock()
+		data, ok := r.kbs[path]
+		r.mu.Unlock()
+		if ok {
+			return data, nil
+		}
+	}
+	data, err := r.read(ctx, path)
 	if err != nil {
-		return nil, err
+		return nil, &keyError{src, err}
 	}
-	l.files[path] = data
+	if isKBS {
+		r.mu.Lock()
+		r.kbs[path] = data
+		r.mu.Unlock()
+	}
 	return data, nil
+}
+
+// publicKeys reads and parses sigstore public keys. Any key that cannot be
+// read or parsed is an error: a requirement is not decided on part of its
+// keys.
+func (r *keyReader) publicKeys(ctx context.Context, srcs []keySource) ([]publicKey, error) {
+	keys := make([]publicKey, 0, len(srcs))
+	for _, src := range srcs {
+		data, err := r.bytes(ctx, src)
+		if err != nil {
+			return nil, err
+		}
+		pub, id, err := parsePublicKey(data)
+		if err != nil {
+			return nil, &keyError{src, err}
+		}
+		keys = append(keys, publicKey{name: src.name, id: id, pub: pub})
+	}
+	return keys, nil
+}
+
+// keyrings reads and parses GPG keyrings.
+func (r *keyReader) keyrings(ctx context.Context, srcs []keySource) ([]gpgKeyring, error) {
+	if len(srcs) == 0 {
+		return nil, errors.New("the requirement lists no keyring")
+	}
+	krs := make([]gpgKeyring, 0, len(srcs))
+	for _, src := range srcs {
+		data, err := r.bytes(ctx, src)
+		if err != nil {
+			return nil, err
+		}
+		fprs, err := parseKeyring(data)
+		if err != nil {
+			return nil, &keyError{src, err}
+		}
+		krs = append(krs, gpgKeyring{name: src.name, fingerprints: fprs, data: data})
+	}
+	return krs, nil
+}
+
+// certificates reads and parses CA bundles (fulcio's CA, pki's roots and
+// intermediates).
+func (r *keyReader) certificates(ctx context.Context, srcs []keySource) error {
+	for _, src := range srcs {
+		data, err := r.bytes(ctx, src)
+		if err != nil {
+			return err
+		}
+		if _, err := parseCertificates(data); err != nil {
+			return &keyError{src, err}
+		}
+	}
+	return nil
+}
+
+// rekorKeys reads and parses Rekor public keys, which containers/image
+// requires to be ECDSA.
+func (r *keyReader) rekorKeys(ctx context.Context, srcs []keySource) error {
+	keys, err := r.publicKeys(ctx, srcs)
+	if err != nil {
+		return err
+	}
+	for i, k := range keys {
+		if _, ok := k.pub.(*ecdsa.PublicKey); !ok {
+			return &keyError{srcs[i], errors.New("a Rekor public key must be ECDSA")}
+		}
+	}
+	return nil
 }
 
 // publicKey is one sigstore public key of the policy.

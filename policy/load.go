@@ -2,7 +2,6 @@ package policy
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,7 +11,7 @@ import (
 	"github.com/guest-puller/guest-puller/internal/refname"
 )
 
-func load(ctx context.Context, data []byte, opts LoadOptions) (*Policy, error) {
+func load(data []byte, opts LoadOptions) (*Policy, error) {
 	if err := checkSyntax(data); err != nil {
 		return nil, invalid("", err)
 	}
@@ -31,9 +30,8 @@ func load(ctx context.Context, data []byte, opts LoadOptions) (*Policy, error) {
 		return nil, invalidf("", `missing field "default"`)
 	}
 
-	l := newLoader(opts)
-	p := &Policy{docker: map[string][]requirement{}, scopeNames: map[string]string{}}
-	if p.def, err = parseRequirements(ctx, l, rawDefault, "default"); err != nil {
+	p := &Policy{docker: map[string][]requirement{}, scopeNames: map[string]string{}, keys: newKeyReader(opts)}
+	if p.def, err = parseRequirements(rawDefault, "default"); err != nil {
 		return nil, err
 	}
 	if !hasTransports {
@@ -65,17 +63,21 @@ func load(ctx context.Context, data []byte, opts LoadOptions) (*Policy, error) {
 				if err := validate(key); err != nil {
 					return nil, invalidf(at, "invalid %s scope: %w", transport, err)
 				}
+				if transport == "docker" && !dockerScopeCanMatch(key) {
+					p.warnings = append(p.warnings, fmt.Sprintf("%s: no image can match this scope: docker scopes are fully expanded names (docker.io/library/busybox, registry.example.com:5000/ns) or *.domain", at))
+				}
 			}
 			if first, dup := p.scopeNames[key]; dup && transport == "docker" {
 				return nil, invalidf(at, "scope %q names the same registry and repository as %q", scope, first)
 			}
 			raw, _ := scopes.raw(scope)
-			reqs, err := parseRequirements(ctx, l, raw, at)
+			reqs, err := parseRequirements(raw, at)
 			if err != nil {
 				return nil, err
 			}
-			// Other transports are validated in full, keys included, but
-			// guest-puller only pulls from registries.
+			// Other transports are validated as containers/image
+			// validates them, but guest-puller only pulls from
+			// registries.
 			if transport == "docker" {
 				p.docker[key] = reqs
 				p.scopeNames[key] = scope

@@ -34,7 +34,7 @@ type (
 	// containers/image's four; only GPGKeys is implemented (as there).
 	signedBy struct {
 		keyType  string
-		keyrings []gpgKeyring
+		keyrings []keySource
 		identity identityMatcher
 	}
 
@@ -45,10 +45,14 @@ type (
 	// sigstoreSigned accepts an image signed by any one of keys. keyless
 	// is set for fulcio, pki or rekor configurations, which parse but are
 	// refused at evaluation: their checks need data (certificate chains,
-	// transparency-log entries) that Evidence does not carry.
+	// transparency-log entries) that Evidence does not carry. Their CA
+	// bundles and Rekor keys are still read then, so that a missing file
+	// is reported as such.
 	sigstoreSigned struct {
-		keys     []publicKey
+		keys     []keySource
 		keyless  string
+		cas      []keySource // fulcio or pki CA bundles
+		rekor    []keySource
 		identity identityMatcher
 	}
 
@@ -57,30 +61,30 @@ type (
 	encrypted struct{ any bool }
 
 	// sigstoreThreshold holds when at least threshold distinct keys of
-	// keys signed the image.
+	// keys signed the image. Each source's name is the key's name.
 	sigstoreThreshold struct {
 		threshold int
-		keys      []publicKey
+		keys      []keySource
 		identity  identityMatcher
 	}
 )
 
 // parseRequirements reads a non-empty requirement list.
-func parseRequirements(ctx context.Context, l *loader, raw json.RawMessage, at string) ([]requirement, error) {
+func parseRequirements(raw json.RawMessage, at string) ([]requirement, error) {
 	elems, err := decodeArray(raw, at)
 	if err != nil {
 		return nil, err
 	}
 	reqs := make([]requirement, len(elems))
 	for i, elem := range elems {
-		if reqs[i], err = parseRequirement(ctx, l, elem, fmt.Sprintf("%s[%d]", at, i)); err != nil {
+		if reqs[i], err = parseRequirement(elem, fmt.Sprintf("%s[%d]", at, i)); err != nil {
 			return nil, err
 		}
 	}
 	return reqs, nil
 }
 
-func parseRequirement(ctx context.Context, l *loader, raw json.RawMessage, at string) (requirement, error) {
+func parseRequirement(raw json.RawMessage, at string) (requirement, error) {
 	o, err := readObject(raw, at)
 	if err != nil {
 		return nil, err
@@ -96,15 +100,15 @@ func parseRequirement(ctx context.Context, l *loader, raw json.RawMessage, at st
 	case TypeReject:
 		r = reject{}
 	case TypeSignedBy:
-		r, err = parseSignedBy(ctx, l, o)
+		r, err = parseSignedBy(o)
 	case TypeSignedBaseLayer:
 		r, err = parseSignedBaseLayer(o)
 	case TypeSigstoreSigned:
-		r, err = parseSigstoreSigned(ctx, l, o)
+		r, err = parseSigstoreSigned(o)
 	case TypeEncrypted:
 		r, err = parseEncrypted(o)
 	case TypeSigstoreThreshold:
-		r, err = parseThreshold(ctx, l, o)
+		r, err = parseThreshold(o)
 	default:
 		return nil, invalidf(o.field("type"), "unknown requirement type %q", typ)
 	}
@@ -141,23 +145,11 @@ func exactlyOne(o *object, names ...string) (string, error) {
 	return got[0], nil
 }
 
-// keyItem is one key (or keyring, or CA bundle) a policy field names.
-type keyItem struct {
-	name string // for SignatureResult: the path as written, or keyData[i]
-	at   string // for errors: where in the file
-	data []byte
-}
-
-// invalid is a policy error about the key it holds, naming the file (or
-// the keyData entry) as well as where the policy names it.
-func (it keyItem) invalid(err error) error {
-	return invalid(it.at, fmt.Errorf("%w in %q", err, it.name))
-}
-
-// keyItems reads the keys named by field of o, which is a path (keyPath),
-// a list of paths (keyPaths), inline base64 (keyData) or a list of it
-// (keyDatas), or the rekorPublicKey… forms of the same.
-func keyItems(ctx context.Context, l *loader, o *object, field string) ([]keyItem, error) {
+// keySources returns the keys named by field of o, which is a path
+// (keyPath), a list of paths (keyPaths), inline base64 (keyData) or a list
+// of it (keyDatas), or the rekorPublicKey… forms of the same. Nothing is
+// read: see keySource.
+func keySources(o *object, field string) ([]keySource, error) {
 	at := o.field(field)
 	switch field {
 	case "keyPath", "rekorPublicKeyPath":
@@ -165,45 +157,38 @@ func keyItems(ctx context.Context, l *loader, o *object, field string) ([]keyIte
 		if err != nil {
 			return nil, err
 		}
-		data, err := l.file(ctx, p)
-		if err != nil {
-			return nil, invalidf(at, "%q: %w", p, err)
-		}
-		return []keyItem{{name: p, at: at, data: data}}, nil
+		return []keySource{{name: p, at: at, path: p}}, nil
 	case "keyPaths", "rekorPublicKeyPaths":
 		paths, _, err := o.strs(field)
 		if err != nil {
 			return nil, err
 		}
-		items := make([]keyItem, len(paths))
+		srcs := make([]keySource, len(paths))
 		for i, p := range paths {
-			items[i] = keyItem{name: p, at: fmt.Sprintf("%s[%d]", at, i)}
-			if items[i].data, err = l.file(ctx, p); err != nil {
-				return nil, invalidf(items[i].at, "%q: %w", p, err)
-			}
+			srcs[i] = keySource{name: p, at: fmt.Sprintf("%s[%d]", at, i), path: p}
 		}
-		return items, nil
+		return srcs, nil
 	case "keyData", "rekorPublicKeyData":
 		b, _, err := o.bytes(field)
 		if err != nil {
 			return nil, err
 		}
-		return []keyItem{{name: "keyData[0]", at: at, data: b}}, nil
+		return []keySource{{name: "keyData[0]", at: at, data: b}}, nil
 	case "keyDatas", "rekorPublicKeyDatas":
 		datas, _, err := o.bytesList(field)
 		if err != nil {
 			return nil, err
 		}
-		items := make([]keyItem, len(datas))
+		srcs := make([]keySource, len(datas))
 		for i, b := range datas {
-			items[i] = keyItem{name: fmt.Sprintf("keyData[%d]", i), at: fmt.Sprintf("%s[%d]", at, i), data: b}
+			srcs[i] = keySource{name: fmt.Sprintf("keyData[%d]", i), at: fmt.Sprintf("%s[%d]", at, i), data: b}
 		}
-		return items, nil
+		return srcs, nil
 	}
 	return nil, invalidf(at, "not a key field") // unreachable: callers pass the names above
 }
 
-func parseSignedBy(ctx context.Context, l *loader, o *object) (requirement, error) {
+func parseSignedBy(o *object) (requirement, error) {
 	keyType, err := o.requiredStr("keyType")
 	if err != nil {
 		return nil, err
@@ -217,21 +202,9 @@ func parseSignedBy(ctx context.Context, l *loader, o *object) (requirement, erro
 	if err != nil {
 		return nil, err
 	}
-	items, err := keyItems(ctx, l, o, field)
-	if err != nil {
-		return nil, err
-	}
 	r := &signedBy{keyType: keyType}
-	for _, it := range items {
-		kr := gpgKeyring{name: it.name, data: it.data}
-		// Keys of the unimplemented types are read (so they cannot go
-		// missing later) but not parsed: evaluation refuses them anyway.
-		if keyType == "GPGKeys" {
-			if kr.fingerprints, err = parseKeyring(it.data); err != nil {
-				return nil, it.invalid(err)
-			}
-		}
-		r.keyrings = append(r.keyrings, kr)
+	if r.keyrings, err = keySources(o, field); err != nil {
+		return nil, err
 	}
 	if r.identity, err = identityField(o); err != nil {
 		return nil, err
@@ -250,7 +223,9 @@ func parseSignedBaseLayer(o *object) (requirement, error) {
 	return signedBaseLayer{}, nil
 }
 
-func parseSigstoreSigned(ctx context.Context, l *loader, o *object) (requirement, error) {
+var rekorFields = []string{"rekorPublicKeyPath", "rekorPublicKeyPaths", "rekorPublicKeyData", "rekorPublicKeyDatas"}
+
+func parseSigstoreSigned(o *object) (requirement, error) {
 	field, err := exactlyOne(o, "keyPath", "keyPaths", "keyData", "keyDatas", "fulcio", "pki")
 	if err != nil {
 		return nil, err
@@ -258,51 +233,39 @@ func parseSigstoreSigned(ctx context.Context, l *loader, o *object) (requirement
 	r := &sigstoreSigned{}
 	switch field {
 	case "fulcio":
-		if err := parseFulcio(ctx, l, o); err != nil {
+		if r.cas, err = parseFulcio(o); err != nil {
 			return nil, err
 		}
 		r.keyless = "fulcio"
 	case "pki":
-		if err := parsePKI(ctx, l, o); err != nil {
+		if r.cas, err = parsePKI(o); err != nil {
 			return nil, err
 		}
 		r.keyless = "pki"
 	default:
-		items, err := keyItems(ctx, l, o, field)
-		if err != nil {
+		if r.keys, err = keySources(o, field); err != nil {
 			return nil, err
-		}
-		for _, it := range items {
-			pub, id, err := parsePublicKey(it.data)
-			if err != nil {
-				return nil, it.invalid(err)
-			}
-			r.keys = append(r.keys, publicKey{name: it.name, id: id, pub: pub})
 		}
 	}
 
-	rekor := []string{"rekorPublicKeyPath", "rekorPublicKeyPaths", "rekorPublicKeyData", "rekorPublicKeyDatas"}
 	var rekorField string
-	for _, f := range rekor {
+	for _, f := range rekorFields {
 		if o.has(f) {
 			if rekorField != "" {
-				return nil, invalidf(o.at, "at most one of %s may be specified", strings.Join(rekor, ", "))
+				return nil, invalidf(o.at, "at most one of %s may be specified", strings.Join(rekorFields, ", "))
 			}
 			rekorField = f
 		}
 	}
-	if field == "fulcio" && rekorField == "" {
-		return nil, invalidf(o.at, "fulcio needs one of %s", strings.Join(rekor, ", "))
+	switch {
+	case field == "fulcio" && rekorField == "":
+		return nil, invalidf(o.at, "fulcio needs one of %s", strings.Join(rekorFields, ", "))
+	case field == "pki" && rekorField != "":
+		return nil, invalidf(o.field(rekorField), "pki does not take a Rekor key (containers/image does not support Rekor with pki)")
 	}
 	if rekorField != "" {
-		items, err := keyItems(ctx, l, o, rekorField)
-		if err != nil {
+		if r.rekor, err = keySources(o, rekorField); err != nil {
 			return nil, err
-		}
-		for _, it := range items {
-			if _, _, err := parsePublicKey(it.data); err != nil {
-				return nil, it.invalid(err)
-			}
 		}
 		if r.keyless == "" {
 			r.keyless = "rekor"
@@ -315,82 +278,73 @@ func parseSigstoreSigned(ctx context.Context, l *loader, o *object) (requirement
 }
 
 // caField reads one CA bundle given as a path or inline base64 PEM.
-func caField(ctx context.Context, l *loader, o *object, pathField, dataField string, required bool) error {
+func caField(o *object, pathField, dataField string, required bool) ([]keySource, error) {
 	hasPath, hasData := o.has(pathField), o.has(dataField)
 	switch {
 	case hasPath && hasData:
-		return invalidf(o.at, "%s and %s cannot be used together", pathField, dataField)
+		return nil, invalidf(o.at, "%s and %s cannot be used together", pathField, dataField)
 	case !hasPath && !hasData:
 		if required {
-			return invalidf(o.at, "one of %s and %s must be specified", pathField, dataField)
+			return nil, invalidf(o.at, "one of %s and %s must be specified", pathField, dataField)
 		}
-		return nil
+		return nil, nil
+	case hasPath:
+		p, _, err := o.str(pathField)
+		if err != nil {
+			return nil, err
+		}
+		return []keySource{{name: p, at: o.field(pathField), path: p}}, nil
+	default:
+		b, _, err := o.bytes(dataField)
+		if err != nil {
+			return nil, err
+		}
+		return []keySource{{name: dataField, at: o.field(dataField), data: b}}, nil
 	}
-	var (
-		data []byte
-		err  error
-		at   string
-	)
-	if hasPath {
-		at = o.field(pathField)
-		var p string
-		if p, _, err = o.str(pathField); err != nil {
-			return err
-		}
-		if data, err = l.file(ctx, p); err != nil {
-			return invalidf(at, "%q: %w", p, err)
-		}
-	} else {
-		at = o.field(dataField)
-		if data, _, err = o.bytes(dataField); err != nil {
-			return err
-		}
-	}
-	if _, err := parseCertificates(data); err != nil {
-		return invalid(at, err)
-	}
-	return nil
 }
 
-func parseFulcio(ctx context.Context, l *loader, parent *object) error {
+func parseFulcio(parent *object) ([]keySource, error) {
 	o, _, err := parent.obj("fulcio")
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if err := caField(ctx, l, o, "caPath", "caData", true); err != nil {
-		return err
+	ca, err := caField(o, "caPath", "caData", true)
+	if err != nil {
+		return nil, err
 	}
 	for _, f := range []string{"oidcIssuer", "subjectEmail"} {
 		if _, err := o.requiredStr(f); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	return o.done()
+	return ca, o.done()
 }
 
-func parsePKI(ctx context.Context, l *loader, parent *object) error {
+func parsePKI(parent *object) ([]keySource, error) {
 	o, _, err := parent.obj("pki")
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if err := caField(ctx, l, o, "caRootsPath", "caRootsData", true); err != nil {
-		return err
+	roots, err := caField(o, "caRootsPath", "caRootsData", true)
+	if err != nil {
+		return nil, err
 	}
-	if err := caField(ctx, l, o, "caIntermediatesPath", "caIntermediatesData", false); err != nil {
-		return err
+	intermediates, err := caField(o, "caIntermediatesPath", "caIntermediatesData", false)
+	if err != nil {
+		return nil, err
 	}
 	_, hasEmail, err := o.str("subjectEmail")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	_, hasHost, err := o.str("subjectHostname")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if !hasEmail && !hasHost {
-		return invalidf(o.at, "at least one of subjectEmail and subjectHostname must be specified")
+		return nil, invalidf(o.at, "at least one of subjectEmail and subjectHostname must be specified")
 	}
-	return o.done()
+	return append(roots, intermediates...), o.done()
 }
 
 func parseEncrypted(o *object) (requirement, error) {
@@ -408,7 +362,7 @@ func parseEncrypted(o *object) (requirement, error) {
 	}
 }
 
-func parseThreshold(ctx context.Context, l *loader, o *object) (requirement, error) {
+func parseThreshold(o *object) (requirement, error) {
 	n, ok, err := o.integer("threshold")
 	if err != nil {
 		return nil, err
@@ -429,21 +383,16 @@ func parseThreshold(ctx context.Context, l *loader, o *object) (requirement, err
 	}
 	r := &sigstoreThreshold{threshold: n}
 	names := map[string]bool{}
-	ids := map[string]string{}
 	for i, elem := range elems {
-		k, err := parseThresholdKey(ctx, l, elem, fmt.Sprintf("%s[%d]", o.field("keys"), i))
+		at := fmt.Sprintf("%s[%d]", o.field("keys"), i)
+		k, err := parseThresholdKey(elem, at)
 		if err != nil {
 			return nil, err
 		}
 		if names[k.name] {
-			return nil, invalidf(fmt.Sprintf("%s[%d].name", o.field("keys"), i), "duplicate key name %q", k.name)
+			return nil, invalidf(at+".name", "duplicate key name %q", k.name)
 		}
-		// The same key under two names would count twice toward the
-		// threshold.
-		if other, dup := ids[k.id]; dup {
-			return nil, invalidf(fmt.Sprintf("%s[%d]", o.field("keys"), i), "key %q is the same public key as %q", k.name, other)
-		}
-		names[k.name], ids[k.id] = true, k.name
+		names[k.name] = true
 		r.keys = append(r.keys, k)
 	}
 	if r.identity, err = identityField(o); err != nil {
@@ -452,29 +401,29 @@ func parseThreshold(ctx context.Context, l *loader, o *object) (requirement, err
 	return r, nil
 }
 
-func parseThresholdKey(ctx context.Context, l *loader, raw json.RawMessage, at string) (publicKey, error) {
+// parseThresholdKey reads one {"name", "keyPath"|"keyData"} entry; the
+// source carries the key's name.
+func parseThresholdKey(raw json.RawMessage, at string) (keySource, error) {
 	o, err := readObject(raw, at)
 	if err != nil {
-		return publicKey{}, err
+		return keySource{}, err
 	}
 	name, err := o.requiredStr("name")
 	if err != nil {
-		return publicKey{}, err
+		return keySource{}, err
 	}
 	field, err := exactlyOne(o, "keyPath", "keyData")
 	if err != nil {
-		return publicKey{}, err
+		return keySource{}, err
 	}
-	items, err := keyItems(ctx, l, o, field)
+	srcs, err := keySources(o, field)
 	if err != nil {
-		return publicKey{}, err
-	}
-	pub, id, err := parsePublicKey(items[0].data)
-	if err != nil {
-		return publicKey{}, items[0].invalid(err)
+		return keySource{}, err
 	}
 	if err := o.done(); err != nil {
-		return publicKey{}, err
+		return keySource{}, err
 	}
-	return publicKey{name: name, id: id, pub: pub}, nil
+	src := srcs[0]
+	src.name = name
+	return src, nil
 }

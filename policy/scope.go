@@ -22,97 +22,30 @@ const (
 )
 
 // transportScopeValidators are the transports containers/image knows, each
-// with its check of a non-empty scope name. A section for any other
-// transport is refused: it could only be a typo, and a typo in a policy
-// must not pass silently.
+// with its check of a non-empty scope name, which is containers/image's own
+// (ValidatePolicyConfigurationScope). A section for any other transport is
+// refused where containers/image accepts it unchecked: it could only be a
+// typo, and a typo in a policy must not pass silently.
 var transportScopeValidators = map[string]func(scope string) error{
-	"docker":             validateDockerScope,
+	"docker":             anyScope,
 	"atomic":             validateAtomicScope,
 	"containers-storage": validateStorageScope,
 	"dir":                validatePathScope,
 	"oci":                validatePathScope,
 	"oci-archive":        validatePathScope,
-	"ostree":             validateOSTreeScope,
+	"sif":                validatePathScope,
+	"ostree":             anyScope, // a stub in containers/image: the transport was removed
+	"docker-daemon":      validateDaemonScope,
 	"docker-archive":     onlyDefaultScope,
-	"docker-daemon":      onlyDefaultScope,
-	"sif":                onlyDefaultScope,
 	"tarball":            onlyDefaultScope,
 }
 
-var (
-	anchoredDomain   = regexp.MustCompile(`^` + reference.DomainRegexp.String() + `$`)
-	anchoredTag      = regexp.MustCompile(`^` + reference.TagRegexp.String() + `$`)
-	pathComponent    = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*$`)
-	wildcardHostname = regexp.MustCompile(`^(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])(?:\.(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*$`)
-	atomicScope      = regexp.MustCompile(`^[^/]*(/[^:/]*(/[^:/]*(:[^:/]*)?)?)?$`)
-)
+var atomicScope = regexp.MustCompile(`^[^/]*(/[^:/]*(/[^:/]*(:[^:/]*)?)?)?$`)
 
-// validateDockerScope accepts what a lookup of a docker reference can
-// produce (see dockerScopes): host[:port][/path...][:tag|@digest] in the
-// fully expanded form, or *.domain. containers/image accepts any string
-// here and lets a mistyped scope never match; we refuse it instead, since a
-// scope like "busybox" (meant as docker.io/library/busybox) silently
-// falling through to a laxer default is exactly the mistake a policy must
-// not allow.
-func validateDockerScope(scope string) error {
-	if rest, ok := strings.CutPrefix(scope, "*."); ok {
-		if !wildcardHostname.MatchString(rest) {
-			return errors.New("a wildcard scope must be *. followed by a domain name without port or path, such as *.example.com")
-		}
-		return nil
-	}
-	name, dgst, hasDigest := strings.Cut(scope, "@")
-	host, path, hasPath := strings.Cut(name, "/")
-	if !anchoredDomain.MatchString(host) {
-		return fmt.Errorf("%q is not a registry host name", host)
-	}
-	if host == "index.docker.io" {
-		return errors.New("scopes use the fully expanded form: write docker.io instead of index.docker.io")
-	}
-	if !isRegistryHost(host) {
-		return fmt.Errorf("scopes use the fully expanded form: %q is not a registry host (for Docker Hub write docker.io/library/… or docker.io/…)", host)
-	}
-	if !hasPath {
-		if hasDigest {
-			return errors.New("a digest needs a repository")
-		}
-		return nil
-	}
-	tag := ""
-	if i := strings.LastIndexByte(path, ':'); i >= 0 {
-		path, tag = path[:i], path[i+1:]
-		if hasDigest {
-			return errors.New("a scope cannot have both a tag and a digest")
-		}
-		if !anchoredTag.MatchString(tag) {
-			return fmt.Errorf("invalid tag %q", tag)
-		}
-	}
-	for _, c := range strings.Split(path, "/") {
-		if !pathComponent.MatchString(c) {
-			return fmt.Errorf("invalid repository path component %q", c)
-		}
-	}
-	if hasDigest {
-		if _, err := digest.Parse(dgst); err != nil {
-			return fmt.Errorf("invalid digest %q: %w", dgst, err)
-		}
-	}
-	// Lookups only ever produce docker.io/library/NAME:TAG for official
-	// images; docker.io/NAME without a tag or digest stays valid, as the
-	// namespace of docker.io/NAME/*.
-	if host == "docker.io" && !strings.Contains(path, "/") && (tag != "" || hasDigest) {
-		return fmt.Errorf("scopes use the fully expanded form: write docker.io/library/%s", scope[len("docker.io/"):])
-	}
-	return nil
-}
-
-// isRegistryHost applies docker's rule for telling a registry host from the
-// first path component of a short name: it has a dot or a port, is
-// localhost, or has upper-case letters.
-func isRegistryHost(host string) bool {
-	return strings.ContainsAny(host, ".:") || host == "localhost" || strings.ToLower(host) != host
-}
+// anyScope is containers/image's rule for docker scopes: any string is
+// accepted, and one that no reference can produce ("busybox" rather than
+// docker.io/library/busybox) never matches. Policy.Warnings names those.
+func anyScope(string) error { return nil }
 
 func validatePathScope(scope string) error {
 	if !strings.HasPrefix(scope, "/") {
@@ -127,20 +60,16 @@ func validatePathScope(scope string) error {
 	return nil
 }
 
-func validateOSTreeScope(scope string) error {
-	repo, _, ok := strings.Cut(scope, ":")
-	if !ok {
-		return errors.New("must be REPO:IMAGE")
-	}
-	if err := validatePathScope(repo); err != nil {
-		return fmt.Errorf("repository %w", err)
+func validateAtomicScope(scope string) error {
+	if !atomicScope.MatchString(scope) {
+		return errors.New("must be HOST[/NAMESPACE[/STREAM[:TAG]]]")
 	}
 	return nil
 }
 
-func validateAtomicScope(scope string) error {
-	if !atomicScope.MatchString(scope) {
-		return errors.New("must be HOST[/NAMESPACE[/STREAM[:TAG]]]")
+func validateDaemonScope(scope string) error {
+	if _, err := digest.Parse(scope); err == nil {
+		return errors.New("an image ID (algo:digest) cannot be a scope")
 	}
 	return nil
 }
@@ -158,22 +87,20 @@ func validateStorageScope(scope string) error {
 	}
 	store, image := scope[1:end], scope[end+1:]
 	driver, root, withDriver := strings.Cut(store, "@")
-	if !withDriver {
-		root = driver
-	} else if driver == "" {
-		return errors.New("empty storage driver name")
+	switch {
+	case withDriver && (driver == "" || root == ""):
+		return errors.New("the store must be [DRIVER@GRAPHROOT] or [GRAPHROOT]")
+	case !withDriver:
+		root = store
 	}
-	root, _, _ = strings.Cut(root, "+") // graphroot+runroot
-	root, _, _ = strings.Cut(root, ":") // driver options
 	if !filepath.IsAbs(root) {
 		return errors.New("the store's graph root must be an absolute path")
 	}
 	if image == "" {
 		return nil
 	}
-	fields := strings.Split(image, "@")
+	fields := strings.SplitN(image, "@", 3)
 	switch len(fields) {
-	case 1:
 	case 2:
 		if !isImageID(fields[1]) {
 			if _, err := digest.Parse(fields[1]); err != nil {
@@ -187,26 +114,59 @@ func validateStorageScope(scope string) error {
 		if !isImageID(fields[2]) {
 			return fmt.Errorf("invalid image ID %q", fields[2])
 		}
-	default:
-		return errors.New("too many @ separators")
 	}
 	return nil
 }
 
 func isImageID(s string) bool {
-	if len(s) != 64 {
-		return false
-	}
-	for _, c := range s {
-		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
-			return false
-		}
-	}
-	return true
+	_, err := digest.Parse("sha256:" + s)
+	return err == nil
 }
 
 func onlyDefaultScope(string) error {
 	return errors.New(`this transport supports only the default "" scope`)
+}
+
+// dockerScopeCanMatch reports whether the scope lookup of some reference
+// can produce scope (see dockerScopes): a fully expanded reference with a
+// tag or a digest, a repository or namespace, a host[:port], or a *.domain
+// wildcard.
+func dockerScopeCanMatch(scope string) bool {
+	if rest, ok := strings.CutPrefix(scope, "*."); ok {
+		return wildcardHostname.MatchString(rest)
+	}
+	host, path, hasPath := strings.Cut(scope, "/")
+	if !anchoredDomain.MatchString(host) || !isRegistryHost(host) || host == "index.docker.io" {
+		return false
+	}
+	if !hasPath {
+		return true
+	}
+	if !strings.ContainsAny(path, ":@") {
+		return anchoredPath.MatchString(path)
+	}
+	ref, err := reference.ParseNormalizedNamed(scope)
+	if err != nil {
+		return false
+	}
+	_, tagged := ref.(reference.Tagged)
+	_, digested := ref.(reference.Digested)
+	// docker.io/busybox:1 never matches: lookups spell it
+	// docker.io/library/busybox:1.
+	return tagged != digested && ref.String() == scope
+}
+
+var (
+	anchoredDomain   = regexp.MustCompile(`^` + reference.DomainRegexp.String() + `$`)
+	anchoredPath     = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*)*$`)
+	wildcardHostname = regexp.MustCompile(`^(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])(?:\.(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*$`)
+)
+
+// isRegistryHost applies docker's rule for telling a registry host from the
+// first path component of a short name: it has a dot or a port, is
+// localhost, or has upper-case letters.
+func isRegistryHost(host string) bool {
+	return strings.ContainsAny(host, ".:") || host == "localhost" || strings.ToLower(host) != host
 }
 
 // dockerScopes lists the scopes to try for ref, most specific first, as

@@ -103,12 +103,14 @@ func TestGPGKeyrings(t *testing.T) {
 	}
 	for _, file := range []string{"secret.asc", "secret.gpg"} {
 		t.Run(file, func(t *testing.T) {
-			_, err := Load(t.Context(), []byte(`{"default":[{"type":"signedBy","keyType":"GPGKeys","keyPath":"`+file+`"}]}`), LoadOptions{BaseDir: dir})
-			if err == nil {
-				t.Fatal("loaded a policy whose keyring is a secret key export")
+			p := mustLoad(t, `{"default":[{"type":"signedBy","keyType":"GPGKeys","keyPath":"`+file+`"}]}`, dir)
+			ev := &memEvidence{gpg: map[string][]Claim{alice: {claim}}}
+			dec := mustEvaluate(t, p, Image{Ref: ref(t, "example.com/app:v1"), ManifestDigest: d, Evidence: ev})
+			if dec.Allowed {
+				t.Fatal("allowed under a keyring that is a secret key export")
 			}
-			if !strings.Contains(err.Error(), "private key") {
-				t.Errorf("error %q does not say why", err)
+			if !strings.Contains(firstFailure(dec), "private key") {
+				t.Errorf("reason %q does not say why", firstFailure(dec))
 			}
 		})
 	}

@@ -23,6 +23,9 @@ import (
 
 // Registry is where images come from.
 type Registry interface {
+	// ResolveName turns an image name as the user gave it into the
+	// references to try (a short name through registries.conf).
+	ResolveName(image string) (*registry.Resolution, error)
 	// Resolve finds ref and returns its digest-pinned manifest and config.
 	Resolve(ctx context.Context, ref name.Reference) (*registry.Image, error)
 	// Blob streams the blob desc of repo: exactly desc.Size bytes, not

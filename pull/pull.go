@@ -134,17 +134,7 @@ func (p *Puller) Pull(ctx context.Context, req Request) (*Result, error) {
 	if p.opts.Cache == nil {
 		return nil, errors.New("pull: no cache")
 	}
-	ref, err := parseImage(req.Image)
-	if err != nil {
-		return nil, err
-	}
-	rc := p.opts.Registry
-	if req.Creds != "" {
-		if rc, err = rc.ForRequest(req.Creds, ref); err != nil {
-			return nil, err
-		}
-	}
-	img, decision, err := p.check(ctx, rc, ref)
+	rc, img, decision, err := p.resolve(ctx, req.Image, req.Creds)
 	if err != nil {
 		return nil, err
 	}
@@ -272,20 +262,61 @@ func (p *Puller) unwrapKeys(ctx context.Context, image string, jobs []*layerJob)
 // Check resolves image and evaluates the policy over it, fetching no layer:
 // `guest-puller policy check`.
 func (p *Puller) Check(ctx context.Context, image string) (*registry.Image, *policy.Decision, error) {
-	ref, err := parseImage(image)
-	if err != nil {
-		return nil, nil, err
-	}
-	return p.check(ctx, p.opts.Registry, ref)
+	_, img, d, err := p.resolve(ctx, image, "")
+	return img, d, err
 }
 
-// parseImage reads a user's image reference, its host spelled canonically.
-func parseImage(image string) (name.Reference, error) {
-	ref, err := refname.Parse(image)
+// resolve turns image's name into the references to try (a short name
+// through registries.conf's aliases and search registries) and tries them
+// in order, as containers/image does: the first that resolves and that the
+// policy allows is the image. When none is allowed, the first refusal is
+// the answer (exit 3, explained), and when none resolves, every
+// candidate's error is. creds, if set, go to each candidate's registry
+// only; the Registry returned is the one to fetch the image's blobs with.
+func (p *Puller) resolve(ctx context.Context, image, creds string) (Registry, *registry.Image, *policy.Decision, error) {
+	res, err := p.opts.Registry.ResolveName(image)
 	if err != nil {
-		return nil, fmt.Errorf("image %s: %w: %s", untrusted.Quote(image), errdefs.ErrInvalidConfig, untrusted.Text(err.Error()))
+		return nil, nil, nil, err
 	}
-	return ref, nil
+	try := func(ref name.Reference) (Registry, *registry.Image, *policy.Decision, error) {
+		rc := p.opts.Registry
+		if creds != "" {
+			if rc, err = rc.ForRequest(creds, ref); err != nil {
+				return nil, nil, nil, err
+			}
+		}
+		img, d, err := p.check(ctx, rc, ref)
+		return rc, img, d, err
+	}
+	if len(res.Candidates) == 1 {
+		return try(res.Candidates[0])
+	}
+	var (
+		refused *policy.Decision
+		first   struct {
+			rc  Registry
+			img *registry.Image
+		}
+		errs []any
+	)
+	for _, ref := range res.Candidates {
+		rc, img, d, err := try(ref)
+		switch {
+		case err != nil:
+			if ctx.Err() != nil {
+				return nil, nil, nil, err
+			}
+			errs = append(errs, err)
+		case d.Allowed:
+			return rc, img, d, nil
+		case refused == nil:
+			refused, first.rc, first.img = d, rc, img
+		}
+	}
+	if refused != nil {
+		return first.rc, first.img, refused, nil
+	}
+	return nil, nil, nil, fmt.Errorf("%s: no candidate can be pulled: "+strings.TrimSuffix(strings.Repeat("%w; ", len(errs)), "; "), append([]any{res.How}, errs...)...)
 }
 
 func (p *Puller) check(ctx context.Context, rc Registry, ref name.Reference) (*registry.Image, *policy.Decision, error) {

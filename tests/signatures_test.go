@@ -1145,7 +1145,6 @@ func TestSigGPGLookaside(t *testing.T) {
 func TestSigMalformedPolicies(t *testing.T) {
 	e := newEnv(t)
 	ci, qa := sigRepoFile(t, "examples/keys/ci.pub"), sigRepoFile(t, "examples/keys/qa.pub")
-	e.write("keys/junk.pub", "not a key\n")
 	threshold := func(n any) string {
 		return fmt.Sprintf(`{"default":[{"type":"sigstoreThreshold","threshold":%s,"keys":[{"name":"ci","keyPath":%q},{"name":"qa","keyPath":%q}]}]}`, n, ci, qa)
 	}
@@ -1164,9 +1163,6 @@ func TestSigMalformedPolicies(t *testing.T) {
 		{"threshold 0", threshold("0"), []string{"threshold"}},
 		{"threshold above the keys", threshold("3"), []string{"threshold"}},
 		{"threshold a string", threshold(`"2"`), []string{"threshold"}},
-		{"missing key file", `{"default":[{"type":"sigstoreSigned","keyPath":"keys/missing.pub"}]}`, []string{"keys/missing.pub"}},
-		{"key file is not a key", `{"default":[{"type":"sigstoreSigned","keyPath":"keys/junk.pub"}]}`, []string{"default[0].keyPath", "no PEM public key"}},
-		{"missing gpg keyring", `{"default":[{"type":"signedBy","keyType":"GPGKeys","keyPath":"keys/missing.gpg"}]}`, []string{"keys/missing.gpg"}},
 		{"no default", `{"transports":{"docker":{}}}`, []string{`"default"`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -1197,6 +1193,56 @@ func TestSigMalformedPolicies(t *testing.T) {
 		if r.Code != 2 {
 			t.Errorf("policy check without a policy: exit %d, want 2: %s", r.Code, r.Stderr)
 		}
+	})
+}
+
+// TestSigBrokenKeys: as in containers/image, a policy's keys are read when a
+// scope that needs them decides. A key that is missing or is not a key
+// refuses the images of its scope (exit 3, naming the key file and where the
+// policy names it); every other scope pulls as usual.
+func TestSigBrokenKeys(t *testing.T) {
+	reg := testutil.StartRegistry(t, testutil.RegistryOptions{})
+	key := testutil.NewCosignKey(t)
+	src := testutil.BuildImage(t, smallImage(t, "broken keys"))
+	signed := map[string]string{}
+	for _, repo := range []string{"missing", "junk", "gpg", "fine"} {
+		signed[repo], _ = sigPush(t, reg, src, repo+"/app:1", key)
+	}
+	e := newEnv(t)
+	e.write("keys/junk.pub", "not a key\n")
+	e.write("keys/ci.pub", sigReadFile(t, key.Pub))
+	h := reg.Host
+	pol := e.write("broken-keys.json", sigPolicy(t, map[string][]sigReq{
+		h + "/missing": {sigstoreKey("keys/missing.pub")},
+		h + "/junk":    {sigstoreKey("keys/junk.pub")},
+		h + "/gpg":     {{"type": "signedBy", "keyType": "GPGKeys", "keyPath": "keys/missing.gpg"}},
+		h + "/fine":    {sigstoreKey("keys/ci.pub")},
+	}))
+	args := []string{"--policy", pol, "--insecure-registry", h}
+	for _, tc := range []struct {
+		repo string
+		want []string
+	}{
+		{"missing", []string{`key file "keys/missing.pub"`, `transports.docker["` + h + `/missing"][0].keyPath`, filepath.Join(e.dir, "keys/missing.pub"), "no such file"}},
+		{"junk", []string{`key file "keys/junk.pub"`, "no PEM public key"}},
+		{"gpg", []string{`key file "keys/missing.gpg"`, "no such file"}},
+	} {
+		t.Run(tc.repo, func(t *testing.T) {
+			e := sigEnv(e, t)
+			msg := e.pullFails(3, signed[tc.repo], args...)
+			sigWant(t, msg, tc.want...)
+			r := e.gp(append([]string{"policy", "check", signed[tc.repo]}, args...)...)
+			if r.Code != 3 {
+				t.Errorf("policy check: exit %d, want 3: %s", r.Code, r.Stderr)
+			}
+			sigWant(t, r.Stdout+r.Stderr, tc.want[0])
+		})
+	}
+	t.Run("other scopes pull", func(t *testing.T) {
+		e := sigEnv(e, t)
+		res := e.pull(signed["fine"], append(args, "--container-id", "fine")...)
+		sigCheckPolicy(t, res, h+"/fine", "sigstoreSigned")
+		sigHello(t, res, "broken keys")
 	})
 }
 

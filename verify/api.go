@@ -16,25 +16,33 @@ import (
 // lookaside locations and use-sigstore-attachments. It is immutable; a nil
 // *RegistriesD is the default configuration (attachments on, no lookaside).
 type RegistriesD struct {
-	defaultDocker *namespace
-	docker        map[string]namespace
+	defaultDocker *nsEntry
+	defaultFrom   string // the file that defines default-docker
+	docker        map[string]nsEntry
+	from          map[string]string // namespace → the file that defines it
+	broken        []error           // files whose namespaces cannot be known
 }
 
 // LoadRegistriesD reads every *.yaml file of dir. A missing dir is an empty
-// configuration; a malformed file wraps errdefs.ErrInvalidConfig.
+// configuration. A file that is wrong does not fail the load: a namespace
+// it breaks (a bad field, a bad URL, defined in two files) fails the
+// signature lookups of images in that namespace, and a file whose
+// namespaces cannot be read at all (invalid YAML, an unknown top-level
+// field) fails every signature lookup, each with an error wrapping
+// errdefs.ErrInvalidConfig that names the file. Only a directory that
+// cannot be read is an error here.
 func LoadRegistriesD(dir string) (*RegistriesD, error) {
 	return loadRegistriesD(dir)
 }
 
 // ParseRegistriesD reads one registries.d file's content, named name in
 // errors: the confidential-data-hub's sigstore config, which image-rs takes
-// as a single file (sigstore_config_uri). A malformed file wraps
-// errdefs.ErrInvalidConfig.
+// as a single file (sigstore_config_uri). What is wrong in it fails
+// lookups as a file of LoadRegistriesD's directory does, never the parse:
+// the error result is always nil.
 func ParseRegistriesD(name string, data []byte) (*RegistriesD, error) {
-	r := &RegistriesD{docker: map[string]namespace{}}
-	if err := r.add(name, data); err != nil {
-		return nil, err
-	}
+	r := newRegistriesD()
+	r.add(name, data)
 	return r, nil
 }
 
@@ -70,12 +78,26 @@ type Target struct {
 	// possibly): cosign attachments and referrers are looked up there.
 	// The zero Repository means Identity's repository.
 	Repo name.Repository
-	// Identity is the reference as the user named it: lookaside paths are
-	// derived from it.
+	// Identity is the reference as the user named it.
 	Identity name.Reference
 	// Digests are the digests a signature may cover: the platform manifest
 	// and, when the image came through an index, the index.
 	Digests []v1.Hash
+}
+
+// fetched is the image at the place it was fetched from: Repo with
+// Identity's tag or digest. registries.d is looked up for it, and lookaside
+// paths derive from it, as containers/image does for the mirror or location
+// it pulls from.
+func (t Target) fetched() name.Reference {
+	if t.Identity == nil {
+		// No tag or digest is known: only the repository's scopes apply.
+		return t.Repo.Tag("")
+	}
+	if d, ok := t.Identity.(name.Digest); ok {
+		return t.Repo.Digest(d.DigestStr())
+	}
+	return t.Repo.Tag(t.Identity.Identifier())
 }
 
 // Evidence returns the lazily-fetched signatures of t. Fetching happens on

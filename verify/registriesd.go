@@ -21,13 +21,6 @@ import (
 	"github.com/guest-puller/guest-puller/internal/refname"
 )
 
-// registriesDFile is one file of a containers-registries.d directory, as
-// containers-registries.d(5) describes it.
-type registriesDFile struct {
-	DefaultDocker *namespace           `yaml:"default-docker"`
-	Docker        map[string]namespace `yaml:"docker"`
-}
-
 // namespace is the configuration of one scope. The staging locations are
 // where signers write; they are accepted in the file and never read.
 type namespace struct {
@@ -47,6 +40,18 @@ func (ns namespace) readLocation() string {
 	return ns.SigStore
 }
 
+// nsEntry is one configured namespace (or default-docker), or why it cannot
+// be used: a lookup that reaches a broken entry fails, since what it was
+// meant to say is unknown. Other namespaces are unaffected.
+type nsEntry struct {
+	ns  namespace
+	err error
+}
+
+func brokenEntry(file string, format string, args ...any) nsEntry {
+	return nsEntry{err: fmt.Errorf("registries.d %s: %w: %s", file, errdefs.ErrInvalidConfig, fmt.Sprintf(format, args...))}
+}
+
 func loadRegistriesD(dir string) (*RegistriesD, error) {
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -55,11 +60,11 @@ func loadRegistriesD(dir string) (*RegistriesD, error) {
 	if err != nil {
 		return nil, fmt.Errorf("registries.d %s: %w", dir, err)
 	}
-	// Sorted so that which of two conflicting files is named in the error
+	// Sorted so that which of two conflicting files is named in an error
 	// does not depend on directory order.
 	sort.Slice(entries, func(i, j int) bool { return entries[i].Name() < entries[j].Name() })
 
-	r := &RegistriesD{docker: map[string]namespace{}}
+	r := newRegistriesD()
 	for _, e := range entries {
 		if e.IsDir() || !strings.HasSuffix(e.Name(), ".yaml") {
 			continue
@@ -67,67 +72,157 @@ func loadRegistriesD(dir string) (*RegistriesD, error) {
 		p := filepath.Join(dir, e.Name())
 		data, err := os.ReadFile(p)
 		if err != nil {
-			return nil, fmt.Errorf("registries.d: %w", err)
+			// Which namespaces the file meant to configure is unknown:
+			// every lookup fails until it can be read.
+			r.broken = append(r.broken, fmt.Errorf("registries.d %s: %w: %v", p, errdefs.ErrInvalidConfig, err))
+			continue
 		}
-		if err := r.add(p, data); err != nil {
-			return nil, err
-		}
+		r.add(p, data)
 	}
 	return r, nil
 }
 
-// add parses the registries.d file name and adds its namespaces to r.
-func (r *RegistriesD) add(name string, data []byte) error {
-	f, err := parseRegistriesDFile(data)
+func newRegistriesD() *RegistriesD {
+	return &RegistriesD{docker: map[string]nsEntry{}, from: map[string]string{}}
+}
+
+// add parses the registries.d file name and adds its namespaces to r. A
+// file whose namespaces cannot be read fails every lookup; a namespace
+// defined by an earlier file too is broken, as is default-docker defined
+// twice.
+func (r *RegistriesD) add(name string, data []byte) {
+	err := checkFileSize(data)
+	var f *registriesDFile
+	if err == nil {
+		f, err = parseRegistriesDFile(name, data)
+	}
 	if err != nil {
-		return fmt.Errorf("registries.d %s: %w: %v", name, errdefs.ErrInvalidConfig, err)
+		r.broken = append(r.broken, fmt.Errorf("registries.d %s: %w: %v", name, errdefs.ErrInvalidConfig, err))
+		return
 	}
-	if f.DefaultDocker != nil {
+	if f.defaultDocker != nil {
 		if r.defaultDocker != nil {
-			return fmt.Errorf("registries.d %s: %w: default-docker is defined in more than one file", name, errdefs.ErrInvalidConfig)
+			bad := brokenEntry(name, "default-docker is defined in %s too", r.defaultFrom)
+			r.defaultDocker = &bad
+		} else {
+			r.defaultDocker, r.defaultFrom = f.defaultDocker, name
 		}
-		r.defaultDocker = f.DefaultDocker
 	}
-	for scope, ns := range f.Docker {
-		// Looked up with the registry host spelled canonically
-		// (refname.Host), so it is spelled that way here too.
-		key := refname.Scope(scope)
-		if _, dup := r.docker[key]; dup {
-			return fmt.Errorf("registries.d %s: %w: docker namespace %q is defined more than once", name, errdefs.ErrInvalidConfig, scope)
+	for scope, ent := range f.docker {
+		if other, dup := r.from[scope]; dup {
+			r.docker[scope] = brokenEntry(name, "docker namespace %q is defined in %s too", scope, other)
+			continue
 		}
-		r.docker[key] = ns
+		r.docker[scope], r.from[scope] = ent, name
+	}
+}
+
+// maxFileSize bounds one registries.d file; real ones are a few hundred
+// bytes.
+const maxFileSize = 1 << 20
+
+func checkFileSize(data []byte) error {
+	if len(data) > maxFileSize {
+		return fmt.Errorf("larger than %d bytes", maxFileSize)
 	}
 	return nil
 }
 
-// parseRegistriesDFile decodes one file strictly: unknown fields, duplicate
-// keys and more than one YAML document are errors, and every read location
-// must be a URL this package can fetch.
-func parseRegistriesDFile(data []byte) (*registriesDFile, error) {
-	var f registriesDFile
+// registriesDFile is one file of a registries.d directory, each namespace
+// parsed on its own.
+type registriesDFile struct {
+	defaultDocker *nsEntry
+	docker        map[string]nsEntry
+}
+
+// parseRegistriesDFile reads one file. What makes its namespaces unknown is
+// an error for the whole file: invalid YAML, more than one document, a
+// top-level field other than default-docker and docker, docker not a
+// mapping, a namespace named twice. What is wrong inside one namespace
+// (an unknown field, a value of the wrong type, a lookaside that is not a
+// URL this package can read) breaks only that namespace.
+func parseRegistriesDFile(file string, data []byte) (*registriesDFile, error) {
+	var doc yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return &registriesDFile{}, nil // an empty file
+		}
 		return nil, err
 	}
-	var extra any
+	var extra yaml.Node
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
 		return nil, errors.New("more than one YAML document")
 	}
-	if f.DefaultDocker != nil {
-		if err := f.DefaultDocker.validate(); err != nil {
-			return nil, fmt.Errorf("default-docker: %w", err)
+	f := &registriesDFile{docker: map[string]nsEntry{}}
+	top := doc.Content[0]
+	if top.Kind == yaml.ScalarNode && top.Tag == "!!null" {
+		return f, nil
+	}
+	if top.Kind != yaml.MappingNode {
+		return nil, fmt.Errorf("line %d: the file must be a mapping of default-docker and docker", top.Line)
+	}
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(top.Content); i += 2 {
+		key, val := top.Content[i], top.Content[i+1]
+		if seen[key.Value] {
+			return nil, fmt.Errorf("line %d: %q is defined twice", key.Line, key.Value)
+		}
+		seen[key.Value] = true
+		switch key.Value {
+		case "default-docker":
+			ent := parseNamespace(file, "default-docker", val)
+			f.defaultDocker = &ent
+		case "docker":
+			if val.Kind == yaml.ScalarNode && val.Tag == "!!null" {
+				continue
+			}
+			if val.Kind != yaml.MappingNode {
+				return nil, fmt.Errorf("line %d: docker must be a mapping of namespaces", val.Line)
+			}
+			for j := 0; j+1 < len(val.Content); j += 2 {
+				nk, nv := val.Content[j], val.Content[j+1]
+				if nk.Kind != yaml.ScalarNode || nk.Value == "" {
+					return nil, fmt.Errorf("line %d: a docker namespace must be a non-empty string", nk.Line)
+				}
+				// Looked up with the registry host spelled canonically
+				// (refname.Host), so it is spelled that way here too.
+				key := refname.Scope(nk.Value)
+				if _, dup := f.docker[key]; dup {
+					return nil, fmt.Errorf("line %d: docker namespace %q is defined twice", nk.Line, nk.Value)
+				}
+				f.docker[key] = parseNamespace(file, fmt.Sprintf("docker namespace %q", nk.Value), nv)
+			}
+		default:
+			// containers/image ignores it; what it was meant to say,
+			// and for which namespaces, is unknown.
+			return nil, fmt.Errorf("line %d: unknown field %q", key.Line, key.Value)
 		}
 	}
-	for scope, ns := range f.Docker {
-		if scope == "" {
-			return nil, errors.New("docker: empty namespace")
-		}
-		if err := ns.validate(); err != nil {
-			return nil, fmt.Errorf("docker %q: %w", scope, err)
-		}
+	return f, nil
+}
+
+// parseNamespace decodes one namespace's settings strictly.
+func parseNamespace(file, what string, node *yaml.Node) nsEntry {
+	if node.Kind == yaml.ScalarNode && node.Tag == "!!null" {
+		return nsEntry{}
 	}
-	return &f, nil
+	// yaml.Node.Decode has no strict mode: re-encode the node and decode
+	// it with unknown fields refused.
+	raw, err := yaml.Marshal(node)
+	if err != nil {
+		return brokenEntry(file, "%s: %v", what, err)
+	}
+	var ns namespace
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	if err := dec.Decode(&ns); err != nil {
+		return brokenEntry(file, "%s (line %d): %v", what, node.Line, err)
+	}
+	if err := ns.validate(); err != nil {
+		return brokenEntry(file, "%s (line %d): %v", what, node.Line, err)
+	}
+	return nsEntry{ns: ns}
 }
 
 func (ns namespace) validate() error {
@@ -167,43 +262,81 @@ func parseLocation(loc string) (*url.URL, error) {
 	return u, nil
 }
 
-// useSigstoreAttachments reports whether cosign attachments are looked up
-// in repo. Unlike containers/image, the default is on: only an explicit
-// false turns it off.
-func (r *RegistriesD) useSigstoreAttachments(repo name.Repository) bool {
-	if r == nil {
-		return true
+// brokenErr is the error of a file whose namespaces are unknown: it fails
+// every lookup.
+func (r *RegistriesD) brokenErr() error {
+	if len(r.broken) == 0 {
+		return nil
 	}
-	for _, scope := range scopes(refname.Repository(repo), refname.Repository(repo)) {
-		if ns, ok := r.docker[scope]; ok && ns.UseSigstoreAttachments != nil {
-			return *ns.UseSigstoreAttachments
+	return r.broken[0]
+}
+
+// find walks the scopes of ref (most specific first, then default-docker)
+// and returns the first value pick finds set, or the error of the first
+// broken entry met before one.
+func find[T any](r *RegistriesD, identity, repo string, pick func(namespace) (T, bool)) (T, bool, error) {
+	var zero T
+	if err := r.brokenErr(); err != nil {
+		return zero, false, err
+	}
+	for _, scope := range scopes(identity, repo) {
+		ent, ok := r.docker[scope]
+		if !ok {
+			continue
+		}
+		if ent.err != nil {
+			return zero, false, ent.err
+		}
+		if v, ok := pick(ent.ns); ok {
+			return v, true, nil
 		}
 	}
-	if r.defaultDocker != nil && r.defaultDocker.UseSigstoreAttachments != nil {
-		return *r.defaultDocker.UseSigstoreAttachments
+	if r.defaultDocker != nil {
+		if r.defaultDocker.err != nil {
+			return zero, false, r.defaultDocker.err
+		}
+		if v, ok := pick(r.defaultDocker.ns); ok {
+			return v, true, nil
+		}
 	}
-	return true
+	return zero, false, nil
+}
+
+// useSigstoreAttachments reports whether cosign attachments are looked up
+// for ref, an image at the place it is fetched from (containers/image
+// looks registries.d up for the mirror or location actually used). Unlike
+// containers/image, the default is on: only an explicit false turns it off.
+func (r *RegistriesD) useSigstoreAttachments(ref name.Reference) (bool, error) {
+	if r == nil {
+		return true, nil
+	}
+	use, ok, err := find(r, refname.Reference(ref), refname.Repository(ref.Context()), func(ns namespace) (bool, bool) {
+		if ns.UseSigstoreAttachments == nil {
+			return false, false
+		}
+		return *ns.UseSigstoreAttachments, true
+	})
+	if err != nil || !ok {
+		return true, err
+	}
+	return use, nil
 }
 
 // lookaside returns the base URL of ref's signatures in the lookaside store
 // of its most specific scope that names one, with the repository path
-// appended (containers/image's layout), or nil when no scope names one.
+// appended (containers/image's layout), or nil when no scope names one. ref
+// is the image at the place it is fetched from, as for
+// useSigstoreAttachments.
 func (r *RegistriesD) lookaside(ref name.Reference) (*url.URL, error) {
 	if r == nil {
 		return nil, nil
 	}
-	loc := ""
-	for _, scope := range scopes(refname.Reference(ref), refname.Repository(ref.Context())) {
-		if ns, ok := r.docker[scope]; ok && ns.readLocation() != "" {
-			loc = ns.readLocation()
-			break
-		}
-	}
-	if loc == "" && r.defaultDocker != nil {
-		loc = r.defaultDocker.readLocation()
-	}
-	if loc == "" {
-		return nil, nil
+	loc, ok, err := find(r, refname.Reference(ref), refname.Repository(ref.Context()), func(ns namespace) (string, bool) {
+		l := ns.readLocation()
+		return l, l != ""
+	})
+	if err != nil || !ok {
+		return nil, err
 	}
 	u, err := parseLocation(loc)
 	if err != nil {

@@ -35,12 +35,18 @@ docker:
 			t.Errorf("lookaside of %s = %v, %v; want %s", ref, u, err, want)
 		}
 	}
-	kata, _ := name.NewRepository("quay.io/kata-containers/busybox")
-	if rd.useSigstoreAttachments(kata) {
-		t.Error("use-sigstore-attachments: false not applied")
+	kata, _ := name.ParseReference("quay.io/kata-containers/busybox:1")
+	if use, err := rd.useSigstoreAttachments(kata); use || err != nil {
+		t.Errorf("use-sigstore-attachments: false not applied (%v, %v)", use, err)
 	}
-	_, err = ParseRegistriesD("kbs:///default/sigstore-config/bad", []byte("default-docker:\n  sigstore-x: file:///x\n"))
+	// As a file of a registries.d directory: what is wrong fails the
+	// lookups it could configure, with an error naming the file.
+	bad, err := ParseRegistriesD("kbs:///default/sigstore-config/bad", []byte("default-docker:\n  sigstore-x: file:///x\n"))
+	if err != nil {
+		t.Fatalf("ParseRegistriesD: %v", err)
+	}
+	_, err = bad.lookaside(kata)
 	if !errors.Is(err, errdefs.ErrInvalidConfig) || !strings.Contains(err.Error(), "kbs:///default/sigstore-config/bad") {
-		t.Errorf("bad file: %v, want a configuration error naming it", err)
+		t.Errorf("bad file: lookup error %v, want a configuration error naming it", err)
 	}
 }

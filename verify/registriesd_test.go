@@ -3,6 +3,7 @@ package verify
 import (
 	"errors"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -91,7 +92,11 @@ docker:
 		{"registry.example.com/x", true},
 	} {
 		t.Run("attachments "+tc.repo, func(t *testing.T) {
-			if got := rd.useSigstoreAttachments(mustRepo(t, tc.repo)); got != tc.want {
+			got, err := rd.useSigstoreAttachments(mustRef(t, tc.repo+":v1"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tc.want {
 				t.Fatalf("useSigstoreAttachments = %v, want %v", got, tc.want)
 			}
 		})
@@ -103,51 +108,107 @@ docker:
 			t.Fatalf("missing directory: %v", err)
 		}
 		for _, rd := range []*RegistriesD{nil, empty} {
-			if !rd.useSigstoreAttachments(mustRepo(t, "example.com/x")) {
-				t.Error("attachments are off by default")
+			if use, err := rd.useSigstoreAttachments(mustRef(t, "example.com/x:v1")); !use || err != nil {
+				t.Errorf("attachments by default = %v, %v; want on", use, err)
 			}
 			if base, err := rd.lookaside(mustRef(t, "example.com/x:v1")); base != nil || err != nil {
 				t.Errorf("lookaside by default = %v, %v", base, err)
 			}
 		}
 		off := lookasideConfig(t, "default-docker:\n  use-sigstore-attachments: false\n")
-		if off.useSigstoreAttachments(mustRepo(t, "example.com/x")) {
+		if use, _ := off.useSigstoreAttachments(mustRef(t, "example.com/x:v1")); use {
 			t.Error("default-docker use-sigstore-attachments: false is not honored")
 		}
 	})
 }
 
-func TestLoadRegistriesDErrors(t *testing.T) {
+// TestRegistriesDBroken: a file that is wrong never fails the load. What is
+// wrong inside one namespace fails the lookups that reach that namespace,
+// naming the file; lookups decided by a more specific namespace, and other
+// namespaces, are unaffected. A file whose namespaces cannot be read fails
+// every lookup.
+func TestRegistriesDBroken(t *testing.T) {
+	const good = "good.yaml"
+	goodFile := `
+docker:
+  good.example.com:
+    lookaside: https://good.example.com/sigs
+    use-sigstore-attachments: false
+  bad.example.com/team/fine:
+    lookaside: https://fine.example.com/sigs
+    use-sigstore-attachments: true
+`
 	for _, tc := range []struct {
 		name  string
 		files map[string]string
+		// everything is true when even good.example.com fails.
+		everything bool
+		want       string
 	}{
-		{"unknown top-level field", map[string]string{"a.yaml": "dockr:\n  example.com:\n    lookaside: https://x\n"}},
-		{"unknown namespace field", map[string]string{"a.yaml": "docker:\n  example.com:\n    lookasid: https://x\n"}},
-		{"malformed YAML", map[string]string{"a.yaml": "docker: [unclosed\n"}},
-		{"wrong type", map[string]string{"a.yaml": "docker:\n  example.com:\n    use-sigstore-attachments: maybe\n"}},
-		{"unsupported scheme", map[string]string{"a.yaml": "default-docker:\n  lookaside: ftp://example.com/sigs\n"}},
-		{"file URL of another host", map[string]string{"a.yaml": "default-docker:\n  sigstore: file://otherhost/sigs\n"}},
-		{"relative file URL", map[string]string{"a.yaml": "default-docker:\n  lookaside: file:sigs\n"}},
-		{"duplicate key", map[string]string{"a.yaml": "docker:\n  example.com:\n    lookaside: https://a\n  example.com:\n    lookaside: https://b\n"}},
-		{"two documents", map[string]string{"a.yaml": "docker: {}\n---\ndocker: {}\n"}},
+		{"unknown namespace field", map[string]string{"a.yaml": "docker:\n  bad.example.com:\n    lookasid: https://x\n"}, false, "field lookasid not found"},
+		{"wrong type", map[string]string{"a.yaml": "docker:\n  bad.example.com:\n    use-sigstore-attachments: maybe\n"}, false, "cannot unmarshal"},
+		{"unsupported scheme", map[string]string{"a.yaml": "docker:\n  bad.example.com:\n    lookaside: ftp://example.com/sigs\n"}, false, `unsupported scheme "ftp"`},
+		{"file URL of another host", map[string]string{"a.yaml": "docker:\n  bad.example.com:\n    sigstore: file://otherhost/sigs\n"}, false, "names another host"},
+		{"relative file URL", map[string]string{"a.yaml": "docker:\n  bad.example.com:\n    lookaside: file:sigs\n"}, false, "not absolute"},
 		{"namespace in two files", map[string]string{
-			"a.yaml": "docker:\n  example.com:\n    lookaside: https://a\n",
-			"b.yaml": "docker:\n  example.com:\n    lookaside: https://b\n",
-		}},
+			"a.yaml": "docker:\n  bad.example.com:\n    lookaside: https://a\n",
+			"b.yaml": "docker:\n  bad.example.com:\n    lookaside: https://b\n",
+		}, false, `docker namespace "bad.example.com" is defined in`},
 		{"default-docker in two files", map[string]string{
 			"a.yaml": "default-docker:\n  lookaside: https://a\n",
 			"b.yaml": "default-docker:\n  lookaside: https://b\n",
-		}},
+		}, false, "default-docker is defined in"},
+		{"unknown top-level field", map[string]string{"a.yaml": "dockr:\n  bad.example.com:\n    lookaside: https://x\n"}, true, `unknown field "dockr"`},
+		{"malformed YAML", map[string]string{"a.yaml": "docker: [unclosed\n"}, true, "a.yaml"},
+		{"duplicate namespace in a file", map[string]string{"a.yaml": "docker:\n  bad.example.com:\n    lookaside: https://a\n  bad.example.com:\n    lookaside: https://b\n"}, true, "defined twice"},
+		{"two documents", map[string]string{"a.yaml": "docker: {}\n---\ndocker: {}\n"}, true, "more than one YAML document"},
+		{"docker not a mapping", map[string]string{"a.yaml": "docker: [bad.example.com]\n"}, true, "docker must be a mapping"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
+			writeFile(t, filepath.Join(dir, good), goodFile)
 			for name, content := range tc.files {
 				writeFile(t, filepath.Join(dir, name), content)
 			}
-			_, err := LoadRegistriesD(dir)
-			if !errors.Is(err, errdefs.ErrInvalidConfig) {
-				t.Fatalf("LoadRegistriesD = %v, want an error wrapping ErrInvalidConfig", err)
+			rd, err := LoadRegistriesD(dir)
+			if err != nil {
+				t.Fatalf("LoadRegistriesD = %v: a bad file must not fail the load", err)
+			}
+			wantErr := func(what string, err error) {
+				t.Helper()
+				if !errors.Is(err, errdefs.ErrInvalidConfig) || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), dir) {
+					t.Errorf("%s: error %v, want one wrapping ErrInvalidConfig, naming the file and containing %q", what, err, tc.want)
+				}
+			}
+			bad := mustRef(t, "bad.example.com/team/app:v1")
+			if tc.name == "default-docker in two files" {
+				bad = mustRef(t, "elsewhere.example.org/app:v1")
+			}
+			_, err = rd.lookaside(bad)
+			wantErr("lookaside of the broken namespace", err)
+			_, err = rd.useSigstoreAttachments(bad)
+			wantErr("attachments of the broken namespace", err)
+
+			base, err := rd.lookaside(mustRef(t, "good.example.com/app:v1"))
+			use, err2 := rd.useSigstoreAttachments(mustRef(t, "good.example.com/app:v1"))
+			if tc.everything {
+				wantErr("lookaside elsewhere", err)
+				wantErr("attachments elsewhere", err2)
+				return
+			}
+			if err != nil || base == nil || base.String() != "https://good.example.com/sigs/app" || err2 != nil || use {
+				t.Errorf("another namespace: lookaside %v, %v; attachments %v, %v", base, err, use, err2)
+			}
+			if tc.name == "default-docker in two files" {
+				return
+			}
+			// A more specific namespace decides before the broken one
+			// is reached.
+			fine := mustRef(t, "bad.example.com/team/fine/app:v1")
+			base, err = rd.lookaside(fine)
+			use, err2 = rd.useSigstoreAttachments(fine)
+			if err != nil || base == nil || err2 != nil || !use {
+				t.Errorf("more specific namespace: lookaside %v, %v; attachments %v, %v", base, err, use, err2)
 			}
 		})
 	}

@@ -39,8 +39,9 @@ const (
 // fetchSigstore collects the cosign signatures of every target digest from
 // its sha256-<hex>.sig attachment tag and its referrers.
 func (e *evidence) fetchSigstore(ctx context.Context) ([]rawSigstore, error) {
-	if !e.v.opts.RegistriesD.useSigstoreAttachments(e.t.Repo) {
-		return nil, nil
+	use, err := e.v.opts.RegistriesD.useSigstoreAttachments(e.t.fetched())
+	if err != nil || !use {
+		return nil, err
 	}
 	opts := append(slices.Clone(e.v.opts.Remote), remote.WithContext(ctx))
 	p, err := remote.NewPuller(opts...)

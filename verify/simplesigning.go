@@ -25,7 +25,7 @@ func (e *evidence) fetchSimple(ctx context.Context) ([]rawSimple, error) {
 	if e.t.Identity == nil {
 		return nil, errors.New("no image identity to derive lookaside paths from")
 	}
-	base, err := e.v.opts.RegistriesD.lookaside(e.t.Identity)
+	base, err := e.v.opts.RegistriesD.lookaside(e.t.fetched())
 	if err != nil || base == nil {
 		return nil, err
 	}

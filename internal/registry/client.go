@@ -227,6 +227,12 @@ type Image struct {
 // Repo is the repository blobs and signatures are read from.
 func (img *Image) Repo() name.Repository { return img.Source.Ref.Context() }
 
+// ResolveName turns an image name as the user gave it into the references
+// to try, resolving a short name through registries.conf (see Conf.Resolve).
+func (c *Client) ResolveName(image string) (*Resolution, error) {
+	return c.conf.Resolve(image)
+}
+
 // Resolve finds ref at its first working source (mirrors in order, then
 // the primary location) and returns its platform manifest and config.
 func (c *Client) Resolve(ctx context.Context, ref name.Reference) (*Image, error) {

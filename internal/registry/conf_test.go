@@ -2,6 +2,8 @@ package registry
 
 import (
 	"errors"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -34,7 +36,31 @@ blocked = false
 
 [[registry]]
 prefix = "evil.example.org"
+location = "evil.example.org"
 blocked = true
+
+[[registry]]
+prefix = "*.sub.example.org"
+location = "flat.example.org/subs"
+
+[[registry]]
+prefix = "example.org"
+location = "example.org"
+
+[[registry.mirror]]
+location = "evil.example.org/mirror"
+
+[[registry]]
+prefix = "*.tie.example"
+location = "wildcard.local"
+
+[[registry]]
+prefix = "a.tie.example"
+location = "exact.local"
+
+[[registry]]
+prefix = "broken.example"
+location = "broken.example/UPPER"
 
 [[registry]]
 prefix = "*.wild.example"
@@ -82,6 +108,13 @@ func TestSources(t *testing.T) {
 			"registry.wild.example/ns/app:2",
 		}},
 		{ref: "busybox:1.36", want: []string{"hub-cache.local/library/busybox:1.36"}},
+		// A wildcard prefix with a location replaces the whole host.
+		{ref: "a.sub.example.org/x/y:1", want: []string{"flat.example.org/subs/x/y:1"}},
+		// A mirror under a blocked prefix is skipped.
+		{ref: "example.org/app:1", want: []string{"example.org/app:1"}},
+		// Prefixes of the same length: the first in sorted order wins,
+		// and "*" sorts before letters.
+		{ref: "a.tie.example/app:1", want: []string{"wildcard.local/app:1"}},
 		{ref: "busybox" + dgst, want: []string{"only-digests.local/bb" + dgst, "hub-cache.local/library/busybox" + dgst}},
 	} {
 		t.Run(tc.ref, func(t *testing.T) {
@@ -124,15 +157,28 @@ func TestSources(t *testing.T) {
 
 func TestParseConfErrors(t *testing.T) {
 	for name, data := range map[string]string{
-		"unknown key":        "[[registry]]\nprefix = \"a.io\"\nlocaton = \"b.io\"\n",
-		"v1 format":          "[registries.search]\nregistries = ['a.io']\n",
-		"broken toml":        "[[registry]\nprefix=",
-		"no prefix":          "[[registry]]\ninsecure = true\n",
-		"duplicate prefix":   "[[registry]]\nprefix = \"a.io\"\n[[registry]]\nprefix = \"a.io\"\n",
-		"bad pull mode":      "[[registry]]\nprefix = \"a.io\"\n[[registry.mirror]]\nlocation = \"m.io\"\npull-from-mirror = \"sometimes\"\n",
-		"wildcard location":  "[[registry]]\nprefix = \"*.a.io\"\nlocation = \"b.io\"\n",
-		"bad location":       "[[registry]]\nprefix = \"a.io\"\nlocation = \"UPPER CASE/x\"\n",
-		"mirror digest only": "[[registry]]\nprefix = \"a.io\"\nmirror-by-digest-only = true\n[[registry.mirror]]\nlocation = \"m.io\"\npull-from-mirror = \"tag-only\"\n",
+		"unknown key":                      "[[registry]]\nprefix = \"a.io\"\nlocation = \"a.io\"\nblokced = true\n",
+		"v1 format":                        "[registries.search]\nregistries = ['a.io']\n",
+		"broken toml":                      "[[registry]\nprefix=",
+		"no prefix":                        "[[registry]]\ninsecure = true\n",
+		"duplicate prefix":                 "[[registry]]\nprefix = \"a.io\"\nlocation = \"a.io\"\n[[registry]]\nprefix = \"a.io/\"\nlocation = \"a.io\"\n",
+		"bad pull mode":                    "[[registry]]\nprefix = \"a.io\"\nlocation = \"a.io\"\n[[registry.mirror]]\nlocation = \"m.io\"\npull-from-mirror = \"sometimes\"\n",
+		"no location":                      "[[registry]]\nprefix = \"a.io\"\n",
+		"wildcard with path":               "[[registry]]\nprefix = \"*.a.io/x\"\nlocation = \"b.io\"\n",
+		"URL location":                     "[[registry]]\nprefix = \"a.io\"\nlocation = \"https://b.io\"\n",
+		"pull-from-mirror on the registry": "[[registry]]\nprefix = \"a.io\"\nlocation = \"a.io\"\npull-from-mirror = \"all\"\n",
+		"mirror without location":          "[[registry]]\nprefix = \"a.io\"\nlocation = \"a.io\"\n[[registry.mirror]]\ninsecure = true\n",
+		"conflicting insecure":             "[[registry]]\nprefix = \"a.io\"\nlocation = \"c.io\"\ninsecure = true\n[[registry]]\nprefix = \"b.io\"\nlocation = \"c.io\"\n",
+		"conflicting blocked":              "[[registry]]\nprefix = \"a.io\"\nlocation = \"c.io\"\nblocked = true\n[[registry]]\nprefix = \"b.io\"\nlocation = \"c.io\"\n",
+		"search registry URL":              "unqualified-search-registries = [\"https://a.io\"]\n",
+		"search registry path":             "unqualified-search-registries = [\"a.io/ns\"]\n",
+		"short-name-mode":                  "short-name-mode = \"strict\"\n",
+		"alias with tag":                   "[aliases]\nbusybox = \"docker.io/library/busybox:1\"\n",
+		"alias short value":                "[aliases]\nbusybox = \"library/busybox\"\n",
+		"alias qualified name":             "[aliases]\n\"quay.io/app\" = \"quay.io/team/app\"\n",
+		"namespace-proxy":                  "[[registry]]\nprefix = \"a.io\"\nlocation = \"a.io\"\nnamespace-proxy = \"x\"\n",
+		"layer store helper":               "additional-layer-store-auth-helper = \"helper\"\n",
+		"mirror digest only":               "[[registry]]\nprefix = \"a.io\"\nlocation = \"a.io\"\nmirror-by-digest-only = true\n[[registry.mirror]]\nlocation = \"m.io\"\npull-from-mirror = \"tag-only\"\n",
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := ParseConf([]byte(data))
@@ -141,6 +187,90 @@ func TestParseConfErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSourcesBadLocation: a location that does not make a valid reference
+// fails the images of its prefix only, as a configuration error.
+func TestSourcesBadLocation(t *testing.T) {
+	conf, err := ParseConf([]byte(testConf))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conf.Sources(name.MustParseReference("broken.example/app:1")); !errors.Is(err, errdefs.ErrInvalidConfig) {
+		t.Fatalf("Sources = %v, want ErrInvalidConfig", err)
+	}
+	if _, err := conf.Sources(name.MustParseReference("unrelated.io/app:1")); err != nil {
+		t.Fatalf("another prefix: %v", err)
+	}
+}
+
+func TestResolve(t *testing.T) {
+	const aliases = `
+[aliases]
+busybox = "quay.io/team/busybox"
+"team/tool" = "registry.example.com:5000/tools/tool"
+unset = ""
+`
+	for _, tc := range []struct {
+		name, conf, image string
+		want              []string // candidates; nil means an error
+		errHas            string
+	}{
+		{"fully qualified", `unqualified-search-registries = ["a.io", "b.io"]`, "registry.example.com/app", []string{"registry.example.com/app:latest"}, ""},
+		{"localhost", `short-name-mode = "enforcing"`, "localhost/app:1", []string{"localhost/app:1"}, ""},
+		{"port", ``, "127.0.0.1:5000/app", []string{"127.0.0.1:5000/app:latest"}, ""},
+		{"docker.io normalized", ``, "docker.io/busybox:1", []string{"docker.io/library/busybox:1"}, ""},
+		{"alias", aliases, "busybox", []string{"quay.io/team/busybox:latest"}, ""},
+		{"alias keeps the tag", aliases, "busybox:1.36", []string{"quay.io/team/busybox:1.36"}, ""},
+		{"alias keeps the digest", aliases, "busybox@sha256:" + strings.Repeat("a", 64), []string{"quay.io/team/busybox@sha256:" + strings.Repeat("a", 64)}, ""},
+		{"alias of a two-component name", aliases, "team/tool:2", []string{"registry.example.com:5000/tools/tool:2"}, ""},
+		{"alias wins over search", "unqualified-search-registries = [\"a.io\", \"b.io\"]\n" + aliases, "busybox", []string{"quay.io/team/busybox:latest"}, ""},
+		{"unset alias falls to search", `unqualified-search-registries = ["a.io"]` + "\n" + aliases, "unset", []string{"a.io/unset:latest"}, ""},
+		{"one search registry", `unqualified-search-registries = ["a.io"]`, "app:1", []string{"a.io/app:1"}, ""},
+		{"docker.io search registry", `unqualified-search-registries = ["docker.io"]`, "busybox", []string{"docker.io/library/busybox:latest"}, ""},
+		{"permissive by default", `unqualified-search-registries = ["a.io", "b.io:5000"]`, "app", []string{"a.io/app:latest", "b.io:5000/app:latest"}, ""},
+		{"disabled tries them all", "short-name-mode = \"disabled\"\nunqualified-search-registries = [\"a.io\", \"b.io\"]", "app", []string{"a.io/app:latest", "b.io/app:latest"}, ""},
+		{"enforcing with one", "short-name-mode = \"enforcing\"\nunqualified-search-registries = [\"a.io\"]", "app", []string{"a.io/app:latest"}, ""},
+		{"enforcing with two", "short-name-mode = \"enforcing\"\nunqualified-search-registries = [\"a.io\", \"b.io\"]", "app", nil, "short-name-mode is enforcing"},
+		{"no search registries", `short-name-mode = "permissive"`, "app", nil, "needs unqualified-search-registries"},
+		{"empty search registries", `unqualified-search-registries = []`, "app", nil, "needs unqualified-search-registries"},
+		{"invalid name", `unqualified-search-registries = ["a.io"]`, "App", nil, "invalid"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			conf, err := ParseConf([]byte(tc.conf))
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := conf.Resolve(tc.image)
+			if tc.want == nil {
+				if !errors.Is(err, errdefs.ErrInvalidConfig) || !strings.Contains(err.Error(), tc.errHas) {
+					t.Fatalf("Resolve = %v, %v; want an ErrInvalidConfig containing %q", res, err, tc.errHas)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, c := range res.Candidates {
+				got = append(got, c.String())
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Fatalf("candidates %q, want %q", got, tc.want)
+			}
+			if (len(got) > 1 || strings.Contains(tc.name, "alias")) && res.How == "" {
+				t.Error("How does not say how the short name was resolved")
+			}
+		})
+	}
+
+	t.Run("no registries.conf", func(t *testing.T) {
+		var conf *Conf
+		res, err := conf.Resolve("busybox")
+		if err != nil || len(res.Candidates) != 1 || res.Candidates[0].String() != "docker.io/library/busybox:latest" {
+			t.Fatalf("Resolve = %+v, %v", res, err)
+		}
+	})
 }
 
 // TestSourcesHostSpellings: a registries.conf prefix applies to every
@@ -153,6 +283,7 @@ location = "internal.example.net/team"
 
 [[registry]]
 prefix = "Blocked.Example.org"
+location = "blocked.example.org"
 blocked = true
 
 [[registry]]
@@ -177,7 +308,7 @@ insecure = true
 	if !conf.insecureWildcard("Registry.WILD.example:5000") {
 		t.Errorf("an insecure wildcard does not cover an upper-case host")
 	}
-	if _, err := ParseConf([]byte("[[registry]]\nprefix = \"a.example\"\n[[registry]]\nprefix = \"A.Example:443\"\n")); !errors.Is(err, errdefs.ErrInvalidConfig) {
+	if _, err := ParseConf([]byte("[[registry]]\nprefix = \"a.example\"\nlocation = \"a.example\"\n[[registry]]\nprefix = \"A.Example:443\"\nlocation = \"a.example\"\n")); !errors.Is(err, errdefs.ErrInvalidConfig) {
 		t.Errorf("two spellings of one prefix: %v, want a configuration error", err)
 	}
 }
