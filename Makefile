@@ -2,7 +2,11 @@
 GO ?= go
 export PATH := $(shell $(GO) env GOPATH)/bin:$(PATH)
 
-.PHONY: demo test unit build bench vet
+.PHONY: demo test unit build bench vet compat
+
+# tests/compat, a module of its own, compares guest-puller's verdicts with
+# go.podman.io/image/v5's; built with these tags it needs no gpgme (cgo).
+COMPAT_TAGS := containers_image_openpgp,exclude_graphdriver_btrfs
 
 # A demo pull from an in-process registry under policy.example.json: no
 # outside service, nothing to install but Go.
@@ -14,6 +18,10 @@ test:
 	./scripts/setup
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 80m ./...
+	$(MAKE) compat
+
+compat:
+	cd tests/compat && $(GO) vet -tags $(COMPAT_TAGS) ./... && $(GO) test -tags $(COMPAT_TAGS) -count=1 -timeout 10m ./...
 
 unit:
 	$(GO) test -count=1 $$($(GO) list ./... | grep -v /tests)
@@ -24,6 +32,7 @@ build:
 vet:
 	gofmt -l . | (! grep .)
 	$(GO) vet ./...
+	cd tests/compat && $(GO) vet -tags $(COMPAT_TAGS) ./...
 
 bench:
 	./scripts/bench

@@ -216,7 +216,6 @@ func TestLoadInvalid(t *testing.T) {
 		{"signedBy without key", docker("example.com", `[{"type":"signedBy","keyType":"GPGKeys"}]`), "exactly one of keyPath, keyPaths, keyData must be specified, found 0"},
 		{"signedBy two key sources", docker("example.com", `[{"type":"signedBy","keyType":"GPGKeys","keyPath":"keys/alice.asc","keyData":"$GPGDATA"}]`), "found 2"},
 		{"signedBy keyDatas is not a field", docker("example.com", `[{"type":"signedBy","keyType":"GPGKeys","keyPath":"keys/alice.asc","keyDatas":["$GPGDATA"]}]`), `unknown field "keyDatas"`},
-		{"signedBy empty keyPaths", docker("example.com", `[{"type":"signedBy","keyType":"GPGKeys","keyPaths":[]}]`), "keyPaths: must not be empty"},
 		{"signedBy keyData not base64", docker("example.com", `[{"type":"signedBy","keyType":"GPGKeys","keyData":"!!"}]`), "keyData: invalid base64"},
 		{"signedBy keyPath null", docker("example.com", `[{"type":"signedBy","keyType":"GPGKeys","keyPath":null}]`), "keyPath: must be a string, not null"},
 		{"signedBy keyPath empty", docker("example.com", `[{"type":"signedBy","keyType":"GPGKeys","keyPath":""}]`), "keyPath: must not be empty"},
@@ -397,6 +396,7 @@ func TestKeyFailures(t *testing.T) {
 		{"threshold key missing file", `[{"type":"sigstoreThreshold","threshold":1,"keys":[{"name":"a","keyPath":"keys/gone.pub"}]}]`, []string{`key "a", file "keys/gone.pub" (` + at + `.keys[0].keyPath): open`}},
 		{"threshold key unparseable", `[{"type":"sigstoreThreshold","threshold":1,"keys":[{"name":"a","keyPath":"keys/garbage.pub"}]}]`, []string{`key "a", file "keys/garbage.pub"`, "no PEM public key found"}},
 		{"kbs key without reader", `[{` + sig + `,"keyPath":"kbs:///default/keys/ci"}]`, []string{`key file "kbs:///default/keys/ci"`, "kbs:// key paths need a KBS client"}},
+		{"signedBy empty keyPaths", `[{"type":"signedBy","keyType":"GPGKeys","keyPaths":[]}]`, []string{"the requirement lists no keyring"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p, err := f.load(`{"default":[{"type":"reject"}],"transports":{"docker":{

@@ -203,13 +203,21 @@ func parseSignedBy(o *object) (requirement, error) {
 		return nil, err
 	}
 	r := &signedBy{keyType: keyType}
-	if r.keyrings, err = keySources(o, field); err != nil {
+	if raw, _ := o.raw(field); field == "keyPaths" && isEmptyArray(raw) {
+		// containers/image loads an empty signedBy keyPaths and refuses
+		// the scope's images at evaluation; so does keyReader.keyrings.
+	} else if r.keyrings, err = keySources(o, field); err != nil {
 		return nil, err
 	}
 	if r.identity, err = identityField(o); err != nil {
 		return nil, err
 	}
 	return r, nil
+}
+
+func isEmptyArray(raw json.RawMessage) bool {
+	var elems []json.RawMessage
+	return kindOf(raw) == "an array" && json.Unmarshal(raw, &elems) == nil && len(elems) == 0
 }
 
 func parseSignedBaseLayer(o *object) (requirement, error) {

@@ -75,6 +75,10 @@ func New(opts Options) (*Puller, error) {
 	return &Puller{opts: opts, decoders: newDecoders(opts.MaxConcurrentDownloads)}, nil
 }
 
+// PolicyWarnings are what the policy holds that is valid but cannot do
+// what its author meant (policy.Policy.Warnings), for the caller to show.
+func (p *Puller) PolicyWarnings() []string { return p.opts.Policy.Warnings() }
+
 // Cache is the layer cache the Puller unpacks into: nil for a checker, or
 // when the Puller's Cache is not an *unpack.Cache.
 func (p *Puller) Cache() *unpack.Cache {

@@ -233,3 +233,82 @@ func TestKilledPullIsCleanedUp(t *testing.T) {
 	}
 	assertNoStaging(t, e.cache)
 }
+
+// TestShortNames: with a registries.conf, a short name resolves as
+// containers/image resolves it for a caller without a terminal: an alias
+// first, else each unqualified-search-registries entry in order, the first
+// that has the image and that the policy allows being the image; with
+// short-name-mode "enforcing", more than one search registry is refused
+// rather than tried in turn. Without a registries.conf a short name is a
+// Docker Hub name (covered by the unit tests: no Docker Hub here).
+func TestShortNames(t *testing.T) {
+	first := testutil.StartRegistry(t, testutil.RegistryOptions{})
+	second := testutil.StartRegistry(t, testutil.RegistryOptions{})
+	second.Push(t, testutil.BuildImage(t, smallImage(t, "second's")), "team/app:1")
+	first.Push(t, testutil.BuildImage(t, smallImage(t, "first's")), "team/squatted:1")
+	second.Push(t, testutil.BuildImage(t, smallImage(t, "second's squatted")), "team/squatted:1")
+	e := newEnv(t)
+	conf := func(name, head string) string {
+		return e.write(name, head+`
+[[registry]]
+location = "`+first.Host+`"
+insecure = true
+
+[[registry]]
+location = "`+second.Host+`"
+insecure = true
+`)
+	}
+	search := `unqualified-search-registries = ["` + first.Host + `", "` + second.Host + `"]`
+	acceptAllPol := e.write("accept.json", acceptAll)
+	// Only the second registry is trusted: the first has a squatter.
+	secondOnly := e.write("second-only.json", `{"default":[{"type":"reject"}],"transports":{"docker":{"`+second.Host+`":[{"type":"insecureAcceptAnything"}]}}}`)
+	hello := func(res pullResult) string {
+		data, err := os.ReadFile(filepath.Join(res.Rootfs, "app/hello"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(data)
+	}
+
+	t.Run("search registries in order", func(t *testing.T) {
+		res := e.pull("team/app:1", "--policy", acceptAllPol, "--registries-conf", conf("permissive.conf", search), "--container-id", "search")
+		if res.Image != second.Host+"/team/app:1" || hello(res) != "second's" {
+			t.Fatalf("pulled %s (%q), want the second registry's", res.Image, hello(res))
+		}
+	})
+	t.Run("a refused candidate gives way to the next", func(t *testing.T) {
+		res := e.pull("team/squatted:1", "--policy", secondOnly, "--registries-conf", conf("permissive.conf", search), "--container-id", "squatted")
+		if res.Image != second.Host+"/team/squatted:1" || hello(res) != "second's squatted" {
+			t.Fatalf("pulled %s (%q), want the second registry's", res.Image, hello(res))
+		}
+	})
+	t.Run("every candidate refused", func(t *testing.T) {
+		none := e.write("none.json", `{"default":[{"type":"reject"}]}`)
+		msg := e.pullFails(3, "team/squatted:1", "--policy", none, "--registries-conf", conf("permissive.conf", search))
+		if !strings.Contains(msg, first.Host+"/team/squatted:1") {
+			t.Errorf("refusal %q does not name the first candidate", msg)
+		}
+	})
+	t.Run("enforcing refuses to choose", func(t *testing.T) {
+		msg := e.pullFails(2, "team/app:1", "--policy", acceptAllPol, "--registries-conf", conf("enforcing.conf", "short-name-mode = \"enforcing\"\n"+search))
+		for _, want := range []string{"short-name-mode is enforcing", first.Host, second.Host} {
+			if !strings.Contains(msg, want) {
+				t.Errorf("error %q does not contain %q", msg, want)
+			}
+		}
+	})
+	t.Run("alias", func(t *testing.T) {
+		c := conf("alias.conf", "short-name-mode = \"enforcing\"\n"+search+"\n[aliases]\n\"myapp\" = \""+second.Host+"/team/app\"\n")
+		res := e.pull("myapp:1", "--policy", acceptAllPol, "--registries-conf", c, "--container-id", "alias")
+		if res.Image != second.Host+"/team/app:1" {
+			t.Fatalf("pulled %s, want the alias's target", res.Image)
+		}
+	})
+	t.Run("no search registries", func(t *testing.T) {
+		msg := e.pullFails(2, "team/app:1", "--policy", acceptAllPol, "--registries-conf", conf("none.conf", ""))
+		if !strings.Contains(msg, "unqualified-search-registries") {
+			t.Errorf("error %q does not say what is missing", msg)
+		}
+	})
+}

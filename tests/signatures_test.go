@@ -1217,6 +1217,9 @@ func TestSigBrokenKeys(t *testing.T) {
 		h + "/junk":    {sigstoreKey("keys/junk.pub")},
 		h + "/gpg":     {{"type": "signedBy", "keyType": "GPGKeys", "keyPath": "keys/missing.gpg"}},
 		h + "/fine":    {sigstoreKey("keys/ci.pub")},
+		// Accepted, as containers/image accepts it, but no image can
+		// match it: policy check warns.
+		"busybox": {{"type": "insecureAcceptAnything"}},
 	}))
 	args := []string{"--policy", pol, "--insecure-registry", h}
 	for _, tc := range []struct {
@@ -1243,6 +1246,11 @@ func TestSigBrokenKeys(t *testing.T) {
 		res := e.pull(signed["fine"], append(args, "--container-id", "fine")...)
 		sigCheckPolicy(t, res, h+"/fine", "sigstoreSigned")
 		sigHello(t, res, "broken keys")
+		r := e.gp(append([]string{"policy", "check", signed["fine"]}, args...)...)
+		if r.Code != 0 {
+			t.Fatalf("policy check: exit %d: %s", r.Code, r.Stderr)
+		}
+		sigWant(t, r.Stderr, `warning: policy `+pol+`: transports.docker["busybox"]: no image can match this scope`)
 	})
 }
 

@@ -109,6 +109,9 @@ policy refuses it (the report says why), like pull for other failures.`)
 		return err
 	}
 	defer p.Close()
+	for _, w := range p.PolicyWarnings() {
+		fmt.Fprintf(inv.stderr, "guest-puller: warning: policy %s: %s\n", cfg.Policy, w)
+	}
 	img, d, err := p.Check(ctx, pos[0])
 	if err != nil {
 		return err
