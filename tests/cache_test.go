@@ -166,7 +166,7 @@ location = "%[2]s/cache"
 insecure = true
 
 [[registry]]
-prefix = "blocked.example.com"
+location = "blocked.example.com"
 blocked = true
 `, primary.Host, mirror.Host, down))
 	args := []string{"--policy", e.write("policy.json", acceptAll), "--registries-conf", conf}
