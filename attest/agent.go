@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/containerd/ttrpc"
@@ -36,9 +38,12 @@ const (
 // the agent produces, so every TEE the agent supports works, and a
 // Measurer whose events the agent logs and extends.
 type Agent struct {
+	path string
+	tee  string
+
+	mu     sync.Mutex
 	conn   *ttrpc.Client
 	client aapb.AttestationAgentServiceService
-	tee    string
 }
 
 // AgentSocketPath returns the file of an attestation-agent address:
@@ -59,26 +64,60 @@ func DialAgent(ctx context.Context, addr string) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	a := &Agent{path: path}
+	c, err := a.dial(ctx)
+	if err != nil {
+		return nil, err
+	}
 	dctx, cancel := context.WithTimeout(ctx, agentDialTimeout)
 	defer cancel()
-	var d net.Dialer
-	conn, err := d.DialContext(dctx, "unix", path)
+	rsp, err := c.GetTeeType(dctx, &aapb.GetTeeTypeRequest{})
 	if err != nil {
-		return nil, fmt.Errorf("attestation-agent %s: %w", path, err)
-	}
-	c := ttrpc.NewClient(conn)
-	a := &Agent{conn: c, client: aapb.NewAttestationAgentServiceClient(c)}
-	rsp, err := a.client.GetTeeType(dctx, &aapb.GetTeeTypeRequest{})
-	if err != nil {
-		c.Close()
+		a.Close()
 		return nil, fmt.Errorf("attestation-agent %s: GetTeeType: %w", path, err)
 	}
 	if !validTEEName(rsp.Tee) {
-		c.Close()
+		a.Close()
 		return nil, fmt.Errorf("attestation-agent %s: GetTeeType answered %q, not a TEE name", path, rsp.Tee)
 	}
 	a.tee = rsp.Tee
 	return a, nil
+}
+
+// dial (re)connects to the agent, replacing a connection that broke.
+func (a *Agent) dial(ctx context.Context) (aapb.AttestationAgentServiceService, error) {
+	dctx, cancel := context.WithTimeout(ctx, agentDialTimeout)
+	defer cancel()
+	var d net.Dialer
+	conn, err := d.DialContext(dctx, "unix", a.path)
+	if err != nil {
+		return nil, fmt.Errorf("attestation-agent %s: %w", a.path, err)
+	}
+	c := ttrpc.NewClient(conn)
+	a.mu.Lock()
+	if a.conn != nil {
+		a.conn.Close()
+	}
+	a.conn, a.client = c, aapb.NewAttestationAgentServiceClient(c)
+	a.mu.Unlock()
+	return a.client, nil
+}
+
+// call runs f on the agent's connection. If the connection is gone (the
+// agent restarted, say), it dials once more and runs f again: a call that
+// found the connection closed never reached the agent.
+func (a *Agent) call(ctx context.Context, f func(aapb.AttestationAgentServiceService) error) error {
+	a.mu.Lock()
+	c := a.client
+	a.mu.Unlock()
+	err := f(c)
+	if !errors.Is(err, ttrpc.ErrClosed) {
+		return err
+	}
+	if c, derr := a.dial(ctx); derr == nil {
+		err = f(c)
+	}
+	return err
 }
 
 // validTEEName admits kbs-types' spellings ("tdx", "az-snp-vtpm", …).
@@ -95,7 +134,11 @@ func validTEEName(s string) bool {
 }
 
 // Close closes the connection.
-func (a *Agent) Close() error { return a.conn.Close() }
+func (a *Agent) Close() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.conn.Close()
+}
 
 // TEE implements Attester: the TEE the agent named when dialled.
 func (a *Agent) TEE() string { return a.tee }
@@ -104,7 +147,11 @@ func (a *Agent) TEE() string { return a.tee }
 func (a *Agent) Evidence(ctx context.Context, reportData []byte) (json.RawMessage, error) {
 	ctx, cancel := context.WithTimeout(ctx, agentEvidenceTimeout)
 	defer cancel()
-	rsp, err := a.client.GetEvidence(ctx, &aapb.GetEvidenceRequest{RuntimeData: reportData})
+	var rsp *aapb.GetEvidenceResponse
+	err := a.call(ctx, func(c aapb.AttestationAgentServiceService) (err error) {
+		rsp, err = c.GetEvidence(ctx, &aapb.GetEvidenceRequest{RuntimeData: reportData})
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("attestation-agent GetEvidence: %w", err)
 	}
@@ -126,10 +173,14 @@ func (a *Agent) Measure(ctx context.Context, e Event) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, agentMeasureTimeout)
 	defer cancel()
-	rsp, err := a.client.ExtendRuntimeMeasurement(ctx, &aapb.ExtendRuntimeMeasurementRequest{
-		Domain:    e.Domain,
-		Operation: e.Operation,
-		Content:   e.Content,
+	var rsp *aapb.ExtendRuntimeMeasurementResponse
+	err := a.call(ctx, func(c aapb.AttestationAgentServiceService) (err error) {
+		rsp, err = c.ExtendRuntimeMeasurement(ctx, &aapb.ExtendRuntimeMeasurementRequest{
+			Domain:    e.Domain,
+			Operation: e.Operation,
+			Content:   e.Content,
+		})
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("attestation-agent ExtendRuntimeMeasurement: %w", err)

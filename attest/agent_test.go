@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -90,6 +91,13 @@ func (a *agentStub) ExtendRuntimeMeasurement(_ context.Context, r *aapb.ExtendRu
 func serveAgent(t *testing.T, a *agentStub) string {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "aa.sock")
+	serveAgentAt(t, a, sock)
+	return "unix://" + sock
+}
+
+func serveAgentAt(t *testing.T, a *agentStub, sock string) *ttrpc.Server {
+	t.Helper()
+	os.Remove(sock)
 	srv, err := ttrpc.NewServer()
 	if err != nil {
 		t.Fatal(err)
@@ -101,7 +109,7 @@ func serveAgent(t *testing.T, a *agentStub) string {
 	}
 	go srv.Serve(context.Background(), l)
 	t.Cleanup(func() { srv.Close() })
-	return "unix://" + sock
+	return srv
 }
 
 func TestAgent(t *testing.T) {
@@ -149,6 +157,21 @@ func TestAgent(t *testing.T) {
 			t.Errorf("evidence %q accepted", bad)
 		}
 	}
+	// The agent restarts: the client dials it again.
+	stub.evidence = []byte(`{"restarted":true}`)
+	restart := filepath.Join(t.TempDir(), "aa.sock")
+	first := serveAgentAt(t, stub, restart)
+	b, err := DialAgent(ctx, "unix://"+restart)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	first.Close()
+	serveAgentAt(t, stub, restart)
+	if ev, err := b.Evidence(ctx, rd); err != nil || string(ev) != `{"restarted":true}` {
+		t.Errorf("evidence after the agent restarted: %s, %v", ev, err)
+	}
+
 	stub.tee = "TDX; rm -rf"
 	if _, err := DialAgent(ctx, addr); err == nil || !strings.Contains(err.Error(), "not a TEE name") {
 		t.Errorf("a bad TEE name: %v", err)
