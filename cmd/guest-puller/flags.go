@@ -82,14 +82,26 @@ func (f *flags) flagError(err error) error {
 		name = strings.TrimLeft(name, "-")
 		var known []string
 		f.fs.VisitAll(func(fl *flag.Flag) { known = append(known, fl.Name) })
-		return usageError("unknown flag --%s%s%s", name, didYouMean(name, known, "--"), see)
+		return usageError("unknown flag %s%s%s", dashed(name), didYouMean(name, known, "--"), see)
 	}
 	if name, ok := strings.CutPrefix(msg, "flag needs an argument: "); ok {
-		return usageError("flag --%s needs a value%s", strings.TrimLeft(name, "-"), see)
+		return usageError("flag %s needs a value%s", dashed(strings.TrimLeft(name, "-")), see)
 	}
 	// "invalid value "x" for flag -name: reason"
-	msg = strings.Replace(msg, " for flag -", " for flag --", 1)
+	if before, after, ok := strings.Cut(msg, " for flag -"); ok {
+		name, reason, _ := strings.Cut(after, ": ")
+		msg = before + " for flag " + dashed(name) + ": " + reason
+	}
 	return usageError("%s%s", msg, see)
+}
+
+// dashed spells a flag as the help does: --name, or -c for a one-letter
+// flag (the confidential-data-hub's -c).
+func dashed(name string) string {
+	if len(name) == 1 {
+		return "-" + name
+	}
+	return "--" + name
 }
 
 func (f *flags) usageLine() string {
@@ -124,7 +136,7 @@ func (f *flags) printHelp(w io.Writer) {
 		if isBool(fl) {
 			value = ""
 		}
-		fmt.Fprintf(&b, "  --%s", fl.Name)
+		fmt.Fprintf(&b, "  %s", dashed(fl.Name))
 		if value != "" {
 			fmt.Fprintf(&b, " %s", value)
 		}
