@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
@@ -18,6 +19,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -616,5 +618,73 @@ func TestEncryptedOnlyNote(t *testing.T) {
 	}
 	if r := check("confidential"); strings.Contains(r.Stdout, "note:") {
 		t.Errorf("[sigstoreSigned, encrypted] scope has a note:\n%s", r.Stdout)
+	}
+}
+
+// TestLookasideFlood (issue 15, item 3): a lookaside store that answers
+// every signature-N with 4 MiB made `policy check` hold 128 of them
+// (714 MiB) before verifying any. Signatures are now verified one at a
+// time as they arrive and dropped, and an image's signatures are read
+// within 8 MiB in all: the check is refused (exit 3) in bounded memory.
+func TestLookasideFlood(t *testing.T) {
+	reg := testutil.StartRegistry(t, testutil.RegistryOptions{})
+	e := newEnv(t)
+	src := testutil.BuildImage(t, testutil.ImageSpec{Layers: [][]byte{testutil.Tar(t, testutil.File("f", "x", 0o644))}})
+	ref := reg.Push(t, src, "lookaside/app:1")
+	gpg := testutil.NewGPGKey(t, "Lookaside Signer <signer@example.com>")
+	policy := e.write("policy.json", `{"default":[{"type":"signedBy","keyType":"GPGKeys","keyPath":"`+gpg.Pub+`"}]}`)
+
+	// A signature that must be read whole to be checked: gpg's, by the
+	// policy's key, over 900 KB that are no simple-signing payload.
+	content := filepath.Join(t.TempDir(), "content")
+	if err := os.WriteFile(content, bytes.Repeat([]byte("z"), 900<<10), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	testutil.RunEnv(t, []string{"GNUPGHOME=" + gpg.Home}, "gpg", "--batch", "--compress-algo", "none",
+		"--local-user", gpg.Fingerprint, "--output", content+".sig", "--sign", content)
+	signed, err := os.ReadFile(content + ".sig")
+	if err != nil {
+		t.Fatal(err)
+	}
+	junk := bytes.Repeat([]byte{0xa5}, 4<<20)
+
+	for _, tc := range []struct {
+		name        string
+		body        []byte
+		want        string
+		maxRequests int64
+	}{
+		// Junk is refused at its first bytes: 128 requests, a few bytes
+		// read of each.
+		{"4 MiB of junk for every signature", junk, "more than 128 signatures", 128},
+		// A signature by the policy's key is read whole: 8 MiB of them.
+		{"a 900 KB signature for every signature", signed, "exceed 8388608 bytes in all", 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var requests atomic.Int64
+			store := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				requests.Add(1)
+				w.Write(tc.body)
+			}))
+			t.Cleanup(store.Close)
+			regD := filepath.Join(t.TempDir(), "registries.d")
+			if err := os.MkdirAll(regD, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(regD, "lookaside.yaml"), []byte("default-docker:\n  lookaside: "+store.URL+"\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			r := e.gp("policy", "check", ref, "--policy", policy, "--insecure-registry", reg.Host, "--registries-d", regD)
+			if r.Code != 3 {
+				t.Fatalf("exit %d, want 3: %s%s", r.Code, r.Stdout, r.Stderr)
+			}
+			if !strings.Contains(r.Stdout+r.Stderr, tc.want) {
+				t.Errorf("the refusal does not say %q:\n%s%s", tc.want, r.Stdout, r.Stderr)
+			}
+			if n := requests.Load(); n > tc.maxRequests {
+				t.Errorf("%d signatures requested, want at most %d", n, tc.maxRequests)
+			}
+			assertPeakRSS(t, "policy check", r)
+		})
 	}
 }

@@ -3,6 +3,8 @@ package verify
 // This file is the package's contract with pull/ (see docs/ARCHITECTURE.md).
 
 import (
+	"crypto/sha256"
+	"fmt"
 	"net/http"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -55,7 +57,8 @@ type Options struct {
 	// (sigstore attachments on, no lookaside).
 	RegistriesD *RegistriesD
 	// HTTPClient fetches http(s) lookaside signatures; nil means a default
-	// client with timeouts.
+	// client with timeouts. Whatever the client, redirects are followed
+	// only within the store's host, and never from https to http.
 	HTTPClient *http.Client
 }
 
@@ -66,9 +69,25 @@ type Verifier struct {
 
 // New returns a Verifier.
 func New(opts Options) *Verifier {
-	if opts.HTTPClient == nil {
-		opts.HTTPClient = &http.Client{Timeout: defaultHTTPTimeout}
+	hc := &http.Client{Timeout: defaultHTTPTimeout}
+	if opts.HTTPClient != nil {
+		c := *opts.HTTPClient
+		hc = &c
 	}
+	next := hc.CheckRedirect
+	hc.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+		if err := sameStore(req, via); err != nil {
+			return err
+		}
+		if next != nil {
+			return next(req, via)
+		}
+		if len(via) >= maxRedirects {
+			return fmt.Errorf("stopped after %d redirects", maxRedirects)
+		}
+		return nil
+	}
+	opts.HTTPClient = hc
 	return &Verifier{opts: opts}
 }
 
@@ -109,7 +128,8 @@ func (v *Verifier) Evidence(t Target) policy.Evidence {
 	return &evidence{
 		v:        v,
 		t:        t,
+		budget:   newByteBudget(),
 		sigstore: newOnce[[]rawSigstore](),
-		simple:   newOnce[[]rawSimple](),
+		simple:   map[[sha256.Size]byte]*once[[]policy.Claim]{},
 	}
 }

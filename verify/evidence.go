@@ -7,7 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"slices"
-	"strings"
+	"sync"
 	"time"
 
 	"github.com/sigstore/sigstore/pkg/cryptoutils"
@@ -17,15 +17,18 @@ import (
 	"github.com/guest-puller/guest-puller/policy"
 )
 
-// Bounds on what an untrusted registry or lookaside store can make us hold:
-// a signature manifest, one cosign payload or GPG signature, and the number
-// of signatures per digest and kind (containers/image allows 128 lookaside
-// signatures; attachments and referrers together get the same).
+// Bounds on what an untrusted registry or lookaside store can make us read
+// and hold: a signature manifest, one cosign payload or GPG signature, the
+// number of signatures per digest and kind (containers/image allows 128
+// lookaside signatures; attachments and referrers together get the same),
+// and all the signature bytes of one image together, so that a store
+// answering every signature-N with 4 MiB costs 8 MiB of reading, not 512.
 const (
 	maxManifestSize    = 4 << 20
 	maxPayloadSize     = 1 << 20
 	maxSignatureSize   = 4 << 20
 	maxSignatures      = 128
+	maxImageSignatures = 8 << 20
 	defaultHTTPTimeout = 2 * time.Minute
 )
 
@@ -36,20 +39,48 @@ type rawSigstore struct {
 	signature []byte
 }
 
-// rawSimple is a GPG simple-signing signature as fetched, not yet verified.
-type rawSimple struct {
-	digest string // the digest whose lookaside path held it
-	blob   []byte
-}
-
-// evidence implements policy.Evidence for one Target. Each kind of
-// signature is fetched at most once, on first use; keys are checked on
-// every call.
+// evidence implements policy.Evidence for one Target. Cosign signatures
+// are fetched at most once, on first use, and checked against each key
+// asked about. Lookaside signatures are verified as they arrive and not
+// kept: the store is walked once per keyring asked about, and only the
+// claims are kept. All of it reads from one budget of bytes.
 type evidence struct {
 	v        *Verifier
 	t        Target
+	budget   *byteBudget
 	sigstore *once[[]rawSigstore]
-	simple   *once[[]rawSimple]
+
+	mu     sync.Mutex
+	simple map[[sha256.Size]byte]*once[[]policy.Claim] // by keyring
+}
+
+// byteBudget is what is left of the signature bytes one image may read.
+type byteBudget struct {
+	mu   sync.Mutex
+	left int64
+}
+
+func newByteBudget() *byteBudget { return &byteBudget{left: maxImageSignatures} }
+
+// errBudget is the budget spent.
+var errBudget = fmt.Errorf("the image's signatures exceed %d bytes in all", maxImageSignatures)
+
+// take spends n bytes, or fails when fewer are left.
+func (b *byteBudget) take(n int64) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if n < 0 || n > b.left {
+		b.left = 0
+		return errBudget
+	}
+	b.left -= n
+	return nil
+}
+
+func (b *byteBudget) remaining() int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.left
 }
 
 var _ policy.Evidence = (*evidence)(nil)
@@ -94,25 +125,16 @@ func (e *evidence) SimpleSigning(ctx context.Context, keyring []byte) ([]policy.
 	if err != nil {
 		return nil, err
 	}
-	sigs, err := e.simple.get(ctx, e.fetchSimple)
+	e.mu.Lock()
+	o, ok := e.simple[sha256.Sum256(keyring)]
+	if !ok {
+		o = newOnce[[]policy.Claim]()
+		e.simple[sha256.Sum256(keyring)] = o
+	}
+	e.mu.Unlock()
+	claims, err := o.get(ctx, func(ctx context.Context) ([]policy.Claim, error) { return e.walkSimple(ctx, kr) })
 	if err != nil {
 		return nil, fmt.Errorf("simple-signing signatures of %s: %w", e.name(), untrusted.Error(err))
-	}
-	var claims []policy.Claim
-	for _, s := range sigs {
-		content, signer, err := verifyOpenPGP(kr, s.blob)
-		if err != nil {
-			continue
-		}
-		p, err := parsePayload(content, atomicPayloadType)
-		if err != nil || p.manifestDigest.String() != s.digest {
-			continue
-		}
-		claims = appendClaim(claims, policy.Claim{
-			DockerReference: p.dockerReference,
-			ManifestDigest:  p.manifestDigest,
-			KeyID:           strings.ToUpper(hex.EncodeToString(signer.PrimaryKey.Fingerprint)),
-		})
 	}
 	return claims, nil
 }

@@ -53,12 +53,12 @@ func (e *evidence) fetchSigstore(ctx context.Context) ([]rawSigstore, error) {
 
 	var out []rawSigstore
 	for _, d := range e.t.Digests {
-		sigs, err := fetchAttachment(ctx, p, e.t.Repo, d, maxSignatures)
+		sigs, err := fetchAttachment(ctx, p, e.t.Repo, d, maxSignatures, e.budget)
 		if err != nil {
 			return nil, err
 		}
 		out = append(out, sigs...)
-		more, err := fetchReferrers(ctx, p, opts, e.t.Repo, d, maxSignatures-len(sigs))
+		more, err := fetchReferrers(ctx, p, opts, e.t.Repo, d, maxSignatures-len(sigs), e.budget)
 		if err != nil {
 			return nil, err
 		}
@@ -69,7 +69,7 @@ func (e *evidence) fetchSigstore(ctx context.Context) ([]rawSigstore, error) {
 
 // fetchAttachment reads the signatures of d stored under cosign's
 // attachment tag, at most limit of them. No such tag means no signatures.
-func fetchAttachment(ctx context.Context, p *remote.Puller, repo name.Repository, d v1.Hash, limit int) ([]rawSigstore, error) {
+func fetchAttachment(ctx context.Context, p *remote.Puller, repo name.Repository, d v1.Hash, limit int, budget *byteBudget) ([]rawSigstore, error) {
 	tag := repo.Tag(fmt.Sprintf("%s-%s.sig", d.Algorithm, d.Hex))
 	desc, err := p.Get(ctx, tag)
 	if isNotFound(err) {
@@ -78,7 +78,7 @@ func fetchAttachment(ctx context.Context, p *remote.Puller, repo name.Repository
 	if err != nil {
 		return nil, fmt.Errorf("signature tag %s: %w", tag, err)
 	}
-	sigs, err := readSignatureManifest(ctx, p, repo, d, desc, false, limit)
+	sigs, err := readSignatureManifest(ctx, p, repo, d, desc, false, limit, budget)
 	if err != nil {
 		return nil, fmt.Errorf("signature tag %s: %w", tag, err)
 	}
@@ -88,7 +88,7 @@ func fetchAttachment(ctx context.Context, p *remote.Puller, repo name.Repository
 // fetchReferrers reads the signatures of d stored as OCI 1.1 referrers
 // (the referrers API, or its tag schema on registries without it), at most
 // limit of them.
-func fetchReferrers(ctx context.Context, p *remote.Puller, opts []remote.Option, repo name.Repository, d v1.Hash, limit int) ([]rawSigstore, error) {
+func fetchReferrers(ctx context.Context, p *remote.Puller, opts []remote.Option, repo name.Repository, d v1.Hash, limit int, budget *byteBudget) ([]rawSigstore, error) {
 	subject := repo.Digest(d.String())
 	idx, err := remote.Referrers(subject, opts...)
 	if err != nil {
@@ -115,7 +115,7 @@ func fetchReferrers(ctx context.Context, p *remote.Puller, opts []remote.Option,
 		if err != nil {
 			return nil, fmt.Errorf("referrer %s of %s: %w", desc.Digest, d, err)
 		}
-		sigs, err := readSignatureManifest(ctx, p, repo, d, m, true, limit-len(out))
+		sigs, err := readSignatureManifest(ctx, p, repo, d, m, true, limit-len(out), budget)
 		if err != nil {
 			return nil, fmt.Errorf("referrer %s of %s: %w", desc.Digest, d, err)
 		}
@@ -127,11 +127,14 @@ func fetchReferrers(ctx context.Context, p *remote.Puller, opts []remote.Option,
 // readSignatureManifest extracts the signatures (at most limit) of a cosign
 // signature manifest and fetches their payloads. Layers of other media
 // types (attestations, bundles) are not ours and are skipped.
-func readSignatureManifest(ctx context.Context, p *remote.Puller, repo name.Repository, subject v1.Hash, desc *remote.Descriptor, referrer bool, limit int) ([]rawSigstore, error) {
+func readSignatureManifest(ctx context.Context, p *remote.Puller, repo name.Repository, subject v1.Hash, desc *remote.Descriptor, referrer bool, limit int, budget *byteBudget) ([]rawSigstore, error) {
 	// go-containerregistry has already read the manifest, stopping at its
 	// own 100 MiB bound; a signature manifest is a few KiB.
 	if len(desc.Manifest) > maxManifestSize {
 		return nil, fmt.Errorf("manifest of %d bytes exceeds %d", len(desc.Manifest), maxManifestSize)
+	}
+	if err := budget.take(int64(len(desc.Manifest))); err != nil {
+		return nil, err
 	}
 	switch desc.MediaType {
 	case types.OCIManifestSchema1, types.DockerManifestSchema2:
@@ -165,6 +168,13 @@ func readSignatureManifest(ctx context.Context, p *remote.Puller, repo name.Repo
 		if err != nil {
 			// Cannot verify with any key: no claim, but not a broken store.
 			continue
+		}
+		// Payloads are kept until every key asked about has seen them:
+		// together they are bounded by the image's budget.
+		if l.Size > 0 && l.Size <= maxPayloadSize {
+			if err := budget.take(l.Size); err != nil {
+				return nil, err
+			}
 		}
 		payload, err := fetchBlob(ctx, p, repo, l, maxPayloadSize)
 		if err != nil {

@@ -3,6 +3,7 @@ package verify
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -10,18 +11,27 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strings"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/ProtonMail/go-crypto/openpgp/armor"
+	"github.com/ProtonMail/go-crypto/openpgp/packet"
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/refname"
+	"github.com/guest-puller/guest-puller/internal/untrusted"
+	"github.com/guest-puller/guest-puller/policy"
 )
 
 // errNoSignature ends the walk over signature-1, signature-2, ...
 var errNoSignature = errors.New("no such signature")
 
-// fetchSimple collects the lookaside signatures of every target digest.
-func (e *evidence) fetchSimple(ctx context.Context) ([]rawSimple, error) {
+// walkSimple reads the lookaside signatures of every target digest, one at
+// a time, verifying each with kr as it arrives; only the claims it makes
+// are kept. A signature that does not verify, or makes no claim about its
+// digest, is skipped; a store that fails, or sends more than the bounds
+// allow, fails the walk (and so the requirement).
+func (e *evidence) walkSimple(ctx context.Context, kr openpgp.EntityList) ([]policy.Claim, error) {
 	if e.t.Identity == nil {
 		return nil, errors.New("no image identity to derive lookaside paths from")
 	}
@@ -29,75 +39,133 @@ func (e *evidence) fetchSimple(ctx context.Context) ([]rawSimple, error) {
 	if err != nil || base == nil {
 		return nil, err
 	}
-	var out []rawSimple
+	var claims []policy.Claim
 	for _, d := range e.t.Digests {
 		for i := 1; ; i++ {
 			if i > maxSignatures {
 				return nil, fmt.Errorf("lookaside %s: more than %d signatures", lookasideURL(base, d, i).Redacted(), maxSignatures)
 			}
 			u := lookasideURL(base, d, i)
-			blob, err := e.v.readLookaside(ctx, u)
+			var claim *policy.Claim
+			err := e.v.readLookaside(ctx, u, e.budget, func(sig io.Reader) {
+				content, signer, err := verifyOpenPGP(kr, sig)
+				if err != nil {
+					return
+				}
+				p, err := parsePayload(content, atomicPayloadType)
+				if err != nil || p.manifestDigest.String() != d.String() {
+					return
+				}
+				claim = &policy.Claim{
+					DockerReference: p.dockerReference,
+					ManifestDigest:  p.manifestDigest,
+					KeyID:           strings.ToUpper(hex.EncodeToString(signer.PrimaryKey.Fingerprint)),
+				}
+			})
 			if errors.Is(err, errNoSignature) {
 				break
 			}
 			if err != nil {
 				return nil, fmt.Errorf("lookaside %s: %w", u.Redacted(), err)
 			}
-			out = append(out, rawSimple{digest: d.String(), blob: blob})
+			if claim != nil {
+				claims = appendClaim(claims, *claim)
+			}
 		}
 	}
-	return out, nil
+	return claims, nil
 }
 
-// readLookaside reads one signature, or returns errNoSignature when the
-// store says there is none (a missing file, an HTTP 404).
-func (v *Verifier) readLookaside(ctx context.Context, u *url.URL) ([]byte, error) {
-	var r io.Reader
+// readLookaside hands the signature at u to verify as a stream, at most
+// maxSignatureSize bytes and what is left of budget; it returns
+// errNoSignature when the store says there is none (a missing file, an
+// HTTP 404).
+func (v *Verifier) readLookaside(ctx context.Context, u *url.URL, budget *byteBudget, verify func(io.Reader)) error {
+	var body io.Reader
 	switch u.Scheme {
 	case "file":
 		if err := ctx.Err(); err != nil {
-			return nil, err
+			return err
 		}
 		f, err := os.Open(u.Path)
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, errNoSignature
+			return errNoSignature
 		}
 		if err != nil {
-			return nil, err
+			return err
 		}
 		defer f.Close()
-		r = f
+		body = f
 	case "http", "https":
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		resp, err := v.opts.HTTPClient.Do(req)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		defer resp.Body.Close()
 		switch resp.StatusCode {
 		case http.StatusOK:
 		case http.StatusNotFound:
-			return nil, errNoSignature
+			return errNoSignature
 		default:
 			// The code, not resp.Status: the reason phrase is the
 			// server's own text.
-			return nil, fmt.Errorf("HTTP status %d %s", resp.StatusCode, http.StatusText(resp.StatusCode))
+			return fmt.Errorf("HTTP status %d %s", resp.StatusCode, http.StatusText(resp.StatusCode))
 		}
-		r = resp.Body
+		body = resp.Body
 	default:
-		return nil, fmt.Errorf("%w: unsupported lookaside scheme %q", errdefs.ErrInvalidConfig, u.Scheme)
+		return fmt.Errorf("%w: unsupported lookaside scheme %s", errdefs.ErrInvalidConfig, untrusted.Quote(u.Scheme))
 	}
-	b, err := io.ReadAll(io.LimitReader(r, maxSignatureSize+1))
-	if err != nil {
-		return nil, err
+	left := budget.remaining()
+	r := &boundedReader{r: body, n: min(maxSignatureSize, left)}
+	verify(r)
+	if err := budget.take(r.read); err != nil {
+		return err
 	}
-	if len(b) > maxSignatureSize {
-		return nil, fmt.Errorf("signature exceeds %d bytes", maxSignatureSize)
+	if r.over {
+		if left < maxSignatureSize {
+			return errBudget
+		}
+		return fmt.Errorf("signature exceeds %d bytes", maxSignatureSize)
 	}
-	return b, nil
+	return r.err
+}
+
+// errTooLarge is what a boundedReader returns past its bound.
+var errTooLarge = errors.New("too large")
+
+// boundedReader reads at most n bytes of r, then fails, remembering that
+// it did (over), how much it read, and the first error of r other than EOF.
+type boundedReader struct {
+	r    io.Reader
+	n    int64
+	read int64
+	over bool
+	err  error
+}
+
+func (b *boundedReader) Read(p []byte) (int, error) {
+	if b.read >= b.n {
+		// One more byte tells a body of exactly n bytes from a longer one.
+		var one [1]byte
+		if k, _ := b.r.Read(one[:]); k > 0 {
+			b.over = true
+			return 0, errTooLarge
+		}
+		return 0, io.EOF
+	}
+	if int64(len(p)) > b.n-b.read {
+		p = p[:b.n-b.read]
+	}
+	n, err := b.r.Read(p)
+	b.read += int64(n)
+	if err != nil && err != io.EOF && b.err == nil {
+		b.err = err
+	}
+	return n, err
 }
 
 // parseKeyring reads OpenPGP public keys: binary, or one or more ASCII
@@ -141,10 +209,12 @@ func parseKeyring(data []byte) (openpgp.EntityList, error) {
 }
 
 // verifyOpenPGP checks a signed OpenPGP message made by a key of keyring
-// and returns its content and the signer. The content is bounded: a small
-// compressed message must not expand into gigabytes.
-func verifyOpenPGP(keyring openpgp.EntityList, blob []byte) ([]byte, *openpgp.Entity, error) {
-	md, err := openpgp.ReadMessage(bytes.NewReader(blob), keyring, nil, nil)
+// and returns its content and the signer. The content is bounded, and so
+// is every compressed packet: a small message must not expand into
+// gigabytes, nor into gigabytes of packets skipped before the content.
+func verifyOpenPGP(keyring openpgp.EntityList, msg io.Reader) ([]byte, *openpgp.Entity, error) {
+	limit := int64(2 * maxPayloadSize)
+	md, err := openpgp.ReadMessage(msg, keyring, nil, &packet.Config{MaxDecompressedMessageSize: &limit})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -169,4 +239,22 @@ func verifyOpenPGP(keyring openpgp.EntityList, blob []byte) ([]byte, *openpgp.En
 		return nil, nil, errors.New("no signature packet")
 	}
 	return content, md.SignedBy.Entity, nil
+}
+
+// maxRedirects bounds the redirects of one lookaside request.
+const maxRedirects = 5
+
+// sameStore refuses a redirect that leaves the lookaside store's host, or
+// goes from https to plain http: the registries.d configuration names
+// where signatures come from, and a store must not hand that choice to
+// another server, or drop TLS on the way.
+func sameStore(req *http.Request, via []*http.Request) error {
+	first := via[0].URL
+	if refname.Host(req.URL.Host) != refname.Host(first.Host) {
+		return fmt.Errorf("redirect to another host, %s, refused", untrusted.Quote(req.URL.Host))
+	}
+	if first.Scheme == "https" && req.URL.Scheme != "https" {
+		return errors.New("redirect from https to http refused")
+	}
+	return nil
 }

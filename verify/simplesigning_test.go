@@ -178,7 +178,9 @@ func TestSimpleSigning(t *testing.T) {
 		})
 	}
 
-	t.Run("lazy and shared", func(t *testing.T) {
+	// Signatures are verified as they arrive and not kept (issue 15,
+	// item 3): the store is walked once per keyring asked about.
+	t.Run("lazy, once per keyring", func(t *testing.T) {
 		ct := &countingTransport{base: http.DefaultTransport}
 		ev := New(Options{RegistriesD: httpRD, HTTPClient: &http.Client{Transport: ct}}).Evidence(target(signedRepo, dA))
 		if n := ct.n.Load(); n != 0 {
@@ -191,11 +193,17 @@ func TestSimpleSigning(t *testing.T) {
 		if n := ct.n.Load(); n != 3 {
 			t.Fatalf("first call made %d requests, want 3", n)
 		}
-		if got, err := ev.SimpleSigning(ctx, key2Armored); err != nil || len(got) != 1 {
+		if got, err := ev.SimpleSigning(ctx, key1); err != nil || len(got) != 1 {
 			t.Fatalf("SimpleSigning = %v, %v; want one claim", got, err)
 		}
 		if n := ct.n.Load(); n != 3 {
-			t.Fatalf("second call made %d more requests", n-3)
+			t.Fatalf("second call with the same keyring made %d more requests", n-3)
+		}
+		if got, err := ev.SimpleSigning(ctx, key2Armored); err != nil || len(got) != 1 {
+			t.Fatalf("SimpleSigning = %v, %v; want one claim", got, err)
+		}
+		if n := ct.n.Load(); n != 6 {
+			t.Fatalf("a call with another keyring made %d more requests, want 3", n-3)
 		}
 	})
 }
