@@ -153,6 +153,17 @@ func (p *Policy) Evaluate(ctx context.Context, img Image) (*Decision, error) {
 	return p.evaluate(ctx, img)
 }
 
+// RejectsOutright returns the decision for ref when the scope that covers
+// it has a "reject" requirement, so that no image could be allowed there:
+// the caller refuses without resolving the image, contacting the registry
+// or looking for signatures. The decision lists the reject requirements
+// only. It returns nil when the decision needs the image itself, and an
+// error (wrapping errdefs.ErrInvalidConfig) when ref is no valid docker
+// reference.
+func (p *Policy) RejectsOutright(ref name.Reference) (*Decision, error) {
+	return p.rejectsOutright(ref)
+}
+
 // Err returns nil when d allows the image, and otherwise an error wrapping
 // errdefs.ErrRefused that names the image, the scope and the first unmet
 // requirement with its reason, on one line.

@@ -63,6 +63,25 @@ func (p *Policy) lookup(ref reference.Named) (string, []requirement) {
 	return ScopeGlobalDefault, p.def
 }
 
+func (p *Policy) rejectsOutright(ref name.Reference) (*Decision, error) {
+	intended, err := dockerReference(ref)
+	if err != nil {
+		return nil, fmt.Errorf("policy: %w: %w", errdefs.ErrInvalidConfig, err)
+	}
+	scope, reqs := p.lookup(intended)
+	d := &Decision{Image: ref.String(), Scope: scope, Signatures: []SignatureResult{}}
+	for _, r := range reqs {
+		if rej, ok := r.(reject); ok {
+			res, _ := rej.evaluate(context.Background(), nil)
+			d.Requirements = append(d.Requirements, res)
+		}
+	}
+	if len(d.Requirements) == 0 {
+		return nil, nil
+	}
+	return d, nil
+}
+
 func (p *Policy) evaluate(ctx context.Context, img Image) (*Decision, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err

@@ -44,3 +44,41 @@ func TestScopeHostSpellings(t *testing.T) {
 		t.Errorf("two spellings of one scope: %v, want an error", err)
 	}
 }
+
+// TestRejectsOutright: a scope with a reject requirement refuses any image
+// under it before the image is looked at; other scopes need the image.
+func TestRejectsOutright(t *testing.T) {
+	p := mustLoad(t, `{"default":[{"type":"reject"}],"transports":{"docker":{
+		"registry.example.com/open":   [{"type":"insecureAcceptAnything"}],
+		"registry.example.com/signed": [{"type":"encrypted"}],
+		"registry.example.com/mixed":  [{"type":"encrypted"}, {"type":"reject"}],
+		"registry.example.com/closed": [{"type":"reject"}]}}}`, "")
+	for _, tc := range []struct {
+		image, scope string
+		rejects      bool
+	}{
+		{"registry.example.com/open/app:1", "", false},
+		{"registry.example.com/signed/app:1", "", false},
+		{"registry.example.com/mixed/app:1", "registry.example.com/mixed", true},
+		{"Registry.Example.com:443/closed/app:1", "registry.example.com/closed", true},
+		{"elsewhere.example.org/app:1", ScopeGlobalDefault, true},
+	} {
+		d, err := p.RejectsOutright(ref(t, tc.image))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (d != nil) != tc.rejects {
+			t.Errorf("%s: RejectsOutright = %+v, want a refusal: %v", tc.image, d, tc.rejects)
+			continue
+		}
+		if d == nil {
+			continue
+		}
+		if d.Allowed || d.Scope != tc.scope || len(d.Requirements) != 1 || d.Requirements[0].Type != TypeReject || d.Signatures == nil {
+			t.Errorf("%s: decision %+v, want refused under %q by reject", tc.image, d, tc.scope)
+		}
+		if err := d.Err(); err == nil || !strings.Contains(err.Error(), "reject") {
+			t.Errorf("%s: Err() = %v", tc.image, err)
+		}
+	}
+}

@@ -166,6 +166,7 @@ func open(ctx context.Context, cfg Config, progress Progress, full bool) (*Pulle
 		Registry:               FromClient(rc),
 		Policy:                 pol,
 		RegistriesD:            rd,
+		Creds:                  cfg.Creds,
 		MaxConcurrentDownloads: cfg.MaxConcurrentDownloads,
 		Progress:               progress,
 	}
@@ -235,8 +236,11 @@ func LoadPolicy(ctx context.Context, path string, read policy.ReadFunc) (*policy
 }
 
 func newRegistryClient(ctx context.Context, cfg Config, res *resources) (*registry.Client, error) {
-	creds := registry.Credentials{Creds: cfg.Creds}
-	if cfg.Creds == "" && cfg.AuthFile != "" {
+	// --creds go to each pull's own registry (Options.Creds), never to
+	// every registry: the client itself knows only the auth file, whose
+	// credentials are bound to registries by their keys.
+	var creds registry.Credentials
+	if cfg.AuthFile != "" {
 		data, err := res.read(ctx, cfg.AuthFile)
 		if err != nil {
 			return nil, fmt.Errorf("--auth-file %s: %w", cfg.AuthFile, err)

@@ -45,6 +45,10 @@ type Options struct {
 	// Keys unwraps encrypted layers; nil means no key: an encrypted image
 	// fails with errdefs.ErrDecrypt.
 	Keys *decrypt.Keyring
+	// Creds are registry credentials USER:PASSWORD (--creds) for the
+	// registry of the image each pull names, sent to that registry alone
+	// (Registry.ForRequest); a Request's own Creds replace them.
+	Creds string
 	// MaxConcurrentDownloads bounds the layers fetched at once by one
 	// pull, and the layers decompressed at once by all the Puller's pulls
 	// together (see compression.go).
@@ -264,10 +268,24 @@ func (p *Puller) unwrapKeys(ctx context.Context, image string, jobs []*layerJob)
 }
 
 // Check resolves image and evaluates the policy over it, fetching no layer:
-// `guest-puller policy check`.
+// `guest-puller policy check`. When the policy rejects every image of the
+// scope, the decision comes without contacting the registry and the
+// returned Image is nil.
 func (p *Puller) Check(ctx context.Context, image string) (*registry.Image, *policy.Decision, error) {
 	_, img, d, err := p.resolve(ctx, image, "")
 	return img, d, err
+}
+
+// registryFor is the Registry a pull of ref reads with: credentials (the
+// request's, else the Puller's) go to ref's registry only.
+func (p *Puller) registryFor(ref name.Reference, creds string) (Registry, error) {
+	if creds == "" {
+		creds = p.opts.Creds
+	}
+	if creds == "" {
+		return p.opts.Registry, nil
+	}
+	return p.opts.Registry.ForRequest(creds, ref)
 }
 
 // resolve turns image's name into the references to try (a short name
@@ -275,21 +293,21 @@ func (p *Puller) Check(ctx context.Context, image string) (*registry.Image, *pol
 // in order, as containers/image does: the first that resolves and that the
 // policy allows is the image. When none is allowed, the first refusal is
 // the answer (exit 3, explained), and when none resolves, every
-// candidate's error is. creds, if set, go to each candidate's registry
-// only; the Registry returned is the one to fetch the image's blobs with.
+// candidate's error is. creds (else the Puller's) go to each candidate's
+// registry only; the Registry returned is the one to fetch the image's
+// blobs with. A candidate whose scope rejects every image is refused
+// without contacting its registry (its Image is nil).
 func (p *Puller) resolve(ctx context.Context, image, creds string) (Registry, *registry.Image, *policy.Decision, error) {
 	res, err := p.opts.Registry.ResolveName(image)
 	if err != nil {
 		return nil, nil, nil, err
 	}
 	try := func(ref name.Reference) (Registry, *registry.Image, *policy.Decision, error) {
-		rc := p.opts.Registry
-		if creds != "" {
-			if rc, err = rc.ForRequest(creds, ref); err != nil {
-				return nil, nil, nil, err
-			}
+		rc, err := p.registryFor(ref, creds)
+		if err != nil {
+			return nil, nil, nil, err
 		}
-		img, d, err := p.check(ctx, rc, ref)
+		img, d, err := p.check(ctx, ref, rc)
 		return rc, img, d, err
 	}
 	if len(res.Candidates) == 1 {
@@ -323,7 +341,18 @@ func (p *Puller) resolve(ctx context.Context, image, creds string) (Registry, *r
 	return nil, nil, nil, fmt.Errorf("%s: no candidate can be pulled: "+strings.TrimSuffix(strings.Repeat("%w; ", len(errs)), "; "), append([]any{res.How}, errs...)...)
 }
 
-func (p *Puller) check(ctx context.Context, rc Registry, ref name.Reference) (*registry.Image, *policy.Decision, error) {
+// check decides on ref: at once when its scope rejects every image (the
+// registry, which the image name may have been chosen to reach, is never
+// contacted, and the Image is nil), otherwise over the resolved image and
+// its signatures.
+func (p *Puller) check(ctx context.Context, ref name.Reference, rc Registry) (*registry.Image, *policy.Decision, error) {
+	d, err := p.opts.Policy.RejectsOutright(ref)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: policy: %w", refname.Reference(ref), err)
+	}
+	if d != nil {
+		return nil, d, nil
+	}
 	img, err := rc.Resolve(ctx, ref)
 	if err != nil {
 		return nil, nil, err
@@ -343,7 +372,7 @@ func (p *Puller) check(ctx context.Context, rc Registry, ref name.Reference) (*r
 	for i, l := range img.Manifest.Layers {
 		mts[i] = string(l.MediaType)
 	}
-	d, err := p.opts.Policy.Evaluate(ctx, policy.Image{
+	d, err = p.opts.Policy.Evaluate(ctx, policy.Image{
 		Ref:             ref,
 		ManifestDigest:  img.Digest,
 		IndexDigest:     img.IndexDigest,

@@ -116,6 +116,12 @@ policy refuses it (the report says why), like pull for other failures.`)
 	if err != nil {
 		return err
 	}
+	// A scope that rejects every image decides without the registry: no
+	// manifest was fetched.
+	manifest, manifestText := "", "(not fetched: the scope rejects every image)"
+	if img != nil {
+		manifest, manifestText = img.Digest.String(), img.Digest.String()
+	}
 	stdout := inv.stdout
 	if *asJSON {
 		out := struct {
@@ -125,7 +131,7 @@ policy refuses it (the report says why), like pull for other failures.`)
 			pull.PolicyResult
 			Signatures any      `json:"signatures"`
 			Notes      []string `json:"notes,omitempty"`
-		}{d.Image, img.Digest.String(), d.Allowed, pull.PolicyResult{Scope: d.Scope, Requirements: d.Requirements}, d.Signatures, policyNotes(d.Requirements)}
+		}{d.Image, manifest, d.Allowed, pull.PolicyResult{Scope: d.Scope, Requirements: d.Requirements}, d.Signatures, policyNotes(d.Requirements)}
 		if err := writeJSON(stdout, out); err != nil {
 			return err
 		}
@@ -134,7 +140,7 @@ policy refuses it (the report says why), like pull for other failures.`)
 		if !d.Allowed {
 			verdict = "refused"
 		}
-		fmt.Fprintf(stdout, "image:     %s\nmanifest:  %s\nscope:     %s\ndecision:  %s\n", d.Image, img.Digest, scopeName(d.Scope), verdict)
+		fmt.Fprintf(stdout, "image:     %s\nmanifest:  %s\nscope:     %s\ndecision:  %s\n", d.Image, manifestText, scopeName(d.Scope), verdict)
 		for _, r := range d.Requirements {
 			mark := "ok  "
 			if !r.OK {

@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"time"
 
 	"github.com/guest-puller/guest-puller/api"
+	"github.com/guest-puller/guest-puller/internal/errdefs"
 	"github.com/guest-puller/guest-puller/pull"
 )
 
@@ -16,9 +18,11 @@ func cmdServe(ctx context.Context, inv *invocation) error {
 calls: the confidential-data-hub's api.ImagePullService and the agent's
 grpc.Image, plus guestpuller.v1.GuestPuller (pull with the full result,
 status, list, remove, gc). The settings below are the defaults of every
-request; a request's own registry credentials replace --creds for it alone.
+request. A request's own registry credentials go to its registry alone; the
+daemon's own credentials come from --auth-file, keyed by registry (a USER:PASSWORD
+for every request would go to whatever registry a request names).
 SIGTERM or SIGINT stops the daemon and removes the socket.`)
-	s := f.settings(nil)
+	s := f.settings(func(name string) bool { return name != "creds" })
 	socket := f.fs.String("socket", api.DefaultSocket, "unix socket `PATH` to serve on")
 	gcEvery := f.fs.Duration("gc-interval", DefaultGCInterval, "every `DURATION`, reclaim what containers left once their bundle directory is gone (upper directories, records) and layers nothing uses any more; 0 turns it off")
 	if _, err := f.parse(inv.args, 0); err != nil {
@@ -28,6 +32,9 @@ SIGTERM or SIGINT stops the daemon and removes the socket.`)
 	cfg, err := s.config()
 	if err != nil {
 		return err
+	}
+	if cfg.Creds != "" {
+		return fmt.Errorf("serve: %w: the config file sets \"creds\", which the daemon would send to whatever registry a request names; give the daemon's credentials per registry in an auth file (\"auth-file\"), and kata's per-request source_creds go to their request's registry alone", errdefs.ErrInvalidConfig)
 	}
 	p, err := pull.Open(ctx, cfg, nil)
 	if err != nil {
