@@ -70,18 +70,6 @@ func New(opts Options) *Service {
 	return &Service{opts: opts}
 }
 
-// NewService returns the handlers of `guest-puller serve`: every pull goes
-// through p, and the confidential-data-hub's services other than
-// ImagePullService answer Unimplemented. Requests are logged to log.
-func NewService(p *pull.Puller, log *slog.Logger, version string) *Service {
-	return New(Options{
-		Puller:  func(context.Context) (*pull.Puller, error) { return p, nil },
-		Cache:   p.Cache(),
-		Log:     log,
-		Version: version,
-	})
-}
-
 // Register adds the services to srv: the confidential-data-hub's four
 // (package api), kata-agent's grpc.Image, and guestpuller.v1.
 func (s *Service) Register(srv *ttrpc.Server) {
