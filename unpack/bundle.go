@@ -125,8 +125,24 @@ func (c *Cache) CreateBundle(ctx context.Context, spec BundleSpec) (*Bundle, err
 			b := old.Bundle
 			return &b, nil
 		}
-		// Its container is gone: reclaim what it left.
-		if err := c.teardown(old.ID, old, true); err != nil {
+		// Its container is gone: reclaim what it left. Its directory, if
+		// another, is touched only under that directory's lock: one
+		// being claimed by a new bundle right now is the claimer's, who
+		// reclaims this record's part there (claimDir).
+		inDir, release := true, func() {}
+		if old.Dir != dir {
+			var err error
+			release, err = c.tryLockDir(old.Dir)
+			if err != nil && !errors.Is(err, errLocked) {
+				return nil, fmt.Errorf("bundle %s: %w", spec.ID, err)
+			}
+			if inDir = err == nil; !inDir {
+				release = func() {}
+			}
+		}
+		err := c.teardown(old.ID, old, inDir)
+		release()
+		if err != nil {
 			return nil, fmt.Errorf("bundle %s: reclaim the earlier bundle: %w", spec.ID, err)
 		}
 	}
@@ -141,7 +157,7 @@ func (c *Cache) CreateBundle(ctx context.Context, spec BundleSpec) (*Bundle, err
 		State:   bundleCreating,
 		Created: time.Now().UTC(),
 	}
-	if err := c.claimDir(ctx, rec); err != nil {
+	if err := c.claimDir(rec); err != nil {
 		return nil, fmt.Errorf("bundle %s: %w", spec.ID, err)
 	}
 	if err := c.makeBundle(ctx, rec, layers, spec); err != nil {
@@ -157,13 +173,28 @@ func (c *Cache) CreateBundle(ctx context.Context, spec BundleSpec) (*Bundle, err
 // lockDir takes the lock on bundle directory dir (by its real path), and
 // returns its release.
 func (c *Cache) lockDir(ctx context.Context, dir string) (func(), error) {
-	sum := sha256.Sum256([]byte(resolveExisting(dir)))
-	path := c.path(dirLocks, "dir-"+hex.EncodeToString(sum[:16])+".lock")
+	path := c.dirLock(dir)
 	f, err := lock(ctx, path, unix.LOCK_EX)
 	if err != nil {
 		return nil, fmt.Errorf("bundle dir %s: %w", dir, err)
 	}
 	return func() { unlockAndRemove(f, path) }, nil
+}
+
+// tryLockDir is lockDir without waiting: errLocked when a bundle is being
+// made in dir.
+func (c *Cache) tryLockDir(dir string) (func(), error) {
+	path := c.dirLock(dir)
+	f, err := tryLock(path, unix.LOCK_EX)
+	if err != nil {
+		return nil, err
+	}
+	return func() { unlockAndRemove(f, path) }, nil
+}
+
+func (c *Cache) dirLock(dir string) string {
+	sum := sha256.Sum256([]byte(resolveExisting(dir)))
+	return c.path(dirLocks, "dir-"+hex.EncodeToString(sum[:16])+".lock")
 }
 
 // conflict says why rec, a live bundle, is not the one spec asks for, or
@@ -185,7 +216,7 @@ func (rec *bundleState) conflict(spec BundleSpec, dir string) error {
 // config.json and rootfs were in it), and is reclaimed without touching
 // the directory, which is rec's from now on. The caller holds the
 // directory's lock.
-func (c *Cache) claimDir(ctx context.Context, rec *bundleState) error {
+func (c *Cache) claimDir(rec *bundleState) error {
 	fi, err := os.Lstat(rec.Dir)
 	switch {
 	case isNotExist(err):
@@ -211,7 +242,7 @@ func (c *Cache) claimDir(ctx context.Context, rec *bundleState) error {
 		if o.ID == rec.ID || o.Dir != rec.Dir {
 			continue
 		}
-		if err := c.reclaimDisplaced(ctx, o.ID, rec.Dir); err != nil {
+		if err := c.reclaimDisplaced(o.ID, rec.Dir); err != nil {
 			return err
 		}
 	}
@@ -219,9 +250,15 @@ func (c *Cache) claimDir(ctx context.Context, rec *bundleState) error {
 }
 
 // reclaimDisplaced removes what is left of bundle id, recorded in dir
-// that another bundle is claiming, without touching dir.
-func (c *Cache) reclaimDisplaced(ctx context.Context, id, dir string) error {
-	bl, err := lock(ctx, c.bundleLock(id), unix.LOCK_EX)
+// that another bundle is claiming, without touching dir. If id's lock is
+// held, a request is making id anew elsewhere right now: it reclaims its
+// old record itself, and leaves dir alone (its lock is the claimer's).
+// Not waiting for it keeps two claims from waiting on each other.
+func (c *Cache) reclaimDisplaced(id, dir string) error {
+	bl, err := tryLock(c.bundleLock(id), unix.LOCK_EX)
+	if errors.Is(err, errLocked) {
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("bundle %s: %w", id, err)
 	}

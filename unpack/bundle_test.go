@@ -745,3 +745,104 @@ func treeOf(t *testing.T, dir string) []string {
 	})
 	return out
 }
+
+// TestBundleDirectoryRaces: a bundle directory that a new bundle is
+// claiming, or has claimed, belongs to it: the reclaiming of an older
+// record of that directory, by another request or by GC, never touches
+// it.
+func TestBundleDirectoryRaces(t *testing.T) {
+	requireRoot(t)
+	ctx := context.Background()
+	c := openCache(t)
+	l := commitLayer(t, c, tarLayer(t, fileE("f", "x", 0o644)))
+	if err := c.PutImage(ctx, imageRecord("img", l)); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testImageConfig()
+	cfg.Config.User = ""
+	spec := func(id, image, dir string) BundleSpec {
+		return BundleSpec{ID: id, Dir: dir, Image: image, ManifestDigest: digest.FromString(image), Layers: []digest.Digest{l}, Config: cfg}
+	}
+	kata := t.TempDir()
+	mk := func(s BundleSpec) *Bundle {
+		t.Helper()
+		b, err := c.CreateBundle(ctx, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unmountAll(b.Rootfs) })
+		return b
+	}
+	end := func(b *Bundle) {
+		t.Helper()
+		if err := unix.Unmount(b.Rootfs, 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.RemoveAll(b.Dir); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	t.Run("a directory being claimed", func(t *testing.T) {
+		// a's container ended; another request is making its bundle in
+		// a's old directory right now (it holds the directory's lock and
+		// has made the rootfs, not yet config.json).
+		d2 := filepath.Join(kata, "d2")
+		a := mk(spec("a", "img", d2))
+		end(a)
+		release, err := c.tryLockDir(d2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer release()
+		if err := os.MkdirAll(filepath.Join(d2, "rootfs"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d2, "rootfs", "theirs"), []byte("new"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		// a again, elsewhere: its old record goes, d2 is left alone.
+		mk(spec("a", "img", filepath.Join(kata, "d1")))
+		if got := readFile(t, filepath.Join(d2, "rootfs", "theirs")); got != "new" {
+			t.Errorf("the claimed directory's rootfs: theirs = %q", got)
+		}
+	})
+
+	t.Run("a record left behind in a claimed directory", func(t *testing.T) {
+		// o's container ended; x claims o's directory while o's id is
+		// being made elsewhere by a request that fails (so nobody
+		// reclaims o's record when x claims the directory).
+		d := filepath.Join(kata, "d")
+		o := mk(spec("o", "old-image", d))
+		end(o)
+		held, err := tryLock(c.bundleLock("o"), unix.LOCK_EX)
+		if err != nil {
+			t.Fatal(err)
+		}
+		x := mk(spec("x", "img", d))
+		held.Close()
+		if err := os.WriteFile(filepath.Join(x.Rootfs, "state"), []byte("x ran"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		// o's image goes: GC takes o, and nothing of x.
+		if err := c.PutImage(ctx, imageRecord("old-image", l)); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.RemoveImage(ctx, "old-image"); err != nil {
+			t.Fatal(err)
+		}
+		rep, err := c.GC(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Contains(rep.Bundles, "o") || slices.Contains(rep.Bundles, "x") {
+			t.Errorf("GC removed bundles %v, want o and not x", rep.Bundles)
+		}
+		if got := readFile(t, filepath.Join(x.Rootfs, "state")); got != "x ran" {
+			t.Errorf("x's rootfs after o's reclaim: state = %q", got)
+		}
+		if mounted, _ := isMountPoint(x.Rootfs); !mounted {
+			t.Error("x's rootfs was unmounted")
+		}
+	})
+}

@@ -34,16 +34,21 @@ func (c *Cache) List(ctx context.Context) (*Listing, error) {
 	if l.Images == nil {
 		l.Images = []ImageRecord{}
 	}
+	displaced := displacedBundles(bundles)
+	var current []*bundleState
 	for _, b := range bundles {
 		r := b.BundleRecord
-		r.Removed = b.Removed || !c.configPresent(b)
+		r.Removed = b.Removed || displaced[b.ID] || !c.configPresent(b)
 		if b.State != bundleReady {
 			// Being made right now, unless its maker was killed.
 			r.Removed = !c.bundleBusy(b.ID)
 		}
 		l.Bundles = append(l.Bundles, r)
+		if !displaced[b.ID] {
+			current = append(current, b)
+		}
 	}
-	refs := c.layerRefs(images, bundles, false)
+	refs := c.layerRefs(images, current, false)
 	layers, err := c.layers()
 	if err != nil {
 		return nil, err
@@ -68,6 +73,29 @@ func (c *Cache) bundleBusy(id string) bool {
 // its bundle directory and config.json still there.
 func (c *Cache) live(b *bundleState) bool {
 	return b.State == bundleReady && !b.Removed && c.configPresent(b)
+}
+
+// displacedBundles finds the records that share a bundle directory with
+// a newer one. A directory is claimed only when empty (CreateBundle), so
+// the newer record's bundle is the one there: the older ones are gone,
+// and their teardown must not touch the directory. CreateBundle reclaims
+// them as it claims the directory; one it could not (its id was being
+// made elsewhere at that moment, by a request that then failed) is
+// found here.
+func displacedBundles(bundles []*bundleState) map[string]bool {
+	newest := map[string]*bundleState{}
+	for _, b := range bundles {
+		if n := newest[b.Dir]; n == nil || b.Created.After(n.Created) {
+			newest[b.Dir] = b
+		}
+	}
+	out := map[string]bool{}
+	for _, b := range bundles {
+		if newest[b.Dir] != b {
+			out[b.ID] = true
+		}
+	}
+	return out
 }
 
 // layerRefs counts, per diff_id, the image records and the bundles that
@@ -156,17 +184,18 @@ func (c *Cache) collect(ctx context.Context, report *GCReport) (trash []string, 
 	// error is reported, and a bundle that stays keeps its layers.
 	var errs []error
 	var kept []*bundleState
+	displaced := displacedBundles(bundles)
 	for _, b := range bundles {
 		if err := ctx.Err(); err != nil {
 			return trash, err
 		}
 		// Under the exclusive lock nobody is making a bundle, so one not
 		// ready was left by a killed process.
-		if c.live(b) {
+		if !displaced[b.ID] && c.live(b) {
 			kept = append(kept, b)
 			continue
 		}
-		t, err := c.unmake(b.ID, b, true)
+		t, err := c.unmake(b.ID, b, !displaced[b.ID])
 		if err != nil {
 			errs = append(errs, err)
 			kept = append(kept, b)
