@@ -205,7 +205,7 @@ func toStatus(err error) error {
 	if code == codes.Unauthenticated {
 		// The command line names its flags; a daemon's caller has its own
 		// credentials in the request, or relies on the daemon's.
-		msg += "; check the request's registry credentials (source_creds), or the daemon's --creds / --auth-file"
+		msg += "; check the request's registry credentials (source_creds), or the daemon's auth file (--auth-file)"
 	}
 	return status.Error(code, untrusted.Escape(msg))
 }

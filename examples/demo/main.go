@@ -142,22 +142,31 @@ func run(ctx context.Context, policyPath, keyPath, cacheDir string) error {
 	}
 	defer p.Close()
 	// The encrypted image goes first, so its layers are fetched and
-	// decrypted; the others share them from the cache by diff_id, yet each
-	// pull is resolved and judged by the policy anew.
-	for i, image := range []string{
-		"registry.example.com/encrypted/hello:1.0",
-		"registry.example.com/public/hello:1.0",
-		"registry.example.com/signed/hello:1.0",
-		"registry.example.com/signed/unsigned:1.0",
+	// decrypted. The public image has the same diff_ids but fetches its own
+	// blobs: a layer known only from decryption is not handed to a plain
+	// image. The signed image, made of the public one's blobs, takes both
+	// from the cache. Every pull is resolved and judged by the policy anew,
+	// and the unsigned image must be refused: the demo fails otherwise.
+	for i, tc := range []struct {
+		image   string
+		refused bool
+	}{
+		{"registry.example.com/encrypted/hello:1.0", false},
+		{"registry.example.com/public/hello:1.0", false},
+		{"registry.example.com/signed/hello:1.0", false},
+		{"registry.example.com/signed/unsigned:1.0", true},
 	} {
+		image := tc.image
 		start := time.Now()
 		res, err := p.Pull(ctx, pull.Request{Image: image, ContainerID: fmt.Sprintf("demo-%d", i)})
-		if err != nil {
-			if errdefs.ExitCode(err) == 3 {
-				step("refused", "%s\n            (exit code 3: %v)", image, err)
-				continue
-			}
-			return err
+		switch {
+		case err != nil && tc.refused && errdefs.ExitCode(err) == 3:
+			step("refused", "%s, as policy.example.json wants\n            (exit code 3: %v)", image, err)
+			continue
+		case err != nil:
+			return fmt.Errorf("%s: %w", image, err)
+		case tc.refused:
+			return fmt.Errorf("%s was pulled, but policy.example.json should refuse it", image)
 		}
 		cached := 0
 		for _, l := range res.Layers {

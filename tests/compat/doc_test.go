@@ -3,7 +3,7 @@
 // this project, through guest-puller and through go.podman.io/image/v5 (the
 // library behind skopeo, podman and CRI-O) in the same test binary, and
 // asserts that both reach the same verdict, except for the differences
-// listed here and in the README ("Differences from containers/image"), each
+// listed here and in docs/policy.md ("Differences from containers/image"), each
 // with its reason. A listed difference that stops occurring fails the test
 // too, so that the list stays true.
 //

@@ -8,7 +8,7 @@ import (
 )
 
 // A difference is a verdict of guest-puller's that differs from
-// go.podman.io/image/v5's on purpose; the README lists each with its
+// go.podman.io/image/v5's on purpose; docs/policy.md lists each with its
 // reason ("Differences from containers/image").
 type difference struct {
 	file  string // a policy file, or a registries.d directory

@@ -58,7 +58,7 @@ var confInputs = []string{
 const digestA = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 
 // A confDifference is a verdict of guest-puller's that differs from
-// go.podman.io/image/v5's on purpose; the README lists each, with its reason
+// go.podman.io/image/v5's on purpose; docs/policy.md lists each, with its reason
 // ("Differences from containers/image"). The test fails if a listed
 // difference disappears, so that the list stays true.
 type confDifference struct {
