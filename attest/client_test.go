@@ -573,7 +573,7 @@ func TestClientIdleTimeout(t *testing.T) {
 	stalls["/kbs/v0/auth"] = "answer"
 	stalls["/kbs/v0/resource/default/key/1"] = "body"
 	mu.Unlock()
-	c, err := attest.NewClient(srv.URL, e.tpmAttester(t), attest.ClientOptions{IdleTimeout: 200 * time.Millisecond})
+	c, err := attest.NewClient(srv.URL, e.tpmAttester(t), attest.ClientOptions{IdleTimeout: 500 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

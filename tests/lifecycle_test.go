@@ -510,7 +510,7 @@ func TestDaemonStalledRegistry(t *testing.T) {
 	stalling := testutil.StartProxy(t, reg.Host, testutil.ProxyOptions{BlobFaults: []testutil.Fault{{StallMidBlob: true}}})
 	e := newEnv(t)
 	policy := e.write("policy.json", acceptAll)
-	d := startDaemon(t, e, "--policy", policy, "--insecure-registry", stalling.Host, "--idle-timeout", "500ms")
+	d := startDaemon(t, e, "--policy", policy, "--insecure-registry", stalling.Host, "--idle-timeout", "1s")
 	k := newKata(t, e, d)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

@@ -12,7 +12,7 @@ import (
 	"time"
 )
 
-const idle = 200 * time.Millisecond
+const idle = 400 * time.Millisecond
 
 // server serves handler; a handler that stalls waits for the client to go
 // away or the test to end.
@@ -96,7 +96,7 @@ func TestTransport(t *testing.T) {
 				for range 8 {
 					io.WriteString(w, "ab")
 					w.(http.Flusher).Flush()
-					time.Sleep(idle / 2)
+					time.Sleep(idle / 4)
 				}
 			},
 			idle: idle,

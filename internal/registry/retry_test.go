@@ -136,7 +136,7 @@ func isManifestGet(r *http.Request) bool {
 }
 
 // testIdle is the idle timeout of the tests with stalling registries.
-const testIdle = 200 * time.Millisecond
+const testIdle = 300 * time.Millisecond
 
 // fastRetry keeps the default number of attempts with short waits.
 var fastRetry = Retry{Backoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, MaxRetryAfter: 5 * time.Second}
