@@ -138,6 +138,27 @@ func TestEncryptCommand(t *testing.T) {
 		}
 	})
 
+	t.Run("to a registry that wants credentials", func(t *testing.T) {
+		const user, pass = "pusher", "Pu5h-Pa55word"
+		priv := testutil.StartRegistry(t, testutil.RegistryOptions{User: user, Password: pass})
+		dst := "docker://" + priv.Host + "/enc/private:1"
+		args := append([]string{"encrypt", src, dst, "--insecure-registry", priv.Host}, recipients...)
+		r := e.gp(append(args, "--dest-creds", user+":wrong")...)
+		if r.Code != 1 || !strings.Contains(r.Stderr, "authentication failed") || !strings.Contains(r.Stderr, "check --src-creds, --dest-creds or --auth-file") {
+			t.Errorf("wrong --dest-creds: exit %d, stderr %q; want 1 and the flags to check", r.Code, r.Stderr)
+		}
+		auth := e.write("auth.json", `{"auths":{"`+priv.Host+`":{"auth":"`+base64.StdEncoding.EncodeToString([]byte(user+":"+pass))+`"}}}`)
+		for _, creds := range [][]string{{"--dest-creds", user + ":" + pass}, {"--auth-file", auth}} {
+			if r := e.gp(append(args, creds...)...); r.Code != 0 {
+				t.Fatalf("encrypt with %s: exit %d: %s", creds[0], r.Code, r.Stderr)
+			}
+			m, _ := testutil.ParseManifest(t, priv.RawManifest(t, "enc/private", "1"))
+			if len(m.Layers) != 2 || !strings.HasSuffix(m.Layers[0].MediaType, "+encrypted") {
+				t.Errorf("with %s: layers %+v", creds[0], m.Layers)
+			}
+		}
+	})
+
 	t.Run("refusals", func(t *testing.T) {
 		encRef := reg.Host + "/enc/oci-layout:1"
 		for _, tc := range []struct {
