@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
@@ -127,15 +128,18 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 				return nil, werr
 			}
 		default:
-			if strings.Contains(req.URL.Path, "/blobs/") || req.Method == http.MethodHead {
-				// A blob streams: blobReader resumes its body.
+			if isBlob(req, resp) || req.Method == http.MethodHead {
+				// A blob streams: blobReader resumes its body, and its
+				// size is the descriptor's.
 				return resp, nil
 			}
-			// A manifest, token or ping answer is read above this layer,
-			// by go-containerregistry, where nothing would repeat it: read
-			// it here, so that a body that breaks or stalls mid-way is
-			// retried like a connection that failed.
-			body, err := readAnswer(resp.Body, maxManifestSize)
+			// A manifest, index, referrers list, token or ping answer is
+			// read above this layer, by go-containerregistry, where
+			// nothing would repeat it: read it here, so that a body that
+			// breaks or stalls mid-way is retried like a connection that
+			// failed, and bound it while reading, so that a registry
+			// cannot make the guest hold more than maxManifestSize of it.
+			body, err := readAnswer(req, resp, maxManifestSize)
 			if err == nil {
 				resp.Body = body
 				return resp, nil
@@ -150,24 +154,39 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 }
 
-// readAnswer reads body up to limit bytes and returns what reads the same
-// as body would have; the caller's own limit still applies to what
-// follows, past limit, from the network. body is closed unless returned
-// within the result.
-func readAnswer(body io.ReadCloser, limit int64) (io.ReadCloser, error) {
-	buf, err := io.ReadAll(io.LimitReader(body, limit+1))
+// isBlob reports a successful answer to a blob GET: a stream the caller
+// reads and bounds by the blob's descriptor.
+func isBlob(req *http.Request, resp *http.Response) bool {
+	return strings.Contains(req.URL.Path, "/blobs/") && (resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusPartialContent)
+}
+
+// readAnswer reads an answer's whole body, at most limit bytes: a longer
+// one (by its Content-Length, before reading, or by its bytes, as they
+// come) is an error, and no more than limit+1 bytes of it are read. body
+// is closed.
+func readAnswer(req *http.Request, resp *http.Response, limit int64) (io.ReadCloser, error) {
+	defer resp.Body.Close()
+	if resp.ContentLength > limit {
+		return nil, &tooLargeError{url: req.URL.Redacted(), limit: limit}
+	}
+	buf, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
 	if err != nil {
-		body.Close()
 		return nil, err
 	}
-	if int64(len(buf)) <= limit {
-		body.Close()
-		return io.NopCloser(bytes.NewReader(buf)), nil
+	if int64(len(buf)) > limit {
+		return nil, &tooLargeError{url: req.URL.Redacted(), limit: limit}
 	}
-	return struct {
-		io.Reader
-		io.Closer
-	}{io.MultiReader(bytes.NewReader(buf), body), body}, nil
+	return io.NopCloser(bytes.NewReader(buf)), nil
+}
+
+// tooLargeError is an answer longer than the bound: refused, not retried.
+type tooLargeError struct {
+	url   string
+	limit int64
+}
+
+func (e *tooLargeError) Error() string {
+	return fmt.Sprintf("the registry's answer to %s is larger than %d MiB", e.url, e.limit>>20)
 }
 
 // transient reports whether a transport error may go away when the same
@@ -182,8 +201,9 @@ func transient(err error) bool {
 		verifyErr   *tls.CertificateVerificationError
 		recordError tls.RecordHeaderError
 	)
+	var tooLarge *tooLargeError
 	switch {
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded), errors.As(err, &tooLarge):
 		return false
 	case errors.Is(err, errdefs.ErrInvalidConfig):
 		// A registry that speaks plain HTTP to a TLS client (schemeGuard)

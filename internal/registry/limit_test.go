@@ -1,0 +1,150 @@
+package registry
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+)
+
+// huge answers the requests it matches with size bytes, announced in
+// Content-Length or streamed without one, and counts what it wrote before
+// the client hung up.
+type huge struct {
+	next     http.Handler
+	match    func(*http.Request) bool
+	size     int64
+	announce bool
+	status   int
+
+	mu       sync.Mutex
+	requests int
+	written  int64
+}
+
+func (h *huge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !h.match(r) {
+		h.next.ServeHTTP(w, r)
+		return
+	}
+	h.mu.Lock()
+	h.requests++
+	h.mu.Unlock()
+	w.Header().Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+	if h.announce {
+		w.Header().Set("Content-Length", strconv.FormatInt(h.size, 10))
+	}
+	w.WriteHeader(h.status)
+	chunk := []byte(strings.Repeat(" ", 64<<10))
+	for sent := int64(0); sent < h.size; sent += int64(len(chunk)) {
+		n, err := w.Write(chunk)
+		h.mu.Lock()
+		h.written += int64(n)
+		h.mu.Unlock()
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (h *huge) stats() (int, int64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.requests, h.written
+}
+
+// TestAnswersBoundedWhileRead (issue 8, hole 6): a manifest, an index of
+// referrers, a token or an error body larger than the bound is refused
+// while it is read, never read whole: the registry gets to write little
+// more than the bound (plus what socket buffers hold), once, not retried.
+func TestAnswersBoundedWhileRead(t *testing.T) {
+	const size = 90 << 20
+	const user, pass = "big", "B1g-Answers"
+	for _, tc := range []struct {
+		name     string
+		match    func(*http.Request) bool
+		announce bool
+		status   int
+		auth     bool
+		call     func(c *Client, ref string) error
+	}{
+		{"manifest, streamed", isManifestGet, false, 200, false, resolve},
+		{"manifest, announced", isManifestGet, true, 200, false, resolve},
+		{"manifest error body", isManifestGet, false, 404, false, resolve},
+		{"token", func(r *http.Request) bool { return r.URL.Path == "/token" }, false, 200, true, resolve},
+		{"referrers", func(r *http.Request) bool { return strings.Contains(r.URL.Path, "/referrers/") }, false, 200, false, referrers},
+		{"blob error body", isBlobGet, false, 404, false, func(c *Client, ref string) error {
+			_, err := c.Resolve(context.Background(), parseRef(ref)) // the config blob
+			return err
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := &huge{match: tc.match, size: size, announce: tc.announce, status: tc.status}
+			host := testRegistry(t, func(next http.Handler) http.Handler {
+				if tc.auth {
+					next = bearerAuth(user, pass)(next)
+				}
+				h.next = next
+				return h
+			})
+			img, _ := random.Image(100, 1)
+			ref := host + "/big/app:1"
+			h.match = func(*http.Request) bool { return false } // until pushed
+			opts := []remote.Option{}
+			if tc.auth {
+				opts = append(opts, remote.WithAuth(&authn.Basic{Username: user, Password: pass}))
+			}
+			push(t, host, "big/app:1", img, opts...)
+			h.match = tc.match
+			var creds Credentials
+			if tc.auth {
+				creds.Creds = user + ":" + pass
+			}
+			c := newClient(t, Options{Insecure: []string{host}, Retry: fastRetry, Credentials: creds})
+			err := tc.call(c, ref)
+			if err == nil || !strings.Contains(err.Error(), "larger than 4 MiB") {
+				t.Fatalf("err = %v, want the answer refused as larger than 4 MiB", err)
+			}
+			requests, written := h.stats()
+			if requests != 1 {
+				t.Errorf("%d requests, want 1: a refused answer is not asked for again", requests)
+			}
+			if written > 16<<20 {
+				t.Errorf("the registry wrote %d MiB of a %d MiB answer before the client stopped reading", written>>20, size>>20)
+			}
+		})
+	}
+}
+
+func resolve(c *Client, ref string) error {
+	_, err := c.Resolve(context.Background(), parseRef(ref))
+	return err
+}
+
+func referrers(c *Client, ref string) error {
+	img, err := c.Resolve(context.Background(), parseRef(ref))
+	if err != nil {
+		return err
+	}
+	opts, err := c.RemoteOptions(context.Background(), img.Repo())
+	if err != nil {
+		return err
+	}
+	_, err = remote.Referrers(img.Repo().Digest(img.Digest.String()), opts...)
+	return err
+}
+
+func parseRef(s string) name.Reference {
+	ref, err := name.ParseReference(s)
+	if err != nil {
+		panic(err)
+	}
+	return ref
+}
