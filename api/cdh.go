@@ -10,6 +10,7 @@ import (
 
 	"github.com/guest-puller/guest-puller/api/cdhpb"
 	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/untrusted"
 )
 
 // This file serves the confidential-data-hub's services other than image
@@ -43,13 +44,13 @@ func (s cdhService) GetResource(ctx context.Context, req *cdhpb.GetResourceReque
 	}
 	start := time.Now()
 	data, err := s.opts.Resources.GetResource(ctx, req.ResourcePath)
-	attrs := []any{"api", "api.GetResourceService", "resource", req.ResourcePath, "duration", time.Since(start).Round(time.Millisecond)}
+	attrs := []any{"api", "api.GetResourceService", "resource", untrusted.Text(req.ResourcePath), "duration", time.Since(start).Round(time.Millisecond)}
 	if err != nil {
-		s.opts.Log.Warn("get resource failed", append(attrs, "exit", errdefs.ExitCode(err), "error", err.Error())...)
+		s.opts.Log.Warn("get resource failed", append(attrs, "exit", errdefs.ExitCode(err), "error", untrusted.Escape(err.Error()))...)
 		if errors.Is(err, errdefs.ErrNotFound) {
 			// The one thing asked for does not exist: that, rather than
 			// the general "cannot decrypt" of a failed KBS request.
-			return nil, status.Error(codes.NotFound, err.Error())
+			return nil, status.Error(codes.NotFound, untrusted.Escape(err.Error()))
 		}
 		return nil, toStatus(err)
 	}
@@ -66,7 +67,7 @@ func (s cdhService) UnsealSecret(ctx context.Context, req *cdhpb.UnsealSecretInp
 	plain, err := s.opts.Secrets.Unseal(ctx, req.Secret)
 	attrs := []any{"api", "api.SealedSecretService", "duration", time.Since(start).Round(time.Millisecond)}
 	if err != nil {
-		s.opts.Log.Warn("unseal failed", append(attrs, "exit", errdefs.ExitCode(err), "error", err.Error())...)
+		s.opts.Log.Warn("unseal failed", append(attrs, "exit", errdefs.ExitCode(err), "error", untrusted.Escape(err.Error()))...)
 		return nil, toStatus(err)
 	}
 	s.opts.Log.Info("unsealed secret", append(attrs, "bytes", len(plain))...)
@@ -76,14 +77,14 @@ func (s cdhService) UnsealSecret(ctx context.Context, req *cdhpb.UnsealSecretInp
 func (s cdhService) SecureMount(ctx context.Context, req *cdhpb.SecureMountRequest) (*cdhpb.SecureMountResponse, error) {
 	if s.opts.Mounts == nil {
 		return nil, status.Errorf(codes.Unimplemented,
-			"SecureMount of volume_type %q at %q: not implemented: guest-puller has no secure storage driver yet (the sealed layer store will serve LUKS2 block devices here)",
-			req.VolumeType, req.MountPoint)
+			"SecureMount of volume_type %s at %s: not implemented: guest-puller has no secure storage driver yet (the sealed layer store will serve LUKS2 block devices here)",
+			untrusted.Quote(req.VolumeType), untrusted.Quote(req.MountPoint))
 	}
 	start := time.Now()
 	err := s.opts.Mounts.SecureMount(ctx, req)
-	attrs := []any{"api", "api.SecureMountService", "volume_type", req.VolumeType, "mount_point", req.MountPoint, "duration", time.Since(start).Round(time.Millisecond)}
+	attrs := []any{"api", "api.SecureMountService", "volume_type", untrusted.Text(req.VolumeType), "mount_point", untrusted.Text(req.MountPoint), "duration", time.Since(start).Round(time.Millisecond)}
 	if err != nil {
-		s.opts.Log.Warn("secure mount failed", append(attrs, "exit", errdefs.ExitCode(err), "error", err.Error())...)
+		s.opts.Log.Warn("secure mount failed", append(attrs, "exit", errdefs.ExitCode(err), "error", untrusted.Escape(err.Error()))...)
 		return nil, toStatus(err)
 	}
 	s.opts.Log.Info("secure mount", attrs...)

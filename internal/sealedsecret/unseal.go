@@ -21,6 +21,7 @@ import (
 	josecipher "github.com/go-jose/go-jose/v4/cipher"
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/untrusted"
 )
 
 const (
@@ -122,11 +123,11 @@ func (u *Unsealer) verify(ctx context.Context, sealed []byte) ([]byte, error) {
 	}
 	key, err := u.verificationKey(ctx, kid)
 	if err != nil {
-		return nil, fmt.Errorf("verification key %q: %w", kid, err)
+		return nil, fmt.Errorf("verification key %s: %w", untrusted.Quote(kid), err)
 	}
 	payload, err := jws.Verify(key)
 	if err != nil {
-		return nil, fmt.Errorf("%w: the signature does not verify with the key of kid %q", errdefs.ErrIntegrity, kid)
+		return nil, fmt.Errorf("%w: the signature does not verify with the key of kid %s", errdefs.ErrIntegrity, untrusted.Quote(kid))
 	}
 	return payload, nil
 }
@@ -243,7 +244,7 @@ func parsePayload(payload []byte) (*secret, error) {
 		return nil, err
 	}
 	if version != Version {
-		return nil, fmt.Errorf("%w: version %q is not supported (only %s)", errdefs.ErrInvalidConfig, version, Version)
+		return nil, fmt.Errorf("%w: version %s is not supported (only %s)", errdefs.ErrInvalidConfig, untrusted.Quote(version), Version)
 	}
 	typ, err := str("type")
 	if err != nil {
@@ -251,7 +252,7 @@ func parsePayload(payload []byte) (*secret, error) {
 	}
 	allowed, ok := members[typ]
 	if !ok {
-		return nil, fmt.Errorf("%w: type %q: want vault or envelope", errdefs.ErrInvalidConfig, typ)
+		return nil, fmt.Errorf("%w: type %s: want vault or envelope", errdefs.ErrInvalidConfig, untrusted.Quote(typ))
 	}
 	names := make([]string, 0, len(raw))
 	for name := range raw {
@@ -261,7 +262,7 @@ func parsePayload(payload []byte) (*secret, error) {
 	for _, name := range names {
 		if _, ok := common[name]; !ok {
 			if _, ok := allowed[name]; !ok {
-				return nil, fmt.Errorf("%w: unknown member %q in a %s secret", errdefs.ErrInvalidConfig, name, typ)
+				return nil, fmt.Errorf("%w: unknown member %s in a %s secret", errdefs.ErrInvalidConfig, untrusted.Quote(name), typ)
 			}
 		}
 	}
@@ -296,19 +297,19 @@ func parsePayload(payload []byte) (*secret, error) {
 // open fetches or decrypts the plaintext.
 func (u *Unsealer) open(ctx context.Context, s *secret) ([]byte, error) {
 	if !strings.EqualFold(s.Provider, "kbs") {
-		return nil, fmt.Errorf("%w: provider %q is not supported: guest-puller unseals secrets whose provider is kbs", errdefs.ErrInvalidConfig, s.Provider)
+		return nil, fmt.Errorf("%w: provider %s is not supported: guest-puller unseals secrets whose provider is kbs", errdefs.ErrInvalidConfig, untrusted.Quote(s.Provider))
 	}
 	if s.Type == "vault" {
 		if !strings.HasPrefix(s.Name, "kbs://") {
-			return nil, fmt.Errorf("%w: name %q is not a KBS resource URI (kbs:///repo/type/tag)", errdefs.ErrInvalidConfig, s.Name)
+			return nil, fmt.Errorf("%w: name %s is not a KBS resource URI (kbs:///repo/type/tag)", errdefs.ErrInvalidConfig, untrusted.Quote(s.Name))
 		}
 		return u.resource(ctx, s.Name)
 	}
 	if s.WrapType != "A256GCM" {
-		return nil, fmt.Errorf("%w: wrap_type %q: only A256GCM (AES-256-GCM) is accepted", errdefs.ErrInvalidConfig, s.WrapType)
+		return nil, fmt.Errorf("%w: wrap_type %s: only A256GCM (AES-256-GCM) is accepted", errdefs.ErrInvalidConfig, untrusted.Quote(s.WrapType))
 	}
 	if !strings.HasPrefix(s.KeyID, "kbs://") {
-		return nil, fmt.Errorf("%w: key_id %q is not a KBS resource URI (kbs:///repo/type/tag)", errdefs.ErrInvalidConfig, s.KeyID)
+		return nil, fmt.Errorf("%w: key_id %s is not a KBS resource URI (kbs:///repo/type/tag)", errdefs.ErrInvalidConfig, untrusted.Quote(s.KeyID))
 	}
 	wrapped, err := base64.StdEncoding.DecodeString(s.EncryptedKey)
 	if err != nil {
