@@ -177,18 +177,25 @@ func TestHostileText(t *testing.T) {
 			// Refused by the filesystem (a name longer than NAME_MAX),
 			// whose error repeats the path.
 			{"too long for the filesystem", "dir/" + controlSeq + long, 1},
+			// PAX allows names up to 1 MiB.
+			{"a PAX name of 1 MiB", "../" + strings.Repeat("b", 1<<20-1024), 5},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				src := testutil.BuildImage(t, testutil.ImageSpec{Layers: [][]byte{testutil.Tar(t, testutil.Dir("dir/", 0o755), testutil.File(tc.entry, "x", 0o644))}})
 				ref := reg.Push(t, src, "names/app:"+strings.ReplaceAll(tc.name, " ", "-"))
-				msg := e.pullFails(tc.code, ref, "--policy", policy, "--insecure-registry", reg.Host)
+				r := e.gp("pull", ref, "--quiet", "--policy", policy, "--insecure-registry", reg.Host)
+				if r.Code != tc.code {
+					t.Fatalf("exit %d, want %d: %.300s", r.Code, tc.code, r.Stderr)
+				}
+				msg := strings.TrimSpace(r.Stderr)
 				assertPrintable(t, "error", msg)
-				if !strings.Contains(msg, "(5") || !strings.Contains(msg, "bytes)") {
-					t.Errorf("the error does not say the name was shortened: %s", msg)
+				if !strings.Contains(msg, fmt.Sprintf("(%d bytes)", len(tc.entry))) {
+					t.Errorf("the error does not say the name was shortened: %.300s", msg)
 				}
 				if len(msg) > 2048 {
 					t.Errorf("a %d-byte entry name made a %d-byte error: %.300s", len(tc.entry), len(msg), msg)
 				}
+				assertPeakRSS(t, "pull", r)
 			})
 		}
 	})
