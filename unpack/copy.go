@@ -313,13 +313,56 @@ func copyFile(src, dst string) error {
 	if err != nil {
 		return err
 	}
-	// io.Copy between files uses copy_file_range: no pass through user
-	// space, and a reflink where the filesystem has them.
-	if _, err := io.Copy(out, in); err != nil {
+	if err := copyData(out, in); err != nil {
 		out.Close()
 		return err
 	}
 	return out.Close()
+}
+
+// copyData copies in's content to out, both at offset 0, region by region
+// of data (SEEK_DATA, SEEK_HOLE): a sparse file's holes stay holes in the
+// copy, as they are in the layer. Each region goes through io.Copy between
+// files, which uses copy_file_range: no pass through user space, and a
+// reflink where the filesystem has them. Where the filesystem cannot say
+// where data is, it is copied whole.
+func copyData(out, in *os.File) error {
+	fi, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	size := fi.Size()
+	for off := int64(0); off < size; {
+		data, err := unix.Seek(int(in.Fd()), off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			break // only a hole is left
+		}
+		if err != nil {
+			if off > 0 {
+				return &os.PathError{Op: "seek data", Path: in.Name(), Err: err}
+			}
+			if _, err := in.Seek(0, io.SeekStart); err != nil {
+				return err
+			}
+			_, err := io.Copy(out, in)
+			return err
+		}
+		hole, err := unix.Seek(int(in.Fd()), data, unix.SEEK_HOLE)
+		if err != nil {
+			return &os.PathError{Op: "seek hole", Path: in.Name(), Err: err}
+		}
+		if _, err := in.Seek(data, io.SeekStart); err != nil {
+			return err
+		}
+		if _, err := out.Seek(data, io.SeekStart); err != nil {
+			return err
+		}
+		if _, err := io.CopyN(out, in, hole-data); err != nil {
+			return err
+		}
+		off = hole
+	}
+	return out.Truncate(size)
 }
 
 func listXattrs(path string) ([]string, error) {

@@ -2,6 +2,7 @@ package unpack
 
 import (
 	"archive/tar"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -10,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -127,6 +129,7 @@ func (s *Staging) Apply(ctx context.Context, r io.Reader) error {
 		// Names are the layer's: bounded and escaped in messages, and
 		// errors that repeat them (the filesystem's) are too.
 		entry := untrusted.Quote(hdr.Name)
+		sparse := isSparse(hdr)
 		if err := checkEntry(root, hdr); err != nil {
 			var unsafe errUnsafe
 			if errors.As(err, &unsafe) {
@@ -140,7 +143,16 @@ func (s *Staging) Apply(ctx context.Context, r io.Reader) error {
 			continue
 		}
 		var data io.Reader = tr
-		if hdr.Typeflag == tar.TypeReg {
+		switch {
+		case sparse:
+			// Holes stay holes: archive/tar's WriteTo seeks over them
+			// when it writes to a file. Read through Read, they would be
+			// written as zeros, in full, before any digest of the layer
+			// is known: a few bytes of tar declaring gigabytes would fill
+			// the guest's memory (tmpfs) even for a signed image whose
+			// blob was swapped on the wire.
+			data = sparseReader{tr}
+		case hdr.Typeflag == tar.TypeReg:
 			// Sized reads let the copy buffers fit small files instead
 			// of taking 32 KiB each.
 			data = io.LimitReader(tr, hdr.Size)
@@ -242,4 +254,77 @@ func (r ctxReader) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	return r.r.Read(p)
+}
+
+// isSparse reports a sparse file entry, in any of the formats archive/tar
+// expands: old GNU ('S' type) or PAX (GNU.sparse.* records, versions 0.0,
+// 0.1 and 1.0).
+func isSparse(hdr *tar.Header) bool {
+	if hdr.Typeflag == tar.TypeGNUSparse {
+		return true
+	}
+	for k := range hdr.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return true
+		}
+	}
+	return false
+}
+
+// sparseReader is a sparse entry's data for umoci, which copies with
+// io.CopyBuffer and so calls WriteTo when there is one: into a file,
+// WriteTo seeks over every block of zeros instead of writing it, so the
+// entry's holes (which archive/tar reads back as zeros; it does not
+// export its own hole-skipping WriteTo) stay holes.
+type sparseReader struct{ tr *tar.Reader }
+
+func (r sparseReader) Read(p []byte) (int, error) { return r.tr.Read(p) }
+
+// sparseBlock is the granularity of holes: a page, a filesystem block.
+const sparseBlock = 4 << 10
+
+// zeros is what a hole reads as, to compare with (never written).
+var zeros [1 << 20]byte
+
+func (r sparseReader) WriteTo(w io.Writer) (int64, error) {
+	f, ok := w.(interface {
+		io.WriteSeeker
+		Truncate(size int64) error
+	})
+	if !ok {
+		return io.Copy(w, r.tr)
+	}
+	buf := make([]byte, len(zeros))
+	var off int64
+	for {
+		n, rerr := io.ReadFull(r.tr, buf)
+		if bytes.Equal(buf[:n], zeros[:n]) {
+			// The common case of a sparse file's bulk: one compare.
+			if _, err := f.Seek(int64(n), io.SeekCurrent); err != nil {
+				return off, err
+			}
+			off += int64(n)
+		} else {
+			for b := 0; b < n; b += sparseBlock {
+				blk := buf[b:min(b+sparseBlock, n)]
+				var err error
+				if bytes.Equal(blk, zeros[:len(blk)]) {
+					_, err = f.Seek(int64(len(blk)), io.SeekCurrent)
+				} else {
+					_, err = f.Write(blk)
+				}
+				if err != nil {
+					return off, err
+				}
+				off += int64(len(blk))
+			}
+		}
+		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+			// A trailing hole leaves the size short of the last seek.
+			return off, f.Truncate(off)
+		}
+		if rerr != nil {
+			return off, rerr
+		}
+	}
 }
