@@ -10,8 +10,10 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sync/singleflight"
 
@@ -154,6 +156,47 @@ func resourceURI(kid string) (string, error) {
 	return "kbs:///" + strings.Join(parts, "/"), nil
 }
 
+// kidTypes are the resource types a kid may name. The image chooses its
+// kid: without this, kbs:///default/credential/db-password in a layer's
+// packet would make the guest fetch that secret from its KBS (after its
+// own attestation, with its own token) and try it as a KEK.
+type kidTypes map[string]bool
+
+func newKidTypes(types []string) (kidTypes, error) {
+	if types == nil {
+		types = DefaultKidResourceTypes
+	}
+	k := kidTypes{}
+	for _, t := range types {
+		if t == "" || strings.ContainsAny(t, "/.") {
+			return nil, fmt.Errorf("kid resource type %s: %w: want a resource type name such as key", untrusted.Quote(t), errdefs.ErrInvalidConfig)
+		}
+		k[t] = true
+	}
+	if len(k) == 0 {
+		return nil, fmt.Errorf("kid resource types: %w: the list is empty", errdefs.ErrInvalidConfig)
+	}
+	return k, nil
+}
+
+// check refuses, before any request, a kid ("kbs:///repo/type/tag", as
+// resourceURI makes it) whose type is not allowed.
+func (k kidTypes) check(uri string) error {
+	parts := strings.Split(strings.TrimPrefix(uri, "kbs:///"), "/")
+	if len(parts) != 3 {
+		return fmt.Errorf("kid %s is not a kbs:///repo/type/tag resource", untrusted.Quote(uri))
+	}
+	if !k[parts[1]] {
+		allowed := make([]string, 0, len(k))
+		for t := range k {
+			allowed = append(allowed, t)
+		}
+		sort.Strings(allowed)
+		return fmt.Errorf("kid %s names a resource of type %s, and a layer's kid may only name a key (resource types %s; kid-resource-types configures them): the KBS was not asked", untrusted.Quote(uri), untrusted.Quote(parts[1]), strings.Join(allowed, ", "))
+	}
+	return nil
+}
+
 // kekCache holds the KEKs fetched by one Keyring, so that the layers of a
 // pull that share a kid cost one KBS request; concurrent first requests for
 // a kid share one fetch. Failures are not cached.
@@ -170,13 +213,18 @@ func (c *kekCache) get(ctx context.Context, rg ResourceGetter, uri string) ([]by
 	if ok {
 		return kek, nil
 	}
-	v, err, _ := c.flight.Do(uri, func() (any, error) {
-		kek, err := rg.GetResource(ctx, uri)
+	ch := c.flight.DoChan(uri, func() (any, error) {
+		// Layers of several pulls may wait on this fetch: it runs on
+		// none of their contexts, so one that gives up fails alone.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), kekFetchTimeout)
+		defer cancel()
+		kek, err := rg.GetResource(fctx, uri)
 		if err != nil {
 			return nil, err
 		}
 		if len(kek) != kekSize {
-			return nil, fmt.Errorf("KEK %s is %d bytes, want %d: %w", uri, len(kek), kekSize, errdefs.ErrDecrypt)
+			// Not a word on its size: the resource may be a secret.
+			return nil, fmt.Errorf("resource %s is not an AES-256 key: %w", uri, errdefs.ErrDecrypt)
 		}
 		c.mu.Lock()
 		if c.keks == nil {
@@ -186,11 +234,21 @@ func (c *kekCache) get(ctx context.Context, rg ResourceGetter, uri string) ([]by
 		c.mu.Unlock()
 		return kek, nil
 	})
-	if err != nil {
-		return nil, err
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.([]byte), nil
 	}
-	return v.([]byte), nil
 }
+
+// kekFetchTimeout bounds a shared KEK fetch, attestation included (a TPM
+// quote and the KBS's verification take seconds; attest bounds the
+// handshake to two minutes).
+const kekFetchTimeout = 3 * time.Minute
 
 // unwrapAA tries every packet of an attestation-agent annotation (std-base64
 // packets, comma-separated) with KEKs from kek and returns the first private

@@ -122,6 +122,7 @@ func TestAttestationAgentProvider(t *testing.T) {
 		noKBS     bool
 		wantErr   string // "" means success
 		wantFetch string // the URI the KBS must have been asked for
+		wantNoGet bool   // the KBS must not have been asked at all
 	}{{
 		name: "v2 packet",
 		desc: editPacket(t, desc, func(p map[string]any) {
@@ -141,7 +142,7 @@ func TestAttestationAgentProvider(t *testing.T) {
 		name:      "KEK of the wrong size",
 		desc:      desc,
 		resources: map[string][]byte{kid: kek[:16]},
-		wantErr:   "is 16 bytes, want 32",
+		wantErr:   "is not an AES-256 key",
 	}, {
 		name:      "wrong KEK",
 		desc:      desc,
@@ -196,6 +197,14 @@ func TestAttestationAgentProvider(t *testing.T) {
 		desc:    editPacket(t, desc, func(p map[string]any) { p["kid"] = "kbs:///default/../kek" }),
 		wantErr: "is not a kbs://",
 	}, {
+		name: "kid names a credential, not a key",
+		desc: editPacket(t, desc, func(p map[string]any) { p["kid"] = "kbs:///default/credential/db-password" }),
+		resources: map[string][]byte{
+			"kbs:///default/credential/db-password": []byte("hunter2-the-password"),
+		},
+		wantErr:   "names a resource of type \"credential\", and a layer's kid may only name a key (resource types image-kek, key;",
+		wantNoGet: true,
+	}, {
 		name:    "packet not base64",
 		desc:    withAnnotation(desc, aaAnnotation, "!!"),
 		wantErr: "packet is not base64",
@@ -238,6 +247,9 @@ func TestAttestationAgentProvider(t *testing.T) {
 			if !errors.Is(err, errdefs.ErrDecrypt) {
 				t.Fatalf("Unwrap error %v, want ErrDecrypt", err)
 			}
+			if tc.wantNoGet && len(kbs.calls) != 0 {
+				t.Errorf("the KBS was asked for %v", kbs.calls)
+			}
 			for _, s := range []string{tc.wantErr, "layer " + desc.Digest.String(), "recipients: provider.attestation-agent"} {
 				if !strings.Contains(err.Error(), s) {
 					t.Errorf("error %q does not say %q", err, s)
@@ -261,6 +273,38 @@ func TestOcicryptUnwrapsThroughKeyProvider(t *testing.T) {
 	for i := range enc.manifest.Layers {
 		if got, want := ocicryptDecrypt(t, enc, i, []string{"provider:" + aaProvider + ":keypath=" + kekPath}), src.manifest.Layers[i].Digest; got != want {
 			t.Errorf("layer %d: ocicrypt decrypted it to %s, want %s", i, got, want)
+		}
+	}
+}
+
+func TestKidResourceTypes(t *testing.T) {
+	def, err := newKidTypes(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	only, err := newKidTypes([]string{"layer-keys"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		types kidTypes
+		uri   string
+		ok    bool
+	}{
+		{def, "kbs:///default/key/1", true},
+		{def, "kbs:///default/image-kek/app", true},
+		{def, "kbs:///default/credential/db-password", false},
+		{def, "kbs:///default/Key/1", false},
+		{only, "kbs:///default/layer-keys/1", true},
+		{only, "kbs:///default/key/1", false},
+	} {
+		if err := tc.types.check(tc.uri); (err == nil) != tc.ok {
+			t.Errorf("check(%s) with %v = %v, want allowed %v", tc.uri, tc.types, err, tc.ok)
+		}
+	}
+	for _, bad := range [][]string{{}, {""}, {"a/b"}, {".."}} {
+		if _, err := newKidTypes(bad); !errors.Is(err, errdefs.ErrInvalidConfig) {
+			t.Errorf("newKidTypes(%q) = %v, want a configuration error", bad, err)
 		}
 	}
 }

@@ -36,7 +36,17 @@ type Options struct {
 	// Resources serves kbs:// keys and the attestation-agent key provider.
 	// Nil means neither is available: such layers fail with ErrDecrypt.
 	Resources ResourceGetter
+	// KidResourceTypes are the KBS resource types a layer's kid (an
+	// attestation-agent packet, which whoever built the image writes) may
+	// name: the KBS is only asked for a kid of these types. Nil means
+	// DefaultKidResourceTypes.
+	KidResourceTypes []string
 }
+
+// DefaultKidResourceTypes are the resource types a kid may name unless
+// configured otherwise: "key", what coco_keyprovider and Trustee's
+// examples use (kbs:///default/key/1), and "image-kek".
+var DefaultKidResourceTypes = []string{"key", "image-kek"}
 
 // Keyring holds private key material, in memory only. It never logs or
 // prints key material. Safe for concurrent use.
@@ -45,6 +55,7 @@ type Keyring struct {
 	dc         *config.DecryptConfig // read-only after NewKeyring
 	recipients []recipient
 	resources  ResourceGetter
+	kids       kidTypes
 	keks       kekCache
 }
 

@@ -28,6 +28,9 @@ type KeyProviderOptions struct {
 	// no keypath (the KEK is then fetched by the packet's kid). Nil means
 	// keyunwrap needs a keypath.
 	Resources ResourceGetter
+	// KidResourceTypes are the resource types a packet's kid may name to
+	// be fetched from Resources; nil means DefaultKidResourceTypes.
+	KidResourceTypes []string
 }
 
 // ServeKeyProvider answers one request of ocicrypt's keyprovider protocol
@@ -70,7 +73,7 @@ func ServeKeyProvider(ctx context.Context, in io.Reader, out io.Writer, opts Key
 			Results keyprovider.KeyWrapResults `json:"keywrapresults"`
 		}{keyprovider.KeyWrapResults{Annotation: annotation}}
 	case keyprovider.OpKeyUnwrap:
-		optsData, err := keyUnwrap(ctx, req.KeyUnwrapParams, opts.Resources)
+		optsData, err := keyUnwrap(ctx, req.KeyUnwrapParams, opts.Resources, opts.KidResourceTypes)
 		if err != nil {
 			return fmt.Errorf("keyprovider: keyunwrap: %w", err)
 		}
@@ -115,7 +118,11 @@ func keyWrap(p keyprovider.KeyWrapParams) ([]byte, error) {
 	return sealAAPacket(pp.keyid, kek, iv, p.OptsData)
 }
 
-func keyUnwrap(ctx context.Context, p keyprovider.KeyUnwrapParams, rg ResourceGetter) ([]byte, error) {
+func keyUnwrap(ctx context.Context, p keyprovider.KeyUnwrapParams, rg ResourceGetter, kidTypeNames []string) ([]byte, error) {
+	kids, err := newKidTypes(kidTypeNames)
+	if err != nil {
+		return nil, err
+	}
 	pkt, err := parseAAPacket(p.Annotation)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errdefs.ErrDecrypt, err)
@@ -149,7 +156,9 @@ func keyUnwrap(ctx context.Context, p keyprovider.KeyUnwrapParams, rg ResourceGe
 		case pp.keypath != "":
 			kek, err = readKEK(pp.keypath)
 		case rg != nil:
-			kek, err = rg.GetResource(ctx, uri)
+			if err = kids.check(uri); err == nil {
+				kek, err = rg.GetResource(ctx, uri)
+			}
 		default:
 			err = fmt.Errorf("%w: no KEK for kid %s: give keypath=KEKFILE", errdefs.ErrInvalidConfig, untrusted.Quote(pkt.Kid))
 		}

@@ -41,7 +41,11 @@ func newKeyring(ctx context.Context, opts Options) (*Keyring, error) {
 	if err != nil {
 		return nil, err
 	}
-	k := &Keyring{keys: ks, dc: ks.decryptConfig(), resources: opts.Resources}
+	kids, err := newKidTypes(opts.KidResourceTypes)
+	if err != nil {
+		return nil, err
+	}
+	k := &Keyring{keys: ks, dc: ks.decryptConfig(), resources: opts.Resources, kids: kids}
 	if len(ks.privKeys) > 0 {
 		jweKW, pkcs7KW := jwe.NewKeyWrapper(), pkcs7.NewKeyWrapper()
 		k.recipients = append(k.recipients,
@@ -146,6 +150,9 @@ func opaque(opts []byte, err error) ([]byte, error) {
 }
 
 func (k *Keyring) kek(ctx context.Context, uri string) ([]byte, error) {
+	if err := k.kids.check(uri); err != nil {
+		return nil, err
+	}
 	return k.keks.get(ctx, k.resources, uri)
 }
 

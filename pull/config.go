@@ -33,6 +33,7 @@ type Config struct {
 	Creds                  string   `json:"creds,omitempty"`
 	DecryptionKeys         []string `json:"decryption-key,omitempty"`
 	KeyDir                 string   `json:"key-dir,omitempty"`
+	KidResourceTypes       []string `json:"kid-resource-type,omitempty"`
 	KBS                    string   `json:"kbs,omitempty"`
 	KBSCert                string   `json:"kbs-cert,omitempty"`
 	Attester               string   `json:"attester,omitempty"`
@@ -175,7 +176,7 @@ func open(ctx context.Context, cfg Config, progress Progress, full bool) (*Pulle
 	}
 	var keys *decrypt.Keyring
 	if len(cfg.DecryptionKeys) > 0 || cfg.KeyDir != "" || cfg.KBS != "" {
-		kopts := decrypt.Options{Keys: cfg.DecryptionKeys, KeyDir: cfg.KeyDir}
+		kopts := decrypt.Options{Keys: cfg.DecryptionKeys, KeyDir: cfg.KeyDir, KidResourceTypes: cfg.KidResourceTypes}
 		if cfg.KBS != "" {
 			kopts.Resources = res
 		}

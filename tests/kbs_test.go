@@ -421,9 +421,9 @@ func TestKBS(t *testing.T) {
 		if _, err := rand.Read(kek2); err != nil {
 			t.Fatal(err)
 		}
-		testutil.WriteResource(t, w.resources, "team-a/layer-key/2", kek2)
+		testutil.WriteResource(t, w.resources, "team-a/image-kek/2", kek2)
 		t.Cleanup(func() { os.RemoveAll(filepath.Join(w.resources, "team-a")) })
-		kid2 := "kbs://kbs.example.com/team-a/layer-key/2"
+		kid2 := "kbs://kbs.example.com/team-a/image-kek/2"
 		half := testutil.EncryptLayout(t, w.src, "two-kids-0", w.provider, []string{"attestation-agent:keypath=" + w.kekFile + "::keyid=" + kbsKeyID}, 0)
 		both := testutil.EncryptLayout(t, half, "two-kids", w.provider, []string{"attestation-agent:keypath=" + writeKEK(t, kek2) + "::keyid=" + kid2}, 1)
 		ref := w.reg.Push(t, both, "kbs/two-kids:1")
@@ -438,7 +438,7 @@ func TestKBS(t *testing.T) {
 		for path, want := range map[string]int{
 			"POST /kbs/v0/attest":                     1,
 			"GET /kbs/v0/resource/default/key/1":      1,
-			"GET /kbs/v0/resource/team-a/layer-key/2": 1,
+			"GET /kbs/v0/resource/team-a/image-kek/2": 1,
 		} {
 			if n := proxy.Requests(path); n != want {
 				t.Errorf("%s: %d requests, want %d", path, n, want)
@@ -447,13 +447,13 @@ func TestKBS(t *testing.T) {
 
 		// Without the second KEK at the KBS the image cannot be pulled,
 		// though the first one is there.
-		if err := os.Remove(filepath.Join(w.resources, "team-a/layer-key/2")); err != nil {
+		if err := os.Remove(filepath.Join(w.resources, "team-a/image-kek/2")); err != nil {
 			t.Fatal(err)
 		}
 		e = newEnv(t)
 		args = append([]string{"--policy", e.write("policy.json", acceptAll), "--auth-file", w.authFile}, w.kbsArgs(w.kbs.URL, "tpm")...)
 		msg := e.pullFails(4, ref, args...)
-		for _, s := range []string{"kbs/two-kids", m.Layers[1].Digest, "team-a/layer-key/2"} {
+		for _, s := range []string{"kbs/two-kids", m.Layers[1].Digest, "team-a/image-kek/2"} {
 			if !strings.Contains(msg, s) {
 				t.Errorf("message does not say %q: %s", s, msg)
 			}

@@ -244,6 +244,7 @@ var settings = []setting{
 	{name: "creds", usage: "registry credentials `USER[:PASSWORD]` for the image's own registry, sent to no other; without a password it is asked for on the terminal"},
 	{name: "decryption-key", usage: "private key `PATH[:PASSWORD]` (JWE RSA/EC, PKCS7 key+certificate, PGP) or kbs:///repo/type/tag, as skopeo takes them; repeatable"},
 	{name: "key-dir", usage: "`DIR` whose every file is a private key without password"},
+	{name: "kid-resource-type", usage: "KBS resource `TYPE` a layer's attestation-agent kid may name (kbs:///repo/TYPE/tag); repeatable (default key and image-kek): the KBS is never asked for other resources on an image's word"},
 	{name: "kbs", usage: "Key Broker Service base `URL`, for attestation-agent layer keys and kbs:/// resources"},
 	{name: "kbs-cert", usage: "CA or certificate `FILE` (PEM) the KBS's TLS certificate must chain to"},
 	{name: "attester", usage: "evidence `KIND` for the KBS: auto (configfs-tsm, then TPM), tpm, tsm or sample (development only) (default auto)"},
