@@ -183,7 +183,7 @@ func TestHostileText(t *testing.T) {
 			t.Run(tc.name, func(t *testing.T) {
 				src := testutil.BuildImage(t, testutil.ImageSpec{Layers: [][]byte{testutil.Tar(t, testutil.Dir("dir/", 0o755), testutil.File(tc.entry, "x", 0o644))}})
 				ref := reg.Push(t, src, "names/app:"+strings.ReplaceAll(tc.name, " ", "-"))
-				r := e.gp("pull", ref, "--quiet", "--policy", policy, "--insecure-registry", reg.Host)
+				r := e.gpMeasured("pull", ref, "--quiet", "--policy", policy, "--insecure-registry", reg.Host)
 				if r.Code != tc.code {
 					t.Fatalf("exit %d, want %d: %.300s", r.Code, tc.code, r.Stderr)
 				}
@@ -212,6 +212,12 @@ func jsonString(s string) string {
 // guest-puller process at its peak (resident set), against gigabytes
 // before.
 const memoryBudget = 128 << 20
+
+// gpMeasured is env.gp that also measures the command's peak RSS.
+func (e *env) gpMeasured(args ...string) testutil.Result {
+	e.t.Helper()
+	return testutil.ExecMeasured(e.t, nil, bins["guest-puller"], e.withCache(args)...)
+}
 
 // assertPeakRSS fails the test if the finished command took more than
 // memoryBudget of resident memory.
@@ -403,7 +409,7 @@ func TestKeyUnwrapBombs(t *testing.T) {
 				// is asked for.
 				args = append(args, "--kbs", "http://127.0.0.1:1", "--attester", "sample")
 			}
-			r := e.gp(args...)
+			r := e.gpMeasured(args...)
 			if r.Code != 4 {
 				t.Fatalf("exit %d, want 4: %s", r.Code, r.Stderr)
 			}
@@ -436,6 +442,7 @@ func TestKeyProviderKEKFiles(t *testing.T) {
 			param := base64.StdEncoding.EncodeToString([]byte("keypath=" + path + "::keyid=kbs:///default/key/1"))
 			req := `{"op":"keywrap","keywrapparams":{"ec":{"Parameters":{"attestation-agent":["` + param + `"]},"DecryptConfig":{"Parameters":{}}},"optsdata":"` + opts + `"}}`
 			cmd := exec.Command(bins["guest-puller"], "keyprovider")
+			peak := testutil.MeasurePeakRSS(t, cmd)
 			cmd.Stdin = strings.NewReader(req)
 			var stdout, stderr strings.Builder
 			cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -453,7 +460,7 @@ func TestKeyProviderKEKFiles(t *testing.T) {
 					t.Errorf("the error tells %q: %s", leak, stderr.String())
 				}
 			}
-			assertPeakRSS(t, "keyprovider", testutil.Result{PeakRSS: testutil.PeakRSS(cmd.ProcessState)})
+			assertPeakRSS(t, "keyprovider", testutil.Result{PeakRSS: peak()})
 		})
 	}
 }
@@ -470,7 +477,7 @@ func TestZstdWindows(t *testing.T) {
 	e := newEnv(t)
 	policy := e.write("policy.json", acceptAll)
 	pull := func(ref string) testutil.Result {
-		return e.gp("pull", ref, "--quiet", "--policy", policy, "--insecure-registry", reg.Host)
+		return e.gpMeasured("pull", ref, "--quiet", "--policy", policy, "--insecure-registry", reg.Host)
 	}
 	layer := func(name string, size int64, args ...string) testLayer {
 		blob, diffID := testutil.ZstdTar(t, name, size, args...)
@@ -681,7 +688,7 @@ func TestLookasideFlood(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(regD, "lookaside.yaml"), []byte("default-docker:\n  lookaside: "+store.URL+"\n"), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			r := e.gp("policy", "check", ref, "--policy", policy, "--insecure-registry", reg.Host, "--registries-d", regD)
+			r := e.gpMeasured("policy", "check", ref, "--policy", policy, "--insecure-registry", reg.Host, "--registries-d", regD)
 			if r.Code != 3 {
 				t.Fatalf("exit %d, want 3: %s%s", r.Code, r.Stdout, r.Stderr)
 			}

@@ -71,10 +71,15 @@ const acceptAll = `{"default":[{"type":"insecureAcceptAnything"}]}`
 // have one.
 func (e *env) gp(args ...string) testutil.Result {
 	e.t.Helper()
+	return testutil.Exec(e.t, nil, bins["guest-puller"], e.withCache(args)...)
+}
+
+// withCache adds the env's cache to the commands that take one.
+func (e *env) withCache(args []string) []string {
 	if len(args) > 0 && (args[0] == "pull" || args[0] == "serve" || args[0] == "cache") {
 		args = append(args, "--cache", e.cache)
 	}
-	return testutil.Exec(e.t, nil, bins["guest-puller"], args...)
+	return args
 }
 
 // pull runs `guest-puller pull --json` and decodes the result; it fails the

@@ -43,18 +43,9 @@ func BuildCommands(dir string, pkgs ...string) (map[string]string, error) {
 type Result struct {
 	Stdout, Stderr string
 	Code           int
-	// PeakRSS is the command's peak resident set size in bytes (the
-	// kernel's ru_maxrss of the finished process).
+	// PeakRSS is the command's peak resident set size in bytes, when it
+	// was run by ExecMeasured.
 	PeakRSS int64
-}
-
-// PeakRSS is the peak resident set size, in bytes, of the finished
-// process ps: what memory claims are measured by, never timings.
-func PeakRSS(ps *os.ProcessState) int64 {
-	if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
-		return ru.Maxrss * 1024 // KiB on Linux
-	}
-	return 0
 }
 
 // MiB formats a byte count for messages about memory.
@@ -64,17 +55,69 @@ func MiB(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
 // it fails the test only if the command could not run at all.
 func Exec(t testing.TB, env []string, bin string, args ...string) Result {
 	t.Helper()
+	return execCmd(t, env, nil, bin, args...)
+}
+
+// ExecMeasured is Exec that also measures the command's peak resident set
+// (Result.PeakRSS), with MeasurePeakRSS.
+func ExecMeasured(t testing.TB, env []string, bin string, args ...string) Result {
+	t.Helper()
+	var peak func() int64
+	res := execCmd(t, env, func(cmd *exec.Cmd) { peak = MeasurePeakRSS(t, cmd) }, bin, args...)
+	res.PeakRSS = peak()
+	return res
+}
+
+// MeasurePeakRSS makes cmd (not started yet) run under GNU time, and
+// returns a func that, once cmd has finished, returns its peak resident
+// set size in bytes. The kernel's own figure for a child of a Go process
+// (ru_maxrss from wait4) is of no use: the child shares its parent's
+// memory until it execs (vfork), and the high-water mark of that memory,
+// the test process's own peak, survives the exec. GNU time's child is
+// forked from a small process, so its figure is the command's.
+func MeasurePeakRSS(t testing.TB, cmd *exec.Cmd) func() int64 {
+	t.Helper()
+	const gnuTime = "/usr/bin/time"
+	Need(t, gnuTime)
+	out := filepath.Join(t.TempDir(), "maxrss")
+	cmd.Args = append([]string{gnuTime, "-q", "-f", "%M", "-o", out, cmd.Path}, cmd.Args[1:]...)
+	cmd.Path = gnuTime
+	if cmd.Cancel != nil {
+		// A cancelled command kills GNU time and the command together.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	}
+	return func() int64 {
+		t.Helper()
+		data, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatalf("peak RSS of %s: %v", cmd.Args[6], err)
+		}
+		fields := strings.Fields(string(data))
+		var kib int64
+		if len(fields) == 0 {
+			t.Fatalf("peak RSS of %s: GNU time wrote %q", cmd.Args[6], data)
+		}
+		if _, err := fmt.Sscan(fields[len(fields)-1], &kib); err != nil {
+			t.Fatalf("peak RSS of %s: GNU time wrote %q", cmd.Args[6], data)
+		}
+		return kib << 10
+	}
+}
+
+func execCmd(t testing.TB, env []string, prepare func(*exec.Cmd), bin string, args ...string) Result {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = append(os.Environ(), env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if prepare != nil {
+		prepare(cmd)
+	}
 	err := cmd.Run()
 	res := Result{Stdout: stdout.String(), Stderr: stderr.String()}
-	if cmd.ProcessState != nil {
-		res.PeakRSS = PeakRSS(cmd.ProcessState)
-	}
 	var ee *exec.ExitError
 	switch {
 	case err == nil:
