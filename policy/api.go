@@ -6,6 +6,8 @@ package policy
 import (
 	"context"
 	"crypto"
+	"crypto/ecdsa"
+	"crypto/x509"
 	"fmt"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -73,18 +75,74 @@ type Claim struct {
 	// ManifestDigest is the signed digest (critical.image.docker-manifest-digest).
 	ManifestDigest v1.Hash
 	// KeyID identifies the key that verified it (GPG fingerprint, or the
-	// SHA-256 of the public key's DER for sigstore keys, hex).
+	// SHA-256 of the public key's DER for sigstore keys, hex; for a keyless
+	// signature, its certificate's key).
 	KeyID string
+	// Signer is who a keyless signature's certificate says signed; nil for
+	// a signature by a public key.
+	Signer *Signer
 }
+
+// Signer identifies the signer of a keyless signature, from its
+// certificate.
+type Signer struct {
+	// Issuer is the OIDC issuer that vouched for the subject (Fulcio's
+	// issuer extension), or the certificate's issuer for a private CA's
+	// certificate that has none.
+	Issuer string `json:"issuer"`
+	// Subject is the signer: the certificate's email address, or its URI
+	// or DNS name when it has none.
+	Subject string `json:"subject"`
+	// Serial is the certificate's serial number, hex.
+	Serial string `json:"serial"`
+}
+
+// SigstoreTrust is one signer a sigstore requirement trusts: a public key,
+// or a certificate identity (keyless), and the Rekor keys whose signed
+// entry timestamp (SET) a signature must carry, as containers/image's
+// sigstoreSigned reads them.
+type SigstoreTrust struct {
+	// PublicKey is the signing key; nil for a keyless identity.
+	PublicKey crypto.PublicKey
+	// Roots are the CA certificates a keyless signature's certificate must
+	// chain to, through the intermediates the signature carries and
+	// Intermediates; the certificate must allow code signing.
+	Roots, Intermediates []*x509.Certificate
+	// OIDCIssuer, when set, is what the certificate's Fulcio issuer
+	// extension must say.
+	OIDCIssuer string
+	// SubjectEmail, when set, must be one of the certificate's email
+	// addresses; SubjectHostname, when set, a name it is valid for.
+	SubjectEmail, SubjectHostname string
+	// RekorKeys, when set, require a Rekor SET (the cosign bundle) that
+	// verifies with one of them and logs this very signature, its payload
+	// and its key or certificate; a certificate must then have been valid
+	// at the SET's integrated time. Without them a certificate must be
+	// valid now.
+	RekorKeys []*ecdsa.PublicKey
+}
+
+// Rejection says why a signature a trusted signer might have made is not
+// accepted, naming the check that failed: "SET" (none), "SET signature",
+// "SET body", "certificate", "chain", "validity time", "issuer",
+// "subject" or "signature".
+type Rejection struct {
+	Check  string
+	Reason string
+}
+
+func (r Rejection) String() string { return r.Check + ": " + r.Reason }
 
 // Evidence gives access to the signatures of one image. verify/ implements
 // it; it fetches lazily, so a policy that needs no signature touches no
 // signature store. An error (store unreachable, malformed signature store)
 // makes the requirement that asked fail: it is never an allow.
 type Evidence interface {
-	// Sigstore returns the claims of cosign-format signatures of the image
-	// that verify with pub.
-	Sigstore(ctx context.Context, pub crypto.PublicKey) ([]Claim, error)
+	// Sigstore returns the claims of the image's cosign-format signatures
+	// that trust accepts, and why the others that could be trust's were
+	// not accepted (a signature by another key is no one's business and
+	// is not among them).
+	Sigstore(ctx context.Context, trust SigstoreTrust) ([]Claim, []Rejection, error)
 	// SimpleSigning returns the claims of GPG simple-signing signatures of
 	// the image that verify with a key of keyring (binary or armored
 	// OpenPGP public keys, possibly concatenated).
@@ -129,16 +187,20 @@ type RequirementResult struct {
 	Reason string `json:"reason,omitempty"`
 }
 
-// SignatureResult is one key's view of the signatures found. KeyName is
-// the threshold key's name, the keyPath (as written in the policy) or
+// SignatureResult is one signer's view of the signatures found. KeyName is
+// the threshold key's name, the keyPath (as written in the policy),
 // "keyData[i]" for inline keys (i counting within the requirement's
-// keyData/keyDatas). KeyID is the SHA-256 of a sigstore key's DER, or the
-// GPG fingerprint(s) of a keyring (the signing key's own when verified).
+// keyData/keyDatas), or "fulcio" or "pki" for a sigstoreSigned keyless
+// identity. KeyID is the SHA-256 of a sigstore key's DER (for a verified
+// keyless signature, its certificate's key), or the GPG fingerprint(s) of a
+// keyring (the signing key's own when verified).
 type SignatureResult struct {
 	KeyName  string `json:"keyName"`
 	KeyID    string `json:"keyID"`
 	Verified bool   `json:"verified"`
 	Reason   string `json:"reason,omitempty"`
+	// Signer is who signed, for a verified keyless signature.
+	*Signer `json:",omitempty"`
 }
 
 // Evaluate decides whether img may run. All requirements of the most

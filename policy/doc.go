@@ -13,8 +13,16 @@
 // requirement is evaluated: a key that is missing or does not parse refuses
 // the images of the scopes that name it, with a reason naming the key, and
 // affects no other scope. What parses but cannot be verified here refuses
-// the image at evaluation, with a reason: keyless sigstore (fulcio, pki,
-// rekor), signedBy key types other than GPGKeys, and signedBaseLayer.
+// the image at evaluation, with a reason: signedBy key types other than
+// GPGKeys, and signedBaseLayer (as in containers/image).
+//
+// sigstoreSigned and sigstoreThreshold trust signers (signerSpec): public
+// keys, or keyless identities (fulcio: a CA, an OIDC issuer and an email,
+// with Rekor keys; pki: a private CA's roots and intermediates, an email or
+// a host name), optionally with Rekor keys whose SET a signature must
+// carry. Evidence does the cryptography (verify/) and says why a signature
+// is refused by naming the check; policy counts signers (a threshold
+// counts each signing key once) and matches claims to the image.
 // Docker scopes are any string, as in containers/image; those no reference
 // can match are reported by Policy.Warnings.
 //

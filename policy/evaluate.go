@@ -24,13 +24,14 @@ type evaluation struct {
 	img      Image
 	intended reference.Named
 	keys     *keyReader
-	sigstore map[string]lookup   // by publicKey.id
+	sigstore map[string]lookup   // by signer.cache
 	gpg      map[[32]byte]lookup // by SHA-256 of the keyring
 }
 
 type lookup struct {
-	claims []Claim
-	err    error
+	claims     []Claim
+	rejections []Rejection
+	err        error
 }
 
 // dockerReference converts the image reference into containers/image's
@@ -167,17 +168,15 @@ func (ev *evaluation) digestMatches(d v1.Hash) bool {
 
 // accept finds a claim that is about this image (digest) and claims an
 // identity id accepts for it; otherwise it says why none is. A claim whose
-// KeyID names none of keyIDs is not this key's (Evidence should never
-// return one; checking keeps a threshold honest if it did).
+// KeyID is none of keyIDs (nil for any: a keyless signer's key is its
+// certificate's) is not this signer's: Evidence should never return one,
+// and checking keeps a threshold honest if it did.
 func (ev *evaluation) accept(claims []Claim, id identityMatcher, keyIDs []string) (Claim, string, bool) {
-	if len(claims) == 0 {
-		return Claim{}, "no signature verifies with this key", false
-	}
 	reason := ""
 	for _, c := range claims {
 		var why string
 		switch {
-		case c.KeyID != "" && !slices.Contains(keyIDs, c.KeyID):
+		case keyIDs != nil && c.KeyID != "" && !slices.Contains(keyIDs, c.KeyID):
 			why = fmt.Sprintf("signature was verified by key %q, not this key", c.KeyID)
 		case !ev.digestMatches(c.ManifestDigest):
 			why = fmt.Sprintf("signature is for digest %s, not the image's %s", c.ManifestDigest, ev.img.ManifestDigest)
@@ -193,16 +192,17 @@ func (ev *evaluation) accept(claims []Claim, id identityMatcher, keyIDs []string
 	return Claim{}, reason, false
 }
 
-func (ev *evaluation) sigstoreClaims(ctx context.Context, k publicKey) ([]Claim, error) {
+func (ev *evaluation) sigstoreClaims(ctx context.Context, s signer) lookup {
 	if ev.img.Evidence == nil {
-		return nil, nil
+		return lookup{}
 	}
-	if l, ok := ev.sigstore[k.id]; ok {
-		return l.claims, l.err
+	if l, ok := ev.sigstore[s.cache]; ok {
+		return l
 	}
-	claims, err := ev.img.Evidence.Sigstore(ctx, k.pub)
-	ev.sigstore[k.id] = lookup{claims, err}
-	return claims, err
+	var l lookup
+	l.claims, l.rejections, l.err = ev.img.Evidence.Sigstore(ctx, s.trust)
+	ev.sigstore[s.cache] = l
+	return l
 }
 
 func (ev *evaluation) gpgClaims(ctx context.Context, kr gpgKeyring) ([]Claim, error) {
@@ -214,60 +214,88 @@ func (ev *evaluation) gpgClaims(ctx context.Context, kr gpgKeyring) ([]Claim, er
 		return l.claims, l.err
 	}
 	claims, err := ev.img.Evidence.SimpleSigning(ctx, kr.data)
-	ev.gpg[sum] = lookup{claims, err}
+	ev.gpg[sum] = lookup{claims: claims, err: err}
 	return claims, err
 }
 
-// keyCheck gathers what the keys of one requirement found.
+// keyCheck gathers what the signers of one requirement found.
 type keyCheck struct {
 	results  []SignatureResult
-	verified []string // names of the keys with an accepted signature
-	rejected []string // "name: why" for keys whose signatures were all refused
+	verified []string // names of the signers with an accepted signature
+	rejected []string // "name: why" for signers whose signatures were all refused
 	err      error    // the first lookup failure
 }
 
-// add records one key's outcome: a lookup error, or the claims found and
+// add records one signer's outcome: a lookup error, or the claims found and
 // whether one was accepted (res.Verified, else res.Reason says why not).
-func (c *keyCheck) add(res SignatureResult, claims int, err error) {
+func (c *keyCheck) add(res SignatureResult, l lookup) {
 	switch {
-	case err != nil:
-		res.Verified, res.Reason = false, "signature lookup failed: "+err.Error()
+	case l.err != nil:
+		res.Verified, res.Reason = false, "signature lookup failed: "+l.err.Error()
 		if c.err == nil {
-			c.err = err
+			c.err = l.err
 		}
 	case res.Verified:
 		c.verified = append(c.verified, res.KeyName)
-	case claims > 0:
+	case len(l.claims) > 0 || len(l.rejections) > 0:
 		c.rejected = append(c.rejected, res.KeyName+": "+res.Reason)
 	}
 	c.results = append(c.results, res)
 }
 
-// failure explains why the keys do not hold.
+// failure explains why the signers do not hold.
 func (c *keyCheck) failure() string {
 	switch {
 	case c.err != nil:
 		return "signature lookup failed: " + c.err.Error()
 	case len(c.rejected) == 0:
-		return "a signature was required, but no signature by the policy's keys exists"
+		return "a signature was required, but no signature by the policy's signers exists"
 	default:
 		return "no signature is accepted: " + strings.Join(c.rejected, "; ")
 	}
 }
 
-// checkSigstore checks every key, even after one verified, so that the
+// checkSigstore checks every signer, even after one verified, so that the
 // report lists them all.
-func (ev *evaluation) checkSigstore(ctx context.Context, keys []publicKey, id identityMatcher) *keyCheck {
+func (ev *evaluation) checkSigstore(ctx context.Context, signers []signer, id identityMatcher) *keyCheck {
 	c := &keyCheck{}
-	for _, k := range keys {
-		res := SignatureResult{KeyName: k.name, KeyID: k.id}
-		claims, err := ev.sigstoreClaims(ctx, k)
-		if err == nil {
-			_, res.Reason, res.Verified = ev.accept(claims, id, []string{k.id})
+	for _, s := range signers {
+		res := SignatureResult{KeyName: s.name, KeyID: s.id}
+		l := ev.sigstoreClaims(ctx, s)
+		if l.err == nil {
+			var keyIDs []string
+			if s.id != "" {
+				keyIDs = []string{s.id}
+			}
+			claim, why, ok := ev.accept(l.claims, id, keyIDs)
+			res.Verified = ok
+			switch {
+			case ok:
+				res.KeyID, res.Signer = claim.KeyID, claim.Signer
+			case why != "":
+				res.Reason = why
+			case len(l.rejections) > 0:
+				res.Reason = joinRejections(l.rejections)
+			case s.id == "":
+				res.Reason = "no signature by this identity"
+			default:
+				res.Reason = "no signature verifies with this key"
+			}
 		}
-		c.add(res, len(claims), err)
+		c.add(res, l)
 	}
 	return c
+}
+
+// joinRejections lists why signatures were refused, each once.
+func joinRejections(rs []Rejection) string {
+	var out []string
+	for _, r := range rs {
+		if s := r.String(); !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	return strings.Join(out, "; ")
 }
 
 func (acceptAnything) evaluate(context.Context, *evaluation) (RequirementResult, []SignatureResult) {
@@ -300,11 +328,14 @@ func (r *signedBy) evaluate(ctx context.Context, ev *evaluation) (RequirementRes
 		if err == nil {
 			var claim Claim
 			claim, res.Reason, res.Verified = ev.accept(claims, r.identity, kr.fingerprints)
-			if res.Verified && claim.KeyID != "" {
+			switch {
+			case res.Verified && claim.KeyID != "":
 				res.KeyID = claim.KeyID // the one key of the keyring that signed
+			case len(claims) == 0:
+				res.Reason = "no signature verifies with this key"
 			}
 		}
-		c.add(res, len(claims), err)
+		c.add(res, lookup{claims: claims, err: err})
 	}
 	if c.err == nil && len(c.verified) > 0 {
 		res.OK, res.Reason = true, "signed by a key of "+strings.Join(c.verified, ", ")
@@ -316,22 +347,12 @@ func (r *signedBy) evaluate(ctx context.Context, ev *evaluation) (RequirementRes
 
 func (r *sigstoreSigned) evaluate(ctx context.Context, ev *evaluation) (RequirementResult, []SignatureResult) {
 	res := RequirementResult{Type: TypeSigstoreSigned}
-	keys, err := ev.keys.publicKeys(ctx, r.keys)
-	if err == nil {
-		err = ev.keys.certificates(ctx, r.cas)
-	}
-	if err == nil {
-		err = ev.keys.rekorKeys(ctx, r.rekor)
-	}
+	signers, err := ev.keys.signers(ctx, r.signers)
 	if err != nil {
 		res.Reason = err.Error()
 		return res, nil
 	}
-	if r.keyless != "" {
-		res.Reason = fmt.Sprintf("keyless sigstore verification is not supported (%s)", r.keyless)
-		return res, nil
-	}
-	c := ev.checkSigstore(ctx, keys, r.identity)
+	c := ev.checkSigstore(ctx, signers, r.identity)
 	if c.err == nil && len(c.verified) > 0 {
 		res.OK, res.Reason = true, "signed by "+strings.Join(c.verified, ", ")
 	} else {
@@ -342,30 +363,43 @@ func (r *sigstoreSigned) evaluate(ctx context.Context, ev *evaluation) (Requirem
 
 func (r *sigstoreThreshold) evaluate(ctx context.Context, ev *evaluation) (RequirementResult, []SignatureResult) {
 	res := RequirementResult{Type: TypeSigstoreThreshold}
-	keys, err := ev.keys.publicKeys(ctx, r.keys)
+	signers, err := ev.keys.signers(ctx, r.signers)
 	if err != nil {
 		res.Reason = err.Error()
 		return res, nil
 	}
 	// The same key under two names would count twice toward the threshold.
 	byID := map[string]string{}
-	for _, k := range keys {
-		if other, dup := byID[k.id]; dup {
-			res.Reason = fmt.Sprintf("keys %q and %q are the same public key: each signer must count once", other, k.name)
+	for _, s := range signers {
+		if s.id == "" {
+			continue
+		}
+		if other, dup := byID[s.id]; dup {
+			res.Reason = fmt.Sprintf("keys %q and %q are the same public key: each signer must count once", other, s.name)
 			return res, nil
 		}
-		byID[k.id] = k.name
+		byID[s.id] = s.name
 	}
-	c := ev.checkSigstore(ctx, keys, r.identity)
-	signed := fmt.Sprintf("%d of %d keys signed", len(c.verified), len(r.keys))
-	if len(c.verified) > 0 {
-		signed += " (" + strings.Join(c.verified, ", ") + ")"
+	c := ev.checkSigstore(ctx, signers, r.identity)
+	// Each signing key counts once: two identities whose signatures were
+	// made with one certificate's key are one signer.
+	var counted []string
+	used := map[string]bool{}
+	for _, sr := range c.results {
+		if sr.Verified && !used[sr.KeyID] {
+			used[sr.KeyID] = true
+			counted = append(counted, sr.KeyName)
+		}
+	}
+	signed := fmt.Sprintf("%d of %d keys signed", len(counted), len(r.signers))
+	if len(counted) > 0 {
+		signed += " (" + strings.Join(counted, ", ") + ")"
 	}
 	signed = fmt.Sprintf("%s, %d needed", signed, r.threshold)
 	switch {
 	case c.err != nil:
 		res.Reason = c.failure()
-	case len(c.verified) >= r.threshold:
+	case len(counted) >= r.threshold:
 		res.OK, res.Reason = true, signed
 	case len(c.rejected) > 0:
 		res.Reason = signed + "; refused: " + strings.Join(c.rejected, "; ")

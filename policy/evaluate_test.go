@@ -2,7 +2,6 @@ package policy
 
 import (
 	"context"
-	"crypto"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -379,22 +378,6 @@ func TestSigstoreSigned(t *testing.T) {
 		})
 	}
 
-	t.Run("keyless is refused", func(t *testing.T) {
-		writeFile(t, dir, "ca.pem", newCACert(t))
-		writeFile(t, dir, "rekor.pub", newKey(t, "p256").pem)
-		for _, req := range []string{
-			`{"type":"sigstoreSigned","fulcio":{"caPath":"ca.pem","oidcIssuer":"https://issuer","subjectEmail":"a@example.com"},"rekorPublicKeyPath":"rekor.pub"}`,
-			`{"type":"sigstoreSigned","pki":{"caRootsPath":"ca.pem","subjectEmail":"a@example.com"}}`,
-			`{"type":"sigstoreSigned","keyPath":"a.pub","rekorPublicKeyPath":"rekor.pub"}`,
-		} {
-			p := mustLoad(t, `{"default":[`+req+`]}`, dir)
-			ev := (&memEvidence{}).sign(t, a, "example.com/app:v1", d)
-			dec := mustEvaluate(t, p, img(ev))
-			if dec.Allowed || !strings.Contains(firstFailure(dec), "keyless sigstore verification is not supported") {
-				t.Errorf("%s: allowed=%v reason %q", req, dec.Allowed, firstFailure(dec))
-			}
-		}
-	})
 }
 
 // TestEvaluateAll: requirements after a failing one are still evaluated
@@ -515,9 +498,9 @@ func TestEvaluateErrors(t *testing.T) {
 
 type cancelingEvidence struct{ cancel context.CancelFunc }
 
-func (e *cancelingEvidence) Sigstore(ctx context.Context, _ crypto.PublicKey) ([]Claim, error) {
+func (e *cancelingEvidence) Sigstore(ctx context.Context, _ SigstoreTrust) ([]Claim, []Rejection, error) {
 	e.cancel()
-	return nil, ctx.Err()
+	return nil, nil, ctx.Err()
 }
 
 func (e *cancelingEvidence) SimpleSigning(ctx context.Context, _ []byte) ([]Claim, error) {

@@ -20,6 +20,7 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -120,6 +121,7 @@ func verifySig(pub crypto.PublicKey, msg, sig []byte) bool {
 type memEvidence struct {
 	mu      sync.Mutex
 	sigs    []memSig
+	keyless []memKeyless
 	gpg     map[string][]Claim
 	err     error
 	calls   int
@@ -138,16 +140,20 @@ func (e *memEvidence) sign(t testing.TB, k testKey, ref string, d v1.Hash) *memE
 	return e
 }
 
-func (e *memEvidence) Sigstore(ctx context.Context, pub crypto.PublicKey) ([]Claim, error) {
+func (e *memEvidence) Sigstore(ctx context.Context, trust SigstoreTrust) ([]Claim, []Rejection, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.calls++
 	if e.err != nil {
-		return nil, e.err
+		return nil, nil, e.err
 	}
+	if trust.PublicKey == nil {
+		return e.keylessClaims(trust)
+	}
+	pub := trust.PublicKey
 	der, err := x509.MarshalPKIXPublicKey(pub)
 	if err != nil {
-		return nil, fmt.Errorf("Sigstore called with %T, not a public key: %w", pub, err)
+		return nil, nil, fmt.Errorf("Sigstore called with %T, not a public key: %w", pub, err)
 	}
 	sum := sha256.Sum256(der)
 	var out []Claim
@@ -158,7 +164,35 @@ func (e *memEvidence) Sigstore(ctx context.Context, pub crypto.PublicKey) ([]Cla
 			out = append(out, c)
 		}
 	}
-	return out, nil
+	return out, nil, nil
+}
+
+// memKeyless is a keyless signature as memEvidence holds it: who the
+// certificate names, and the root it chains to. (The certificate checks
+// themselves are verify's, tested there.)
+type memKeyless struct {
+	claim Claim // with Signer and KeyID (the certificate's key)
+	root  *x509.Certificate
+}
+
+// keylessClaims accepts the keyless signatures whose root, issuer and
+// subject trust names, and says why the others are refused.
+func (e *memEvidence) keylessClaims(trust SigstoreTrust) ([]Claim, []Rejection, error) {
+	var out []Claim
+	var rej []Rejection
+	for _, k := range e.keyless {
+		switch {
+		case !slices.ContainsFunc(trust.Roots, k.root.Equal):
+			rej = append(rej, Rejection{"chain", "x509: certificate signed by unknown authority"})
+		case trust.OIDCIssuer != "" && k.claim.Signer.Issuer != trust.OIDCIssuer:
+			rej = append(rej, Rejection{"issuer", fmt.Sprintf("the certificate's issuer is %q", k.claim.Signer.Issuer)})
+		case trust.SubjectEmail != "" && k.claim.Signer.Subject != trust.SubjectEmail:
+			rej = append(rej, Rejection{"subject", fmt.Sprintf("the certificate names %q", k.claim.Signer.Subject)})
+		default:
+			out = append(out, k.claim)
+		}
+	}
+	return out, rej, nil
 }
 
 func (e *memEvidence) SimpleSigning(ctx context.Context, keyring []byte) ([]Claim, error) {

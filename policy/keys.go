@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"crypto"
-	"crypto/ecdsa"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
@@ -155,36 +154,6 @@ func (r *keyReader) keyrings(ctx context.Context, srcs []keySource) ([]gpgKeyrin
 		krs = append(krs, gpgKeyring{name: src.name, fingerprints: fprs, data: data})
 	}
 	return krs, nil
-}
-
-// certificates reads and parses CA bundles (fulcio's CA, pki's roots and
-// intermediates).
-func (r *keyReader) certificates(ctx context.Context, srcs []keySource) error {
-	for _, src := range srcs {
-		data, err := r.bytes(ctx, src)
-		if err != nil {
-			return err
-		}
-		if _, err := parseCertificates(data); err != nil {
-			return &keyError{src, err}
-		}
-	}
-	return nil
-}
-
-// rekorKeys reads and parses Rekor public keys, which containers/image
-// requires to be ECDSA.
-func (r *keyReader) rekorKeys(ctx context.Context, srcs []keySource) error {
-	keys, err := r.publicKeys(ctx, srcs)
-	if err != nil {
-		return err
-	}
-	for i, k := range keys {
-		if _, ok := k.pub.(*ecdsa.PublicKey); !ok {
-			return &keyError{srcs[i], errors.New("a Rekor public key must be ECDSA")}
-		}
-	}
-	return nil
 }
 
 // publicKey is one sigstore public key of the policy.

@@ -276,7 +276,7 @@ func TestLoadInvalid(t *testing.T) {
 		{"threshold duplicate names", docker("example.com", `[{"type":"sigstoreThreshold","threshold":1,"keys":[{"name":"ci","keyPath":"keys/p256.pub"},{"name":"ci","keyPath":"keys/p384.pub"}]}]`), `keys[1].name: duplicate key name "ci"`},
 		{"threshold empty name", docker("example.com", `[{"type":"sigstoreThreshold","threshold":1,"keys":[{"name":"","keyPath":"keys/p256.pub"}]}]`), "keys[0].name: must not be empty"},
 		{"threshold missing name", docker("example.com", `[{"type":"sigstoreThreshold","threshold":1,"keys":[{"keyPath":"keys/p256.pub"}]}]`), `keys[0]: missing field "name"`},
-		{"threshold key without source", docker("example.com", `[{"type":"sigstoreThreshold","threshold":1,"keys":[{"name":"a"}]}]`), "keys[0]: exactly one of keyPath, keyData must be specified, found 0"},
+		{"threshold key without source", docker("example.com", `[{"type":"sigstoreThreshold","threshold":1,"keys":[{"name":"a"}]}]`), "keys[0]: exactly one of keyPath, keyData, fulcio, pki must be specified, found 0"},
 		{"threshold key with two sources", docker("example.com", `[{"type":"sigstoreThreshold","threshold":1,"keys":[{"name":"a","keyPath":"keys/p256.pub","keyData":"$P256DATA"}]}]`), "found 2"},
 		{"threshold key unknown field", docker("example.com", `[{"type":"sigstoreThreshold","threshold":1,"keys":[{"name":"a","keyPath":"keys/p256.pub","weight":2}]}]`), `keys[0]: unknown field "weight"`},
 		{"threshold key keyPaths", docker("example.com", `[{"type":"sigstoreThreshold","threshold":1,"keys":[{"name":"a","keyPaths":["keys/p256.pub"]}]}]`), "found 0"},

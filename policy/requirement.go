@@ -42,17 +42,10 @@ type (
 	// implemented it: it always refuses.
 	signedBaseLayer struct{}
 
-	// sigstoreSigned accepts an image signed by any one of keys. keyless
-	// is set for fulcio, pki or rekor configurations, which parse but are
-	// refused at evaluation: their checks need data (certificate chains,
-	// transparency-log entries) that Evidence does not carry. Their CA
-	// bundles and Rekor keys are still read then, so that a missing file
-	// is reported as such.
+	// sigstoreSigned accepts an image signed by any one of its signers:
+	// one per key, or one keyless identity (fulcio or pki).
 	sigstoreSigned struct {
-		keys     []keySource
-		keyless  string
-		cas      []keySource // fulcio or pki CA bundles
-		rekor    []keySource
+		signers  []signerSpec
 		identity identityMatcher
 	}
 
@@ -60,11 +53,12 @@ type (
 	// ocicrypt "+encrypted" media type.
 	encrypted struct{ any bool }
 
-	// sigstoreThreshold holds when at least threshold distinct keys of
-	// keys signed the image. Each source's name is the key's name.
+	// sigstoreThreshold holds when at least threshold of its signers (keys
+	// or keyless identities, each named) signed the image, each signing
+	// key counted once.
 	sigstoreThreshold struct {
 		threshold int
-		keys      []keySource
+		signers   []signerSpec
 		identity  identityMatcher
 	}
 )
@@ -234,50 +228,10 @@ func parseSignedBaseLayer(o *object) (requirement, error) {
 var rekorFields = []string{"rekorPublicKeyPath", "rekorPublicKeyPaths", "rekorPublicKeyData", "rekorPublicKeyDatas"}
 
 func parseSigstoreSigned(o *object) (requirement, error) {
-	field, err := exactlyOne(o, "keyPath", "keyPaths", "keyData", "keyDatas", "fulcio", "pki")
-	if err != nil {
-		return nil, err
-	}
 	r := &sigstoreSigned{}
-	switch field {
-	case "fulcio":
-		if r.cas, err = parseFulcio(o); err != nil {
-			return nil, err
-		}
-		r.keyless = "fulcio"
-	case "pki":
-		if r.cas, err = parsePKI(o); err != nil {
-			return nil, err
-		}
-		r.keyless = "pki"
-	default:
-		if r.keys, err = keySources(o, field); err != nil {
-			return nil, err
-		}
-	}
-
-	var rekorField string
-	for _, f := range rekorFields {
-		if o.has(f) {
-			if rekorField != "" {
-				return nil, invalidf(o.at, "at most one of %s may be specified", strings.Join(rekorFields, ", "))
-			}
-			rekorField = f
-		}
-	}
-	switch {
-	case field == "fulcio" && rekorField == "":
-		return nil, invalidf(o.at, "fulcio needs one of %s", strings.Join(rekorFields, ", "))
-	case field == "pki" && rekorField != "":
-		return nil, invalidf(o.field(rekorField), "pki does not take a Rekor key (containers/image does not support Rekor with pki)")
-	}
-	if rekorField != "" {
-		if r.rekor, err = keySources(o, rekorField); err != nil {
-			return nil, err
-		}
-		if r.keyless == "" {
-			r.keyless = "rekor"
-		}
+	var err error
+	if r.signers, err = parseSigner(o, "keyPath", "keyPaths", "keyData", "keyDatas"); err != nil {
+		return nil, err
 	}
 	if r.identity, err = identityField(o); err != nil {
 		return nil, err
@@ -309,50 +263,6 @@ func caField(o *object, pathField, dataField string, required bool) ([]keySource
 		}
 		return []keySource{{name: dataField, at: o.field(dataField), data: b}}, nil
 	}
-}
-
-func parseFulcio(parent *object) ([]keySource, error) {
-	o, _, err := parent.obj("fulcio")
-	if err != nil {
-		return nil, err
-	}
-	ca, err := caField(o, "caPath", "caData", true)
-	if err != nil {
-		return nil, err
-	}
-	for _, f := range []string{"oidcIssuer", "subjectEmail"} {
-		if _, err := o.requiredStr(f); err != nil {
-			return nil, err
-		}
-	}
-	return ca, o.done()
-}
-
-func parsePKI(parent *object) ([]keySource, error) {
-	o, _, err := parent.obj("pki")
-	if err != nil {
-		return nil, err
-	}
-	roots, err := caField(o, "caRootsPath", "caRootsData", true)
-	if err != nil {
-		return nil, err
-	}
-	intermediates, err := caField(o, "caIntermediatesPath", "caIntermediatesData", false)
-	if err != nil {
-		return nil, err
-	}
-	_, hasEmail, err := o.str("subjectEmail")
-	if err != nil {
-		return nil, err
-	}
-	_, hasHost, err := o.str("subjectHostname")
-	if err != nil {
-		return nil, err
-	}
-	if !hasEmail && !hasHost {
-		return nil, invalidf(o.at, "at least one of subjectEmail and subjectHostname must be specified")
-	}
-	return append(roots, intermediates...), o.done()
 }
 
 func parseEncrypted(o *object) (requirement, error) {
@@ -393,15 +303,15 @@ func parseThreshold(o *object) (requirement, error) {
 	names := map[string]bool{}
 	for i, elem := range elems {
 		at := fmt.Sprintf("%s[%d]", o.field("keys"), i)
-		k, err := parseThresholdKey(elem, at)
+		spec, err := parseThresholdKey(elem, at)
 		if err != nil {
 			return nil, err
 		}
-		if names[k.name] {
-			return nil, invalidf(at+".name", "duplicate key name %q", k.name)
+		if names[spec.name] {
+			return nil, invalidf(at+".name", "duplicate key name %q", spec.name)
 		}
-		names[k.name] = true
-		r.keys = append(r.keys, k)
+		names[spec.name] = true
+		r.signers = append(r.signers, spec)
 	}
 	if r.identity, err = identityField(o); err != nil {
 		return nil, err
@@ -409,29 +319,33 @@ func parseThreshold(o *object) (requirement, error) {
 	return r, nil
 }
 
-// parseThresholdKey reads one {"name", "keyPath"|"keyData"} entry; the
-// source carries the key's name.
-func parseThresholdKey(raw json.RawMessage, at string) (keySource, error) {
+// parseThresholdKey reads one named signer of a threshold: {"name",
+// "keyPath"|"keyData"} for a public key, or {"name", "fulcio": {…},
+// "rekorPublicKey…"} or {"name", "pki": {…}} for a keyless identity; a
+// public key may have Rekor keys too.
+func parseThresholdKey(raw json.RawMessage, at string) (signerSpec, error) {
 	o, err := readObject(raw, at)
 	if err != nil {
-		return keySource{}, err
+		return signerSpec{}, err
 	}
 	name, err := o.requiredStr("name")
 	if err != nil {
-		return keySource{}, err
+		return signerSpec{}, err
 	}
-	field, err := exactlyOne(o, "keyPath", "keyData")
+	specs, err := parseSigner(o, "keyPath", "keyData")
 	if err != nil {
-		return keySource{}, err
-	}
-	srcs, err := keySources(o, field)
-	if err != nil {
-		return keySource{}, err
+		return signerSpec{}, err
 	}
 	if err := o.done(); err != nil {
-		return keySource{}, err
+		return signerSpec{}, err
 	}
-	src := srcs[0]
-	src.name = name
-	return src, nil
+	spec := specs[0]
+	spec.name = name
+	if spec.key != nil {
+		// A key's errors name it by the threshold's name for it.
+		k := *spec.key
+		k.name = name
+		spec.key = &k
+	}
+	return spec, nil
 }

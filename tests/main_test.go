@@ -141,6 +141,10 @@ type pullResult struct {
 		KeyName  string `json:"keyName"`
 		KeyID    string `json:"keyID"`
 		Verified bool   `json:"verified"`
+		// A keyless signature's signer.
+		Issuer  string `json:"issuer"`
+		Subject string `json:"subject"`
+		Serial  string `json:"serial"`
 	} `json:"signatures"`
 }
 

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -60,11 +61,21 @@ type Options struct {
 	// client with timeouts. Whatever the client, redirects are followed
 	// only within the store's host, and never from https to http.
 	HTTPClient *http.Client
+	// Now is the time a keyless certificate must be valid at when no Rekor
+	// SET gives one (pki); nil means time.Now.
+	Now func() time.Time
 }
 
 // Verifier finds and checks signatures. Safe for concurrent use.
 type Verifier struct {
 	opts Options
+}
+
+func (v *Verifier) now() time.Time {
+	if v.opts.Now != nil {
+		return v.opts.Now()
+	}
+	return time.Now()
 }
 
 // New returns a Verifier.

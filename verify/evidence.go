@@ -2,7 +2,6 @@ package verify
 
 import (
 	"context"
-	"crypto"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -37,6 +36,9 @@ type rawSigstore struct {
 	digest    string // the digest whose attachment or referrer held it
 	payload   []byte
 	signature []byte
+	// certificate (PEM) and chain (PEM, up to the root) of a keyless
+	// signature, and the Rekor SET (cosign's bundle, JSON) of a logged one.
+	certificate, chain, bundle []byte
 }
 
 // evidence implements policy.Evidence for one Target. Cosign signatures
@@ -85,26 +87,50 @@ func (b *byteBudget) remaining() int64 {
 
 var _ policy.Evidence = (*evidence)(nil)
 
-func (e *evidence) Sigstore(ctx context.Context, pub crypto.PublicKey) ([]policy.Claim, error) {
-	verifiers, err := sigstoreVerifiers(pub)
+func (e *evidence) Sigstore(ctx context.Context, trust policy.SigstoreTrust) ([]policy.Claim, []policy.Rejection, error) {
+	sigs, err := e.sigstore.get(ctx, e.fetchSigstore)
 	if err != nil {
-		return nil, err
+		return nil, nil, fmt.Errorf("sigstore signatures of %s: %w", e.name(), untrusted.Error(err))
 	}
-	der, err := cryptoutils.MarshalPublicKeyToDER(pub)
+	if trust.PublicKey == nil {
+		claims, rejections := e.keylessClaims(sigs, trust)
+		return claims, rejections, nil
+	}
+	return e.keyClaims(sigs, trust)
+}
+
+// keyClaims returns the claims of the signatures that verify with
+// trust.PublicKey and, when trust has Rekor keys, carry a Rekor SET that
+// logs them with that key. A signature that does not verify with the key
+// is someone else's and is not rejected: it is not this key's.
+func (e *evidence) keyClaims(sigs []rawSigstore, trust policy.SigstoreTrust) ([]policy.Claim, []policy.Rejection, error) {
+	verifiers, err := sigstoreVerifiers(trust.PublicKey)
 	if err != nil {
-		return nil, fmt.Errorf("sigstore key: %w: %v", errdefs.ErrInvalidConfig, err)
+		return nil, nil, err
+	}
+	der, err := cryptoutils.MarshalPublicKeyToDER(trust.PublicKey)
+	if err != nil {
+		return nil, nil, fmt.Errorf("sigstore key: %w: %v", errdefs.ErrInvalidConfig, err)
 	}
 	sum := sha256.Sum256(der)
 	keyID := hex.EncodeToString(sum[:])
-
-	sigs, err := e.sigstore.get(ctx, e.fetchSigstore)
-	if err != nil {
-		return nil, fmt.Errorf("sigstore signatures of %s: %w", e.name(), untrusted.Error(err))
+	var pemKey []byte
+	if len(trust.RekorKeys) > 0 {
+		if pemKey, err = keyPEM(trust.PublicKey); err != nil {
+			return nil, nil, fmt.Errorf("sigstore key: %w: %v", errdefs.ErrInvalidConfig, err)
+		}
 	}
 	var claims []policy.Claim
+	var rejections []policy.Rejection
 	for _, s := range sigs {
 		if !verifySigstore(verifiers, s.signature, s.payload) {
 			continue
+		}
+		if len(trust.RekorKeys) > 0 {
+			if _, rej := checkSET(s, trust.RekorKeys, pemKey); rej != nil {
+				rejections = append(rejections, *rej)
+				continue
+			}
 		}
 		p, err := parsePayload(s.payload, cosignPayloadType)
 		if err != nil || p.manifestDigest.String() != s.digest {
@@ -117,7 +143,33 @@ func (e *evidence) Sigstore(ctx context.Context, pub crypto.PublicKey) ([]policy
 			KeyID:           keyID,
 		})
 	}
-	return claims, nil
+	return claims, rejections, nil
+}
+
+// keylessClaims returns the claims of the signatures made under trust's
+// certificate identity, and why each other signature is not.
+func (e *evidence) keylessClaims(sigs []rawSigstore, trust policy.SigstoreTrust) ([]policy.Claim, []policy.Rejection) {
+	now := e.v.now()
+	var claims []policy.Claim
+	var rejections []policy.Rejection
+	for _, s := range sigs {
+		signer, keyID, rej := checkKeyless(s, trust, now)
+		if rej != nil {
+			rejections = append(rejections, *rej)
+			continue
+		}
+		p, err := parsePayload(s.payload, cosignPayloadType)
+		if err != nil || p.manifestDigest.String() != s.digest {
+			continue
+		}
+		claims = appendClaim(claims, policy.Claim{
+			DockerReference: p.dockerReference,
+			ManifestDigest:  p.manifestDigest,
+			KeyID:           keyID,
+			Signer:          signer,
+		})
+	}
+	return claims, rejections
 }
 
 func (e *evidence) SimpleSigning(ctx context.Context, keyring []byte) ([]policy.Claim, error) {
@@ -150,7 +202,10 @@ func (e *evidence) name() string {
 // appendClaim appends c unless an equal claim is already there: the same
 // signature may be stored both as an attachment and as a referrer.
 func appendClaim(claims []policy.Claim, c policy.Claim) []policy.Claim {
-	if slices.Contains(claims, c) {
+	if slices.ContainsFunc(claims, func(o policy.Claim) bool {
+		return o.DockerReference == c.DockerReference && o.ManifestDigest == c.ManifestDigest && o.KeyID == c.KeyID &&
+			(o.Signer == c.Signer || (o.Signer != nil && c.Signer != nil && *o.Signer == *c.Signer))
+	}) {
 		return claims
 	}
 	return append(claims, c)

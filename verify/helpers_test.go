@@ -1,6 +1,7 @@
 package verify
 
 import (
+	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -9,6 +10,7 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"log"
 	"net"
@@ -25,6 +27,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/sigstore/sigstore/pkg/cryptoutils"
+
+	"github.com/guest-puller/guest-puller/policy"
 )
 
 // cosignPath is where the project's setup installs cosign (go install).
@@ -317,4 +321,14 @@ func writeFile(t *testing.T, path, content string) {
 	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// byKey is Evidence.Sigstore for a public key without Rekor keys, which
+// rejects nothing.
+func byKey(ctx context.Context, ev policy.Evidence, pub crypto.PublicKey) ([]policy.Claim, error) {
+	claims, rejections, err := ev.Sigstore(ctx, policy.SigstoreTrust{PublicKey: pub})
+	if len(rejections) != 0 {
+		return nil, fmt.Errorf("rejections without Rekor keys: %v", rejections)
+	}
+	return claims, err
 }

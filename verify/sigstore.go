@@ -180,7 +180,14 @@ func readSignatureManifest(ctx context.Context, p *remote.Puller, repo name.Repo
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, rawSigstore{digest: subject.String(), payload: payload, signature: sig})
+		out = append(out, rawSigstore{
+			digest:      subject.String(),
+			payload:     payload,
+			signature:   sig,
+			certificate: []byte(l.Annotations[certificateAnnotation]),
+			chain:       []byte(l.Annotations[chainAnnotation]),
+			bundle:      []byte(l.Annotations[bundleAnnotation]),
+		})
 	}
 	return out, nil
 }

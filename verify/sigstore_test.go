@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"path/filepath"
 	"sync"
@@ -38,6 +39,9 @@ import (
 type sigLayer struct {
 	payload []byte
 	sig     string // base64, as in the annotation
+	// more are further annotations: a keyless signature's certificate and
+	// chain, a Rekor SET.
+	more map[string]string
 }
 
 // writeSigManifest stores a cosign-format signature manifest at tag, as
@@ -47,9 +51,11 @@ func writeSigManifest(t testing.TB, tag name.Tag, layers []sigLayer) {
 	img := mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON)
 	for _, l := range layers {
 		var err error
+		ann := map[string]string{signatureAnnotation: l.sig}
+		maps.Copy(ann, l.more)
 		img, err = mutate.Append(img, mutate.Addendum{
 			Layer:       static.NewLayer(l.payload, simpleSigningMediaType),
-			Annotations: map[string]string{signatureAnnotation: l.sig},
+			Annotations: ann,
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -259,7 +265,7 @@ func TestSigstore(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ev := New(Options{RegistriesD: tc.rd}).Evidence(tc.target)
-			got, err := ev.Sigstore(ctx, tc.key)
+			got, err := byKey(ctx, ev, tc.key)
 			if err != nil {
 				t.Logf("error: %v", err)
 			}
@@ -273,7 +279,7 @@ func TestSigstore(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, err = New(Options{}).Evidence(target(signedRepo, dA)).Sigstore(ctx, weak.Public())
+		_, err = byKey(ctx, New(Options{}).Evidence(target(signedRepo, dA)), weak.Public())
 		checkErr(t, err, errdefs.ErrInvalidConfig)
 	})
 
@@ -290,7 +296,7 @@ func TestSigstore(t *testing.T) {
 		if n := ct.n.Load(); n != 0 {
 			t.Fatalf("SimpleSigning made %d registry requests", n)
 		}
-		got, err := ev.Sigstore(ctx, p256.pub)
+		got, err := byKey(ctx, ev, p256.pub)
 		if err != nil || len(got) != 1 {
 			t.Fatalf("Sigstore = %v, %v; want one claim", got, err)
 		}
@@ -302,7 +308,7 @@ func TestSigstore(t *testing.T) {
 		var wg sync.WaitGroup
 		for _, k := range []cosignKey{p384, ed, rsaKey, unused, p256, p384, ed, rsaKey} {
 			wg.Go(func() {
-				if _, err := ev.Sigstore(ctx, k.pub); err != nil {
+				if _, err := byKey(ctx, ev, k.pub); err != nil {
 					t.Error(err)
 				}
 			})
@@ -317,7 +323,7 @@ func TestSigstore(t *testing.T) {
 		ev2 := New(Options{Remote: []remote.Option{remote.WithTransport(ct2)}}).Evidence(target(signedRepo, dA))
 		for range 4 {
 			wg.Go(func() {
-				if got, err := ev2.Sigstore(ctx, p256.pub); err != nil || len(got) != 1 {
+				if got, err := byKey(ctx, ev2, p256.pub); err != nil || len(got) != 1 {
 					t.Errorf("Sigstore = %v, %v; want one claim", got, err)
 				}
 			})
@@ -332,10 +338,10 @@ func TestSigstore(t *testing.T) {
 		ev := New(Options{}).Evidence(target(signedRepo, dA))
 		canceled, cancel := context.WithCancel(ctx)
 		cancel()
-		if _, err := ev.Sigstore(canceled, p256.pub); !errors.Is(err, context.Canceled) {
+		if _, err := byKey(canceled, ev, p256.pub); !errors.Is(err, context.Canceled) {
 			t.Fatalf("Sigstore with a canceled context: %v", err)
 		}
-		if got, err := ev.Sigstore(ctx, p256.pub); err != nil || len(got) != 1 {
+		if got, err := byKey(ctx, ev, p256.pub); err != nil || len(got) != 1 {
 			t.Fatalf("Sigstore after a canceled call = %v, %v; want one claim", got, err)
 		}
 	})

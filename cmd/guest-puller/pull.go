@@ -160,6 +160,11 @@ policy refuses it (the report says why), like pull for other failures.`)
 					state += ": " + untrusted.Escape(s.Reason)
 				}
 			}
+			if s.Signer != nil {
+				// Keyless: who the certificate says signed.
+				state += fmt.Sprintf(" (issuer %s, subject %s, certificate serial %s)",
+					untrusted.Escape(s.Signer.Issuer), untrusted.Escape(s.Signer.Subject), untrusted.Escape(s.Signer.Serial))
+			}
 			fmt.Fprintf(stdout, "  signature key %s (%s): %s\n", s.KeyName, shortID(s.KeyID), state)
 		}
 		for _, n := range policyNotes(d.Requirements) {

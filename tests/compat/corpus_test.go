@@ -82,7 +82,9 @@ var policyImages = []string{
 	"localhost:5000/ns/app:1",                 // Y: cosign a (exact)
 }
 
-func newCorpus(t *testing.T) *corpus {
+// newBareCorpus starts the registry and writes the registries.conf: what
+// every corpus needs.
+func newBareCorpus(t *testing.T) *corpus {
 	t.Helper()
 	c := &corpus{
 		reg:       testutil.StartRegistry(t, testutil.RegistryOptions{}),
@@ -91,7 +93,6 @@ func newCorpus(t *testing.T) *corpus {
 		scratch:   t.TempDir(),
 		vars:      regexp.MustCompile(`\$\{([A-Z_]+)(?::([^}]+))?\}`),
 	}
-	h := c.reg.Host
 	c.conf = filepath.Join(c.scratch, "registries.conf")
 	writeFile(t, c.conf, fmt.Sprintf(`
 [[registry]]
@@ -122,7 +123,14 @@ insecure = true
 prefix = "localhost:5000"
 location = "%[1]s/localhost5000"
 insecure = true
-`, h))
+`, c.reg.Host))
+	return c
+}
+
+func newCorpus(t *testing.T) *corpus {
+	t.Helper()
+	c := newBareCorpus(t)
+	h := c.reg.Host
 
 	// Keys.
 	a, b, w := testutil.NewCosignKey(t), testutil.NewCosignKey(t), testutil.NewCosignKey(t)
