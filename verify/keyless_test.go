@@ -205,7 +205,7 @@ func TestKeyless(t *testing.T) {
 	})
 }
 
-func parseECKey(t *testing.T, pemBytes []byte) *ecdsa.PublicKey {
+func parseECKey(t testing.TB, pemBytes []byte) *ecdsa.PublicKey {
 	t.Helper()
 	pub, err := cryptoutils.UnmarshalPEMToPublicKey(pemBytes)
 	if err != nil {
@@ -214,7 +214,7 @@ func parseECKey(t *testing.T, pemBytes []byte) *ecdsa.PublicKey {
 	return pub.(*ecdsa.PublicKey)
 }
 
-func signECDSA(t *testing.T, key crypto.Signer, payload []byte) []byte {
+func signECDSA(t testing.TB, key crypto.Signer, payload []byte) []byte {
 	t.Helper()
 	s, err := signature.LoadSigner(key, crypto.SHA256)
 	if err != nil {
@@ -227,7 +227,7 @@ func signECDSA(t *testing.T, key crypto.Signer, payload []byte) []byte {
 	return sig
 }
 
-func generateKey(t *testing.T) *ecdsa.PrivateKey {
+func generateKey(t testing.TB) *ecdsa.PrivateKey {
 	t.Helper()
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
