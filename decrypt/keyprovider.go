@@ -221,13 +221,13 @@ func parseProviderParams(s string) (providerParams, error) {
 
 // readKEK reads the KEK file at path: a regular file of exactly kekSize
 // bytes. The path comes from whoever runs the key provider, so nothing else
-// is read: not a device (keypath=/dev/zero would read forever), not a FIFO
-// (opening it would block), and no more than kekSize+1 bytes. Errors never
-// say what the file holds or how big it is (keypath=/etc/shadow must not
-// learn its size).
+// is read, or even opened: not a device (keypath=/dev/zero would read
+// forever, and opening some devices acts), not a FIFO (opening it would
+// block), and no more than kekSize+1 bytes. Errors never say what the file
+// holds or how big it is (keypath=/etc/shadow must not learn its size).
 func readKEK(path string) ([]byte, error) {
 	refuse := fmt.Errorf("%w: KEK %s: want a regular file of exactly %d bytes", errdefs.ErrInvalidConfig, untrusted.Quote(path), kekSize)
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
+	before, err := os.Stat(path)
 	if err != nil {
 		var pe *fs.PathError
 		if errors.As(err, &pe) {
@@ -235,9 +235,18 @@ func readKEK(path string) ([]byte, error) {
 		}
 		return nil, fmt.Errorf("%w: KEK %s: %v", errdefs.ErrInvalidConfig, untrusted.Quote(path), err)
 	}
+	if !before.Mode().IsRegular() || before.Size() != kekSize {
+		return nil, refuse
+	}
+	// Non-blocking, in case the path became a FIFO since the stat; the
+	// open file must be the one stat saw.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
+	if err != nil {
+		return nil, refuse
+	}
 	defer f.Close()
 	fi, err := f.Stat()
-	if err != nil || !fi.Mode().IsRegular() || fi.Size() != kekSize {
+	if err != nil || !os.SameFile(before, fi) || !fi.Mode().IsRegular() || fi.Size() != kekSize {
 		return nil, refuse
 	}
 	kek := make([]byte, kekSize+1)
