@@ -112,6 +112,30 @@ func TestHostileText(t *testing.T) {
 		}
 	})
 
+	t.Run("signature store error", func(t *testing.T) {
+		// The image resolves; the registry fails its cosign attachment
+		// tag with a message of its own, which the refusal quotes.
+		src := testutil.BuildImage(t, testutil.ImageSpec{Layers: [][]byte{testutil.Tar(t, testutil.File("f", "x", 0o644))}})
+		reg.Push(t, src, "sigstore/app:1")
+		host := hostileRegistry(t, reg, func(r *http.Request) (int, string, bool) {
+			if !strings.HasSuffix(r.URL.Path, ".sig") {
+				return 0, "", false
+			}
+			return http.StatusInternalServerError, `{"errors":[{"code":"UNKNOWN","message":` + jsonString(controlSeq+"signature store down") + `}]}`, true
+		})
+		k := testutil.ECKey(t, t.TempDir(), "cosign")
+		signed := e.write("signed.json", `{"default":[{"type":"sigstoreSigned","keyPath":"`+k.Public+`"}]}`)
+		r := e.gp("policy", "check", host+"/sigstore/app:1", "--policy", signed, "--insecure-registry", host)
+		if r.Code != 3 {
+			t.Fatalf("exit %d, want 3: %s%s", r.Code, r.Stdout, r.Stderr)
+		}
+		assertPrintable(t, "policy check output", strings.ReplaceAll(r.Stdout, "\n", " "))
+		assertPrintable(t, "policy check stderr", r.Stderr)
+		if !strings.Contains(r.Stdout, "signature store down") {
+			t.Errorf("the signature store's message is not shown: %s", r.Stdout)
+		}
+	})
+
 	t.Run("blob status line", func(t *testing.T) {
 		// The registry's reason phrase is its own text; only the status
 		// code is reported.
