@@ -48,6 +48,9 @@ type Cache interface {
 	LockLayer(ctx context.Context, diffID digest.Digest) (release func(), err error)
 	PutImage(ctx context.Context, rec unpack.ImageRecord) error
 	CreateBundle(ctx context.Context, spec unpack.BundleSpec) (*unpack.Bundle, error)
+	// VerifyLayer reads a committed layer back, and removes it if it
+	// fails to (an integrity error).
+	VerifyLayer(ctx context.Context, diffID digest.Digest) error
 }
 
 // Lease is what one pull holds in the cache (unpack.Lease).

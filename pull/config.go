@@ -19,6 +19,7 @@ import (
 	"github.com/guest-puller/guest-puller/internal/jsonerr"
 	"github.com/guest-puller/guest-puller/internal/registry"
 	"github.com/guest-puller/guest-puller/policy"
+	"github.com/guest-puller/guest-puller/securemount"
 	"github.com/guest-puller/guest-puller/unpack"
 	"github.com/guest-puller/guest-puller/verify"
 )
@@ -29,6 +30,8 @@ import (
 type Config struct {
 	Policy                 string   `json:"policy"`
 	Cache                  string   `json:"cache,omitempty"`
+	CacheDevice            string   `json:"cache-device,omitempty"`
+	CacheDeviceKey         string   `json:"cache-device-key,omitempty"`
 	AuthFile               string   `json:"auth-file,omitempty"`
 	Creds                  string   `json:"creds,omitempty"`
 	DecryptionKeys         []string `json:"decryption-key,omitempty"`
@@ -188,9 +191,21 @@ func open(ctx context.Context, cfg Config, progress Progress, full bool) (*Pulle
 	if root == "" {
 		root = unpack.DefaultRoot
 	}
+	if cfg.CacheDevice != "" {
+		if err := openStore(ctx, cfg, root, res); err != nil {
+			return nil, err
+		}
+	} else if cfg.CacheDeviceKey != "" {
+		return nil, fmt.Errorf("%w: --cache-device-key without --cache-device", errdefs.ErrInvalidConfig)
+	}
 	cache, err := unpack.Open(ctx, root)
 	if err != nil {
 		return nil, err
+	}
+	// On storage the host provides, a cached layer is read back before it
+	// is reused: a block the host changed fails there, not in a container.
+	if st, err := securemount.Describe(cache.Root()); err == nil && st != nil {
+		opts.VerifyCached = true
 	}
 	opts.Cache, opts.Keys = FromCache(cache), keys
 	p, err := New(opts)
@@ -200,6 +215,37 @@ func open(ctx context.Context, cfg Config, progress Progress, full bool) (*Pulle
 	}
 	p.closers = append(p.closers, cache.Close)
 	return p, nil
+}
+
+// openStore mounts the sealed store on cfg.CacheDevice at root, with the
+// key cfg.CacheDeviceKey names or, without one, a fresh key that only this
+// guest's memory will ever hold.
+func openStore(ctx context.Context, cfg Config, root string, res *resources) error {
+	opts := securemount.Options{
+		Device:     cfg.CacheDevice,
+		Name:       "guest-puller-" + strings.Map(safeNameRune, filepath.Base(cfg.CacheDevice)),
+		MountPoint: root,
+	}
+	if cfg.CacheDeviceKey != "" {
+		key, err := res.read(ctx, cfg.CacheDeviceKey)
+		if err != nil {
+			return fmt.Errorf("cache device key %s: %w", cfg.CacheDeviceKey, err)
+		}
+		defer clear(key)
+		if len(key) < securemount.KeySize {
+			return fmt.Errorf("cache device key %s: %w: %d bytes, want at least %d", cfg.CacheDeviceKey, errdefs.ErrInvalidConfig, len(key), securemount.KeySize)
+		}
+		opts.Key, opts.Persistent = key, true
+	}
+	_, err := securemount.Mount(ctx, opts)
+	return err
+}
+
+func safeNameRune(r rune) rune {
+	if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' {
+		return r
+	}
+	return '_'
 }
 
 // LoadPolicy reads the policy at path (a file or a kbs:/// resource) with

@@ -32,6 +32,9 @@ type memCache struct {
 type memLayer struct {
 	files      map[string]string
 	provenance []unpack.Source
+	// unreadable: the storage under it fails reads (a sealed store whose
+	// blocks the host changed).
+	unreadable bool
 }
 
 func newMemCache() *memCache {
@@ -91,6 +94,22 @@ func (c *memCache) PutImage(_ context.Context, rec unpack.ImageRecord) error {
 		}
 	}
 	c.images[rec.Ref] = rec
+	return nil
+}
+
+// VerifyLayer is unpack.Cache.VerifyLayer: an unreadable layer is an
+// integrity error and leaves the cache.
+func (c *memCache) VerifyLayer(_ context.Context, diffID digest.Digest) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	l := c.layers[diffID]
+	if l == nil {
+		return fmt.Errorf("layer %s: %w", diffID, errdefs.ErrNotFound)
+	}
+	if l.unreadable {
+		delete(c.layers, diffID)
+		return fmt.Errorf("layer %s: %w: read back failed", diffID, errdefs.ErrIntegrity)
+	}
 	return nil
 }
 

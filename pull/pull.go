@@ -55,6 +55,10 @@ type Options struct {
 	MaxConcurrentDownloads int
 	// Progress, if set, is told what each layer is doing.
 	Progress Progress
+	// VerifyCached reads a cached layer back before reusing it
+	// (unpack.Cache.VerifyLayer): for a cache on storage the host
+	// provides, where what was written may not be what reads back.
+	VerifyCached bool
 }
 
 // Puller pulls images. It is safe for concurrent use: concurrent pulls
@@ -408,7 +412,7 @@ type layerJob struct {
 func (p *Puller) fetchLayer(ctx context.Context, rc Registry, lease Lease, repo name.Repository, j *layerJob) error {
 	prog := p.opts.Progress
 	src := j.source()
-	if _, reusable := lease.Layer(j.diffID, src); reusable {
+	if _, reusable := lease.Layer(j.diffID, src); reusable && !p.opts.VerifyCached {
 		j.cached = true
 		prog.LayerState(j.desc.Digest, j.desc.Size, StateCached)
 		return nil
@@ -420,6 +424,12 @@ func (p *Puller) fetchLayer(ctx context.Context, rc Registry, lease Lease, repo 
 	}
 	defer release()
 	present, reusable := lease.Layer(j.diffID, src)
+	if reusable && p.opts.VerifyCached {
+		if err := p.opts.Cache.VerifyLayer(ctx, j.diffID); err != nil {
+			prog.LayerState(j.desc.Digest, j.desc.Size, StateFailed)
+			return fmt.Errorf("%s: layer %s: %w", j.image, j.desc.Digest, err)
+		}
+	}
 	if reusable {
 		j.cached = true
 		prog.LayerState(j.desc.Digest, j.desc.Size, StateCached)

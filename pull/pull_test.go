@@ -1,6 +1,8 @@
 package pull
 
 import (
+	godigest "github.com/opencontainers/go-digest"
+
 	"archive/tar"
 	"bytes"
 	"context"
@@ -249,6 +251,53 @@ func TestPullAndCacheHit(t *testing.T) {
 	reject.opts.Cache = f.cache
 	if _, err := reject.Pull(ctx, Request{Image: ref, ContainerID: "three"}); !errors.Is(err, errdefs.ErrRefused) {
 		t.Fatalf("cached image under reject: %v, want ErrRefused", err)
+	}
+}
+
+// TestVerifyCached: with VerifyCached (a cache on a sealed store), a
+// cached layer is read back before reuse; one that fails is an integrity
+// failure naming the layer, and the next pull fetches it again.
+func TestVerifyCached(t *testing.T) {
+	f := newFixture(t)
+	ref := f.push("app:1", image(t, tarLayer(t, map[string]string{"a": "A"}), tarLayer(t, map[string]string{"b": "B"})))
+	p := f.puller(acceptAll)
+	p.opts.VerifyCached = true
+	ctx := context.Background()
+	first, err := p.Pull(ctx, Request{Image: ref, ContainerID: "one"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(first.Layers) != 2 {
+		t.Fatalf("%d layers", len(first.Layers))
+	}
+	if _, err := p.Pull(ctx, Request{Image: ref, ContainerID: "two"}); err != nil {
+		t.Fatalf("cache hit with intact layers: %v", err)
+	}
+	broken := first.Layers[1].DiffID
+	l, ok := f.mem.layer(godigest.Digest(broken))
+	if !ok {
+		t.Fatalf("layer %s not cached", broken)
+	}
+	f.mem.mu.Lock()
+	l.unreadable = true
+	f.mem.mu.Unlock()
+
+	_, err = p.Pull(ctx, Request{Image: ref, ContainerID: "three"})
+	if !errors.Is(err, errdefs.ErrIntegrity) || !strings.Contains(err.Error(), first.Layers[1].Digest) {
+		t.Fatalf("pull over an unreadable cached layer: %v, want an integrity error naming %s", err, first.Layers[1].Digest)
+	}
+	again, err := p.Pull(ctx, Request{Image: ref, ContainerID: "four"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !again.Layers[0].Cached || again.Layers[1].Cached {
+		t.Errorf("after the failure: cached %v, %v; want the intact layer reused, the broken one fetched", again.Layers[0].Cached, again.Layers[1].Cached)
+	}
+	if n := f.gets.count(first.Layers[1].Digest); n != 2 {
+		t.Errorf("the broken layer was fetched %d times, want 2", n)
+	}
+	if got := f.mem.rootfs("four")["b"]; got != "B" {
+		t.Errorf("rootfs/b = %q after the refetch", got)
 	}
 }
 

@@ -36,8 +36,12 @@ func TestCacheLsRmGc(t *testing.T) {
 			t.Errorf("layer %s has size %d", layer.DiffID, layer.Size)
 		}
 	}
+	// Not on a sealed store (tests/vm covers one): ls says so.
+	if l.Store.Sealed || l.Store.Root == "" || l.Store.Device != "" {
+		t.Errorf("cache ls store: %+v, want the root, not sealed", l.Store)
+	}
 	text := e.gp("cache", "ls")
-	if text.Code != 0 || !strings.Contains(text.Stdout, "gc/one") || !strings.Contains(text.Stdout, "two") {
+	if text.Code != 0 || !strings.Contains(text.Stdout, "gc/one") || !strings.Contains(text.Stdout, "two") || !strings.Contains(text.Stdout, ": not sealed") {
 		t.Errorf("cache ls text: exit %d\n%s", text.Code, text.Stdout)
 	}
 

@@ -163,6 +163,11 @@ type cacheListing struct {
 		Dir     string `json:"dir"`
 		Removed bool   `json:"removed"`
 	} `json:"bundles"`
+	Store struct {
+		Root   string `json:"root"`
+		Sealed bool   `json:"sealed"`
+		Device string `json:"device"`
+	} `json:"store"`
 }
 
 func (e *env) cacheLs() cacheListing {

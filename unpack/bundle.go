@@ -164,7 +164,7 @@ func (c *Cache) CreateBundle(ctx context.Context, spec BundleSpec) (*Bundle, err
 		if terr := c.teardown(spec.ID, rec, true); terr != nil {
 			c.log.Warn("cannot undo failed bundle", "bundle", spec.ID, "err", terr)
 		}
-		return nil, fmt.Errorf("bundle %s: %w", spec.ID, err)
+		return nil, fmt.Errorf("bundle %s: %w", spec.ID, storageError(err))
 	}
 	b := rec.Bundle
 	return &b, nil

@@ -158,7 +158,7 @@ func (s *Staging) Apply(ctx context.Context, r io.Reader) error {
 			data = io.LimitReader(tr, hdr.Size)
 		}
 		if err := te.UnpackEntry(root, hdr, data); err != nil {
-			return fmt.Errorf("layer %s: entry %s: %w", s.diffID, entry, untrusted.Error(err))
+			return fmt.Errorf("layer %s: entry %s: %w", s.diffID, entry, storageError(untrusted.Error(err)))
 		}
 		s.stats.Entries++
 		if hdr.Typeflag == tar.TypeReg {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
 	"github.com/guest-puller/guest-puller/internal/refname"
+	"github.com/guest-puller/guest-puller/securemount"
 	"github.com/guest-puller/guest-puller/unpack"
 )
 
@@ -46,11 +47,55 @@ image, overlay or copy, live or removed, directory).`)
 	if err != nil {
 		return err
 	}
-	if *asJSON {
-		return writeJSON(inv.stdout, l)
+	st, err := cacheStore(c.Root())
+	if err != nil {
+		return err
 	}
+	if *asJSON {
+		return writeJSON(inv.stdout, cacheListing{Listing: l, Store: st})
+	}
+	fmt.Fprintln(inv.stdout, st)
 	printListing(inv.stdout, l)
 	return nil
+}
+
+// cacheListing is `cache ls --json`: the listing and where it is kept.
+type cacheListing struct {
+	*unpack.Listing
+	Store *storeInfo `json:"store"`
+}
+
+// storeInfo says whether the cache is on a sealed store, and which.
+type storeInfo struct {
+	Root   string `json:"root"`
+	Sealed bool   `json:"sealed"`
+	// Device is the host's block device, Mapper the plaintext device,
+	// Integrity dm-integrity's algorithm ("" without it).
+	Device    string `json:"device,omitempty"`
+	Mapper    string `json:"mapper,omitempty"`
+	Integrity string `json:"integrity,omitempty"`
+}
+
+func cacheStore(root string) (*storeInfo, error) {
+	st, err := securemount.Describe(root)
+	if err != nil {
+		return nil, fmt.Errorf("cache %s: %w", root, err)
+	}
+	if st == nil {
+		return &storeInfo{Root: root}, nil
+	}
+	return &storeInfo{Root: root, Sealed: true, Device: st.Device, Mapper: st.Mapper, Integrity: st.Integrity}, nil
+}
+
+func (s *storeInfo) String() string {
+	if !s.Sealed {
+		return fmt.Sprintf("cache %s: not sealed", s.Root)
+	}
+	integrity := "without integrity"
+	if s.Integrity != "" {
+		integrity = "dm-integrity " + s.Integrity
+	}
+	return fmt.Sprintf("cache %s: sealed on %s (LUKS2, %s; %s)", s.Root, s.Device, integrity, s.Mapper)
 }
 
 func cmdCacheRm(ctx context.Context, inv *invocation) error {

@@ -240,6 +240,8 @@ type setting struct {
 var settings = []setting{
 	{name: "policy", usage: "the policy: a containers-policy.json `FILE` or kbs:///repo/type/tag (required: there is no accept-all default)"},
 	{name: "cache", usage: "layer cache root `DIR` (default /run/guest-puller)"},
+	{name: "cache-device", usage: "seal the cache on block device `DEV`: LUKS2 with dm-integrity, ext4 on top, mounted as the cache; formatted with a fresh key that lives only in memory unless --cache-device-key is given"},
+	{name: "cache-device-key", usage: "the sealed cache's key (at least 32 bytes): a `FILE` or kbs:///repo/type/tag; the store already on --cache-device is then opened, not formatted, so the cache survives a restart"},
 	{name: "auth-file", usage: "registry credentials: a docker config.json or containers auth.json `FILE`, or kbs:///repo/type/tag (default $REGISTRY_AUTH_FILE, then ~/.docker/config.json, each skipped when unreadable)"},
 	{name: "creds", usage: "registry credentials `USER[:PASSWORD]` for the image's own registry, sent to no other; without a password it is asked for on the terminal"},
 	{name: "decryption-key", usage: "private key `PATH[:PASSWORD]` (JWE RSA/EC, PKCS7 key+certificate, PGP) or kbs:///repo/type/tag, as skopeo takes them; repeatable"},

@@ -86,7 +86,7 @@ func isTerminal(w io.Writer) bool {
 
 // checkSkips are the settings policy check has no use for: it fetches no
 // layer, so it unpacks and decrypts nothing.
-var checkSkips = map[string]bool{"cache": true, "decryption-key": true, "key-dir": true, "kid-resource-type": true, "max-concurrent-downloads": true}
+var checkSkips = map[string]bool{"cache": true, "cache-device": true, "cache-device-key": true, "decryption-key": true, "key-dir": true, "kid-resource-type": true, "max-concurrent-downloads": true}
 
 func cmdPolicyCheck(ctx context.Context, inv *invocation) error {
 	f := inv.flags(`Resolve IMAGE and evaluate the policy over it and its signatures, without

@@ -12,10 +12,13 @@ import (
 // GuestModules are the modules every guest loads, besides what the Debian
 // kernel has built in (serial console, TPM TIS, tmpfs, devtmpfs):
 // virtio for the disk and network, device-mapper with dm-crypt and
-// dm-integrity for the sealed store, ext4, and overlay for bundles.
+// dm-integrity and the ciphers of the sealed store (AES-XTS with
+// HMAC-SHA256, composed by authenc; the kernel would ask modprobe, which a
+// guest without modules.dep lacks), ext4, and overlay for bundles.
 var GuestModules = []string{
 	"virtio_pci", "virtio_net", "virtio_blk",
 	"dm_mod", "dm_crypt", "dm_integrity",
+	"xts", "authenc", "aesni_intel", "sha256_ssse3", "crc32c_intel",
 	"ext4", "overlay",
 }
 

@@ -1,0 +1,103 @@
+package unpack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
+
+	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/untrusted"
+)
+
+// VerifyLayer reads back all of a committed layer: every directory, every
+// symlink and every file's content. It is how a layer kept on storage the
+// host provides (a sealed store, see package securemount) is checked
+// before it is reused: there a block the host changed reads back as an I/O
+// error, never as other content, so reading everything checks everything.
+// A layer that fails to read is removed from the cache, so the next pull
+// fetches it again, and the error wraps errdefs.ErrIntegrity. The caller
+// holds LockLayer.
+func (c *Cache) VerifyLayer(ctx context.Context, diffID digest.Digest) error {
+	name, err := layerName(diffID)
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 1<<20)
+	root := filepath.Join(c.layerDir(name), layerDiffDir)
+	err = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		switch {
+		case d.Type().IsRegular():
+			return readAll(path, buf)
+		case d.Type()&fs.ModeSymlink != 0:
+			_, err := os.Readlink(path)
+			return err
+		}
+		return nil
+	})
+	if err == nil {
+		_, err = os.ReadFile(filepath.Join(c.layerDir(name), layerMetaFile))
+	}
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, unix.EIO) {
+		return fmt.Errorf("layer %s: verify: %w", diffID, err)
+	}
+	if rerr := c.evictLayer(name); rerr != nil {
+		c.log.Warn("cannot remove a layer that fails to read", "layer", diffID, "err", rerr)
+	}
+	return fmt.Errorf("layer %s: %w: the cache's storage failed to read it back (%s); it is removed from the cache", diffID, errdefs.ErrIntegrity, untrusted.Error(err))
+}
+
+// readAll reads a file to its end.
+func readAll(path string, buf []byte) error {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NOATIME, 0)
+	if errors.Is(err, unix.EPERM) {
+		// O_NOATIME is for the file's owner (or root) only.
+		f, err = os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.CopyBuffer(io.Discard, onlyReader{f}, buf)
+	return err
+}
+
+// onlyReader hides a file's WriterTo, so io.CopyBuffer uses the buffer.
+type onlyReader struct{ io.Reader }
+
+// evictLayer takes a broken layer out of the cache at once, whoever pins
+// it (pins keep GC away from layers in use; this one is unusable): content
+// that failed to read must not be served again. The caller holds the
+// layer's lock.
+func (c *Cache) evictLayer(name string) error {
+	t, err := c.trash(c.layerDir(name))
+	if err != nil || t == "" {
+		return err
+	}
+	return removeAll(t)
+}
+
+// storageError makes an I/O error of the cache's own storage an integrity
+// failure: on a sealed store that is what a block the host changed reads
+// back as, and on any storage it means the content cannot be trusted.
+func storageError(err error) error {
+	if errors.Is(err, unix.EIO) && !errors.Is(err, errdefs.ErrIntegrity) {
+		return fmt.Errorf("%w: the cache's storage failed: %w", errdefs.ErrIntegrity, err)
+	}
+	return err
+}
