@@ -1,8 +1,6 @@
 package pull
 
 import (
-	godigest "github.com/opencontainers/go-digest"
-
 	"archive/tar"
 	"bytes"
 	"context"
@@ -29,6 +27,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	godigest "github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"

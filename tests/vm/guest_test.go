@@ -102,17 +102,7 @@ func TestGuest(t *testing.T) {
 	cosign.Sign(t, reg.Host+"/vm/app@"+digest, "--sign-container-identity", guestReg+"/vm/app")
 	appRef, unsignedRef := guestReg+"/vm/app:1", guestReg+"/vm/unsigned:1"
 
-	// The guest's TPM, provisioned before boot: its AK, made persistent at
-	// 0x81010002 by `guest-puller attest ak` on the same swtpm state, is
-	// what dev-kbs will trust.
-	tpmState := devkbstest.StateDir(t)
-	tpm := devkbstest.StartSwtpmWithState(t, tpmState)
-	ak := testutil.Exec(t, nil, hostBin["guest-puller"], "attest", "ak", "--tpm", tpm.URI)
-	if ak.Code != 0 {
-		t.Fatalf("attest ak: exit %d: %s", ak.Code, ak.Stderr)
-	}
-	tpm.Stop()
-	akFile := devkbstest.WriteFile(t, "ak.pem", []byte(ak.Stdout))
+	tpmState, akFile := provisionTPM(t)
 
 	// dev-kbs serves TLS to 10.0.2.2. The one the guest's daemon uses is
 	// started once the guest has reported its PCRs, on a port fixed now.
@@ -315,6 +305,22 @@ guest-puller serve --socket %s --kbs %s %s >/run/cdh.log 2>&1 &
 		t.Error("qemu or swtpm still running after power-off")
 	}
 	t.Logf("whole VM test: %v", time.Since(start).Round(time.Second))
+}
+
+// provisionTPM makes the state of the guest's TPM before boot: its AK,
+// made persistent at 0x81010002 by `guest-puller attest ak` on the same
+// swtpm state, is what dev-kbs will trust. It returns the state directory
+// and the AK's public key (PEM) to register with dev-kbs.
+func provisionTPM(t *testing.T) (state, akFile string) {
+	t.Helper()
+	state = devkbstest.StateDir(t)
+	tpm := devkbstest.StartSwtpmWithState(t, state)
+	ak := testutil.Exec(t, nil, hostBin["guest-puller"], "attest", "ak", "--tpm", tpm.URI)
+	if ak.Code != 0 {
+		t.Fatalf("attest ak: exit %d: %s", ak.Code, ak.Stderr)
+	}
+	tpm.Stop()
+	return state, devkbstest.WriteFile(t, "ak.pem", []byte(ak.Stdout))
 }
 
 // checkMount fails unless path is an overlay mount in the guest, and

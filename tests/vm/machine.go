@@ -31,9 +31,9 @@ type Config struct {
 	// MemoryMiB is the guest's RAM (default 1024); CPUs its vCPUs (2).
 	MemoryMiB int
 	CPUs      int
-	// Disk is a raw disk image file attached as virtio-blk (/dev/vda), or
-	// "" for none.
-	Disk string
+	// Disks are raw disk image files attached as virtio-blk, in order:
+	// /dev/vda, /dev/vdb, …
+	Disks []string
 	// TPMState is a swtpm state directory; the guest gets that TPM as
 	// tpm-tis (/dev/tpm0, /dev/tpmrm0). "" means no TPM.
 	TPMState string
@@ -152,10 +152,11 @@ func Boot(t testing.TB, cfg Config) *Machine {
 	accel, why := Accel(cfg.Kernel)
 	t.Logf("vm: %s (%s), %d MiB, %d vCPUs, kernel %s", accel, why, cfg.MemoryMiB, cfg.CPUs, cfg.Kernel.Release)
 	qemuArgs = append(qemuArgs, "-accel", accel)
-	if cfg.Disk != "" {
+	for i, disk := range cfg.Disks {
+		id := fmt.Sprintf("disk%d", i)
 		qemuArgs = append(qemuArgs,
-			"-drive", "file="+cfg.Disk+",if=none,id=disk0,format=raw,cache=writethrough",
-			"-device", "virtio-blk-pci,drive=disk0")
+			"-drive", "file="+disk+",if=none,id="+id+",format=raw,cache=writethrough",
+			"-device", "virtio-blk-pci,drive="+id)
 	}
 	if cfg.TPMState != "" {
 		sock := m.startSwtpm(cfg.TPMState)
