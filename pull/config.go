@@ -237,8 +237,16 @@ func openStore(ctx context.Context, cfg Config, root string, res *resources) err
 		}
 		opts.Key, opts.Persistent = key, true
 	}
-	_, err := securemount.Mount(ctx, opts)
-	return err
+	st, err := securemount.Mount(ctx, opts)
+	if err != nil || !st.Formatted {
+		return err
+	}
+	// A new filesystem's root is 0755 and holds lost+found: make it what
+	// unpack.Open takes for a new cache, an empty directory only root reads.
+	if err := os.Remove(filepath.Join(root, "lost+found")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("sealed store %s: %w", cfg.CacheDevice, err)
+	}
+	return os.Chmod(root, 0o700)
 }
 
 func safeNameRune(r rune) rune {

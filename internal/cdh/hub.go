@@ -141,6 +141,7 @@ func (h *Hub) ServiceOptions() api.Options {
 		Version: h.opts.Version,
 		Pulled:  h.pulled,
 		Secrets: h.unsealer,
+		Mounts:  mounter{h},
 	}
 	if h.cfg.KBS.URL != "" {
 		o.Resources = h
