@@ -221,39 +221,16 @@ func open(ctx context.Context, cfg Config, progress Progress, full bool) (*Pulle
 // key cfg.CacheDeviceKey names or, without one, a fresh key that only this
 // guest's memory will ever hold.
 func openStore(ctx context.Context, cfg Config, root string, res *resources) error {
-	opts := securemount.Options{
-		Device:     cfg.CacheDevice,
-		Name:       "guest-puller-" + strings.Map(safeNameRune, filepath.Base(cfg.CacheDevice)),
-		MountPoint: root,
-	}
+	var key []byte
 	if cfg.CacheDeviceKey != "" {
-		key, err := res.read(ctx, cfg.CacheDeviceKey)
-		if err != nil {
+		var err error
+		if key, err = res.read(ctx, cfg.CacheDeviceKey); err != nil {
 			return fmt.Errorf("cache device key %s: %w", cfg.CacheDeviceKey, err)
 		}
 		defer clear(key)
-		if len(key) < securemount.KeySize {
-			return fmt.Errorf("cache device key %s: %w: %d bytes, want at least %d", cfg.CacheDeviceKey, errdefs.ErrInvalidConfig, len(key), securemount.KeySize)
-		}
-		opts.Key, opts.Persistent = key, true
 	}
-	st, err := securemount.Mount(ctx, opts)
-	if err != nil || !st.Formatted {
-		return err
-	}
-	// A new filesystem's root is 0755 and holds lost+found: make it what
-	// unpack.Open takes for a new cache, an empty directory only root reads.
-	if err := os.Remove(filepath.Join(root, "lost+found")); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("sealed store %s: %w", cfg.CacheDevice, err)
-	}
-	return os.Chmod(root, 0o700)
-}
-
-func safeNameRune(r rune) rune {
-	if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' {
-		return r
-	}
-	return '_'
+	_, err := securemount.MountCache(ctx, cfg.CacheDevice, root, key)
+	return err
 }
 
 // LoadPolicy reads the policy at path (a file or a kbs:/// resource) with

@@ -126,6 +126,33 @@ func Mount(ctx context.Context, opts Options) (*Store, error) {
 	return st, nil
 }
 
+// MountCache mounts the sealed store on device as the layer cache at
+// root: formatted with a fresh key when key is nil, else opened when the
+// device holds a store already (formatted otherwise). A new store's root
+// is made what a new cache is: an empty directory only root reads.
+func MountCache(ctx context.Context, device, root string, key []byte) (*Store, error) {
+	name := "guest-puller-" + strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' {
+			return r
+		}
+		return '_'
+	}, filepath.Base(device))
+	if key != nil && len(key) < KeySize {
+		return nil, fmt.Errorf("sealed store %s: %w: a key of %d bytes, want at least %d", device, errdefs.ErrInvalidConfig, len(key), KeySize)
+	}
+	st, err := Mount(ctx, Options{Device: device, Name: name, MountPoint: root, Key: key, Persistent: key != nil})
+	if err != nil || !st.Formatted {
+		return st, err
+	}
+	if err := os.Remove(filepath.Join(root, "lost+found")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("sealed store %s: %w", device, err)
+	}
+	if err := os.Chmod(root, 0o700); err != nil {
+		return nil, fmt.Errorf("sealed store %s: %w", device, err)
+	}
+	return st, nil
+}
+
 // Unmount unmounts the store's filesystem (if mounted) and closes its
 // device-mapper device.
 func Unmount(ctx context.Context, st *Store) error {

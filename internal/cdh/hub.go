@@ -120,15 +120,20 @@ func New(ctx context.Context, opts Options) (*Hub, error) {
 			return nil, err
 		}
 	}
+	h.unsealer = sealedsecret.New(sealedsecret.Options{Resources: h, SkipVerification: cfg.SkipSealedSecretVerification})
+	h.tee.build = h.buildTEE
+	h.kbs.build = h.buildKBS
+	h.puller.build = h.buildPuller
+	if cfg.Image.CacheDevice != "" {
+		if err := h.mountCache(ctx); err != nil {
+			return nil, err
+		}
+	}
 	cache, err := unpack.Open(ctx, cfg.Image.Cache)
 	if err != nil {
 		return nil, err
 	}
 	h.cache = cache
-	h.unsealer = sealedsecret.New(sealedsecret.Options{Resources: h, SkipVerification: cfg.SkipSealedSecretVerification})
-	h.tee.build = h.buildTEE
-	h.kbs.build = h.buildKBS
-	h.puller.build = h.buildPuller
 	return h, nil
 }
 

@@ -43,3 +43,29 @@ func (m mounter) key(ctx context.Context, uri string) ([]byte, error) {
 	}
 	return nil, fmt.Errorf("%w: want sealed.…, kbs://… or file://…", errdefs.ErrInvalidConfig)
 }
+
+// mountCache seals the cache (work_dir) on image.cache_device before it is
+// opened. A key from the KBS is fetched now: the one thing the Hub asks
+// the KBS for at start, since no pull can run before the cache is there.
+func (h *Hub) mountCache(ctx context.Context) error {
+	img := h.cfg.Image
+	var key []byte
+	if u := img.CacheDeviceKey; u != nil {
+		var err error
+		if u.KBS != "" {
+			key, err = h.GetResource(ctx, u.KBS)
+		} else {
+			key, err = os.ReadFile(u.Path)
+		}
+		if err != nil {
+			return fmt.Errorf("image.cache_device_key %s: %w", u, err)
+		}
+		defer clear(key)
+	}
+	st, err := securemount.MountCache(ctx, img.CacheDevice, img.Cache, key)
+	if err != nil {
+		return err
+	}
+	h.log.Info("layer cache sealed", "device", st.Device, "mapper", st.Mapper, "root", img.Cache, "new", st.Formatted)
+	return nil
+}

@@ -97,6 +97,11 @@ type Image struct {
 	// ExtraRootCerts are PEM CAs registries may chain to, besides the
 	// system's.
 	ExtraRootCerts [][]byte
+	// CacheDevice is guest-puller's cache_device (no CDH key): the block
+	// device the cache is sealed on (--cache-device); CacheDeviceKey,
+	// cache_device_key, the URI of its key (--cache-device-key).
+	CacheDevice    string
+	CacheDeviceKey *URI
 }
 
 // Proxy is image_pull_proxy.
@@ -202,6 +207,8 @@ type fileImage struct {
 	Proxy                 toml.Primitive `toml:"image_pull_proxy"`
 	SkipProxyIPs          *string        `toml:"skip_proxy_ips"`
 	ExtraRootCertificates []string       `toml:"extra_root_certificates"`
+	CacheDevice           *string        `toml:"cache_device"`
+	CacheDeviceKey        *string        `toml:"cache_device_key"`
 }
 
 // Load reads the configuration: the TOML file at path, or, when path is
@@ -394,6 +401,7 @@ func (img *Image) fromFile(md toml.MetaData, f *fileImage) error {
 		{"image.sigstore_config_uri", f.SigstoreConfigURI, &img.SigstoreConfig},
 		{"image.authenticated_registry_credentials_uri", f.AuthURI, &img.AuthFile},
 		{"image.registry_configuration_uri", f.RegistriesConfURI, &img.RegistriesConf},
+		{"image.cache_device_key", f.CacheDeviceKey, &img.CacheDeviceKey},
 	} {
 		if u.v == nil {
 			continue
@@ -401,6 +409,15 @@ func (img *Image) fromFile(md toml.MetaData, f *fileImage) error {
 		if *u.dst, err = ParseURI(*u.v); err != nil {
 			return fmt.Errorf("%s: %w", u.key, err)
 		}
+	}
+	if f.CacheDevice != nil {
+		if !filepath.IsAbs(*f.CacheDevice) {
+			return fmt.Errorf("image.cache_device: %w: %q is not an absolute path", errdefs.ErrInvalidConfig, *f.CacheDevice)
+		}
+		img.CacheDevice = *f.CacheDevice
+	}
+	if img.CacheDeviceKey != nil && img.CacheDevice == "" {
+		return fmt.Errorf("image.cache_device_key: %w: without image.cache_device", errdefs.ErrInvalidConfig)
 	}
 	if f.Policy != nil {
 		img.PolicyInline = []byte(*f.Policy)

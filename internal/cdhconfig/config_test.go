@@ -256,12 +256,20 @@ func TestLoadRefusals(t *testing.T) {
 		{kbc, "cdh.kbs_resources=kbs:///a/b/c:/run/x", "cdh.kbs_resources"},
 		{kbc, "agent.image_registry_auth=registry.json", "agent.image_registry_auth"},
 		{kbc + "skip_sealed_secret_verification = \"yes\"\n", "", "skip_sealed_secret_verification"},
+		{kbc + "[image]\ncache_device = \"vda\"\n", "", "image.cache_device"},
+		{kbc + "[image]\ncache_device_key = \"kbs:///default/cache/key\"\n", "", "image.cache_device_key"},
+		{kbc + "[image]\ncache_device = \"/dev/vda\"\ncache_device_key = \"key\"\n", "", "image.cache_device_key"},
 		{"[kbc\n", "", ""},
 	} {
 		_, err := Load(writeConfig(t, tc.cfg), env(tc.cmdline))
 		if !errors.Is(err, errdefs.ErrInvalidConfig) || !strings.Contains(err.Error(), tc.key) {
 			t.Errorf("config\n%s(cmdline %q): %v, want a configuration error naming %q", tc.cfg, tc.cmdline, err, tc.key)
 		}
+	}
+	// guest-puller's own [image] keys: the sealed cache.
+	c, err := Load(writeConfig(t, kbc+"[image]\ncache_device = \"/dev/vda\"\ncache_device_key = \"kbs:///default/cache/key\"\n"), env(""))
+	if err != nil || c.Image.CacheDevice != "/dev/vda" || c.Image.CacheDeviceKey == nil || c.Image.CacheDeviceKey.KBS != "kbs:///default/cache/key" {
+		t.Errorf("cache_device: %+v, %v", c.Image, err)
 	}
 	// Credentials need a KBS to come from.
 	if _, err := Load("", env("cdh.kbs_resources=kbs:///a/b/c::/run/confidential-containers/cdh/kbs/c")); !errors.Is(err, errdefs.ErrInvalidConfig) {

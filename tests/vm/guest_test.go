@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -124,20 +125,47 @@ func TestGuest(t *testing.T) {
 	b.File(guestPolicy, []byte(policy), 0o644)
 	b.CopyFile(guestCosign, cosign.Pub, 0o644)
 	b.CopyFile(guestKBSCert, kbsCert, 0o644)
-	// What kata-agent does at start: launch the confidential-data-hub,
-	// which opens its socket at once and contacts the KBS only when a
-	// request needs it.
-	b.File("etc/vmtest/start", []byte(fmt.Sprintf(`#!/bin/sh
-mkdir -p /run/confidential-containers
-guest-puller serve --socket %s --kbs %s %s >/run/cdh.log 2>&1 &
-`, cdhSocket, guestKBS, strings.Join(pullFlags, " "))), 0o755)
+	// What kata-agent does at start: run /usr/local/bin/confidential-data-hub
+	// with -c and its config, which opens the socket at once and contacts
+	// the KBS only when a request needs it.
+	kbsPEM, err := os.ReadFile(kbsCert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.File("etc/guest-puller/registries.conf", []byte(fmt.Sprintf("[[registry]]\nlocation = %q\ninsecure = true\n", guestReg)), 0o644)
+	b.File("etc/guest-puller/sigstore.yaml", []byte("default-docker:\n  use-sigstore-attachments: true\n"), 0o644)
+	b.File("etc/vmtest/cdh.toml", []byte(fmt.Sprintf(`socket = "unix://%s"
+
+[kbc]
+name = "cc_kbc"
+url = %q
+kbs_cert = %q
+
+[image]
+image_security_policy_uri = "file://%s"
+registry_configuration_uri = "file:///etc/guest-puller/registries.conf"
+sigstore_config_uri = "file:///etc/guest-puller/sigstore.yaml"
+`, cdhSocket, guestKBS, kbsPEM, guestPolicy)), 0o644)
+	b.File("etc/vmtest/start", []byte(`#!/bin/sh
+mkdir -p /run/confidential-containers/initdata
+cp /etc/vmtest/cdh.toml /run/confidential-containers/initdata/cdh.toml
+/usr/local/bin/confidential-data-hub -c /run/confidential-containers/initdata/cdh.toml >/run/cdh.log 2>&1 &
+`), 0o755)
 	initramfs := filepath.Join(t.TempDir(), "initramfs.cpio")
 	if err := b.WriteFile(initramfs); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("host side ready after %v", time.Since(start).Round(100*time.Millisecond))
 
-	m := Boot(t, Config{Kernel: kernel, Initramfs: initramfs, MemoryMiB: 1024, CPUs: 2, TPMState: tpmState})
+	// A disk of the host's for kata's trusted storage (SecureMount).
+	disk := filepath.Join(t.TempDir(), "storage.img")
+	if f, err := os.Create(disk); err != nil {
+		t.Fatal(err)
+	} else {
+		f.Truncate(64 << 20)
+		f.Close()
+	}
+	m := Boot(t, Config{Kernel: kernel, Initramfs: initramfs, MemoryMiB: 1024, CPUs: 2, TPMState: tpmState, Disks: []string{disk}})
 	defer func() {
 		if t.Failed() {
 			t.Logf("daemon log in the guest:\n%s", m.Run(t, "cat", "/run/cdh.log").Stdout)
@@ -297,6 +325,34 @@ guest-puller serve --socket %s --kbs %s %s >/run/cdh.log 2>&1 &
 		checkMount(t, m, kataBundle+"/rootfs")
 		if got := m.Sh(t, treeScript, kataBundle+"/rootfs"); got != want {
 			t.Errorf("bundle rootfs differs from the image:\n%s\nwant:\n%s", got, want)
+		}
+	})
+
+	// kata-agent's SecureMount of a block device for trusted storage: LUKS2
+	// with dm-integrity and ext4, served by the same code as the sealed
+	// layer store.
+	t.Run("secure mount", func(t *testing.T) {
+		const mp = "/run/kata-containers/trusted-storage"
+		r := m.Run(t, "vmguest", "secure-mount", "unix://"+cdhSocket, "block-device", mp,
+			"devicePath=/dev/vda", "sourceType=empty", "targetType=fileSystem", "encryptionType=luks2",
+			"dataIntegrity=true", "filesystemType=ext4")
+		if r.Code != 0 {
+			t.Fatalf("api.SecureMountService/SecureMount: exit %d: %s", r.Code, r.Stderr)
+		}
+		mounts := m.Sh(t, "cat /proc/mounts")
+		if !regexp.MustCompile(`(?m)^/dev/mapper/\S+ ` + mp + ` ext4 `).MatchString(mounts) {
+			t.Fatalf("%s is not an ext4 mount of a mapper device:\n%s", mp, mounts)
+		}
+		if st := m.Sh(t, "cryptsetup status $(awk -v mp=$1 '$2 == mp {print $1}' /proc/mounts)", mp); !strings.Contains(st, "LUKS2") || !strings.Contains(st, "integrity: hmac(sha256)") {
+			t.Errorf("cryptsetup status:\n%s", st)
+		}
+		secret := fmt.Sprintf("kata trusted storage %d", kbsPort)
+		m.Sh(t, `echo "$2" >"$1/file" && sync && echo 3 >/proc/sys/vm/drop_caches && grep -q "$2" "$1/file"`, mp, secret)
+		scanDisk(t, disk, [][]byte{[]byte(secret)})
+		// Untrusted options are refused: a mount point outside kata's.
+		if r := m.Run(t, "vmguest", "secure-mount", "unix://"+cdhSocket, "block-device", "/etc/x",
+			"devicePath=/dev/vda", "sourceType=empty", "targetType=fileSystem", "encryptionType=luks2", "filesystemType=ext4"); r.Code == 0 || !strings.Contains(r.Stderr, "InvalidArgument") {
+			t.Errorf("SecureMount at /etc/x: exit %d: %s", r.Code, r.Stderr)
 		}
 	})
 

@@ -39,7 +39,7 @@ type testLayer struct {
 	sample    []byte // 64 bytes from the middle of the big file
 }
 
-func makeLayer(t *testing.T, n int, size int) testLayer {
+func makeLayer(t testing.TB, n int, size int) testLayer {
 	t.Helper()
 	var seed [32]byte
 	rand.Read(seed[:])
@@ -71,7 +71,7 @@ func makeLayer(t *testing.T, n int, size int) testLayer {
 
 // pushLayers pushes an image of uncompressed layers (so that the guest's
 // time goes to the store, not to gunzip) and returns its blob digests.
-func pushLayers(t *testing.T, reg *testutil.Registry, repo, tag string, layers []testLayer) []string {
+func pushLayers(t testing.TB, reg *testutil.Registry, repo, tag string, layers []testLayer) []string {
 	t.Helper()
 	var diffIDs, descs []string
 	var digests []string

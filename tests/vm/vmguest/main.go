@@ -32,8 +32,10 @@ func main() {
 		err = agent(os.Args[2])
 	case len(os.Args) == 5 && os.Args[1] == "pull-image":
 		err = pullImage(os.Args[2], os.Args[3], os.Args[4])
+	case len(os.Args) >= 5 && os.Args[1] == "secure-mount":
+		err = secureMount(os.Args[2], os.Args[3], os.Args[4], os.Args[5:])
 	default:
-		err = errors.New("usage: vmguest agent DEVICE | pull-image SOCKET IMAGE BUNDLE")
+		err = errors.New("usage: vmguest agent DEVICE | pull-image SOCKET IMAGE BUNDLE | secure-mount SOCKET VOLUME_TYPE MOUNT_POINT [KEY=VALUE]…")
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "vmguest:", err)
@@ -127,6 +129,26 @@ func run(req wire.Request) wire.Response {
 		resp.Code, resp.Error = -1, err.Error()
 	}
 	return resp
+}
+
+// secureMount calls api.SecureMountService/SecureMount as kata-agent does
+// for its trusted storage.
+func secureMount(socket, volumeType, mountPoint string, opts []string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	conn, err := (&net.Dialer{}).DialContext(ctx, "unix", strings.TrimPrefix(socket, "unix://"))
+	if err != nil {
+		return err
+	}
+	client := ttrpc.NewClient(conn)
+	defer client.Close()
+	req := &cdhpb.SecureMountRequest{VolumeType: volumeType, MountPoint: mountPoint, Options: map[string]string{}}
+	for _, kv := range opts {
+		k, v, _ := strings.Cut(kv, "=")
+		req.Options[k] = v
+	}
+	_, err = cdhpb.NewSecureMountServiceClient(client).SecureMount(ctx, req)
+	return err
 }
 
 // pullImage calls api.ImagePullService/PullImage on the ttrpc socket as
