@@ -26,6 +26,7 @@ import (
 	"github.com/guest-puller/guest-puller/internal/sealedsecret"
 	"github.com/guest-puller/guest-puller/policy"
 	"github.com/guest-puller/guest-puller/pull"
+	"github.com/guest-puller/guest-puller/securemount"
 	"github.com/guest-puller/guest-puller/unpack"
 	"github.com/guest-puller/guest-puller/verify"
 )
@@ -311,6 +312,9 @@ func (h *Hub) buildPuller(ctx context.Context) (*pull.Puller, error) {
 			return nil, err
 		}
 	}
+	// On a sealed store (image.cache_device, or kata's trusted storage
+	// mounted at work_dir), cached layers are read back before reuse.
+	sealed, _ := securemount.Describe(h.cache.Root())
 	p, err := pull.New(pull.Options{
 		Registry:               pull.FromClient(rc),
 		Cache:                  pull.FromCache(h.cache),
@@ -318,6 +322,7 @@ func (h *Hub) buildPuller(ctx context.Context) (*pull.Puller, error) {
 		RegistriesD:            rd,
 		Keys:                   keys,
 		MaxConcurrentDownloads: img.MaxConcurrentDownloads,
+		VerifyCached:           sealed != nil,
 	})
 	if err != nil {
 		return nil, err
