@@ -450,11 +450,20 @@ path = %q
 		wantCode(t, "provider aliyun", err, codes.InvalidArgument, `provider "aliyun" is not supported`)
 	})
 
-	t.Run("SecureMount: a clear Unimplemented", func(t *testing.T) {
-		_, err := cdhpb.NewSecureMountServiceClient(p.client).SecureMount(ctx, &cdhpb.SecureMountRequest{
+	// tests/vm serves a real SecureMount (this host has no device-mapper);
+	// here, requests the host could forge are refused before any device is
+	// touched.
+	t.Run("SecureMount: untrusted options refused", func(t *testing.T) {
+		sm := cdhpb.NewSecureMountServiceClient(p.client)
+		_, err := sm.SecureMount(ctx, &cdhpb.SecureMountRequest{
 			VolumeType: "BlockDevice", Options: map[string]string{"deviceId": "/dev/vdb", "encryptType": "LUKS"}, MountPoint: "/run/secure",
 		})
-		wantCode(t, "SecureMount", err, codes.Unimplemented, `volume_type "BlockDevice"`, "not implemented")
+		wantCode(t, "SecureMount of an unknown volume type", err, codes.InvalidArgument, `volume_type "BlockDevice"`)
+		_, err = sm.SecureMount(ctx, &cdhpb.SecureMountRequest{
+			VolumeType: "block-device", MountPoint: "/etc/secure",
+			Options: map[string]string{"devicePath": "/dev/vdb", "sourceType": "empty", "targetType": "fileSystem", "encryptionType": "luks2", "filesystemType": "ext4"},
+		})
+		wantCode(t, "SecureMount outside kata's directory", err, codes.InvalidArgument, "mount_point")
 	})
 
 	t.Run("credentials written at start, mode 0600", func(t *testing.T) {

@@ -31,6 +31,10 @@ type bundleState struct {
 	// CreatedDir: CreateBundle made Dir, so teardown removes it.
 	CreatedDir bool      `json:"createdDir"`
 	Created    time.Time `json:"created"`
+	// Stale: a layer under the rootfs was removed for failing to read back
+	// (VerifyLayer); the rootfs still shows it and must be mounted again
+	// over the layer fetched anew.
+	Stale bool `json:"stale,omitempty"`
 }
 
 func (c *Cache) readBundle(id string) (*bundleState, error) {
@@ -116,6 +120,15 @@ func (c *Cache) CreateBundle(ctx context.Context, spec BundleSpec) (*Bundle, err
 		if c.live(old) {
 			if err := old.conflict(spec, dir); err != nil {
 				return nil, fmt.Errorf("bundle %s: %w", spec.ID, err)
+			}
+			if old.Stale && old.RootfsType == RootfsOverlay {
+				// Never serve content that failed to read: the container's
+				// rootfs goes over the layer as fetched again, its own
+				// writes (the upper directory) kept.
+				if err := unmountAll(old.Rootfs); err != nil {
+					return nil, fmt.Errorf("bundle %s: remount over a layer fetched again: %w", spec.ID, err)
+				}
+				old.Stale = false
 			}
 			if !c.intact(old) {
 				if err := c.restoreRootfs(ctx, old, layers); err != nil {

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
@@ -56,7 +57,7 @@ func (c *Cache) VerifyLayer(ctx context.Context, diffID digest.Digest) error {
 	if !errors.Is(err, unix.EIO) {
 		return fmt.Errorf("layer %s: verify: %w", diffID, err)
 	}
-	if rerr := c.evictLayer(name); rerr != nil {
+	if rerr := c.evictLayer(ctx, name, diffID); rerr != nil {
 		c.log.Warn("cannot remove a layer that fails to read", "layer", diffID, "err", rerr)
 	}
 	return fmt.Errorf("layer %s: %w: the cache's storage failed to read it back (%s); it is removed from the cache", diffID, errdefs.ErrIntegrity, untrusted.Error(err))
@@ -82,14 +83,44 @@ type onlyReader struct{ io.Reader }
 
 // evictLayer takes a broken layer out of the cache at once, whoever pins
 // it (pins keep GC away from layers in use; this one is unusable): content
-// that failed to read must not be served again. The caller holds the
-// layer's lock.
-func (c *Cache) evictLayer(name string) error {
+// that failed to read must not be served again. The bundles over it are
+// marked stale, so the next CreateBundle of theirs mounts them over the
+// layer fetched again. The caller holds the layer's lock.
+func (c *Cache) evictLayer(ctx context.Context, name string, diffID digest.Digest) error {
 	t, err := c.trash(c.layerDir(name))
-	if err != nil || t == "" {
+	if err != nil {
 		return err
 	}
-	return removeAll(t)
+	var errs []error
+	if t != "" {
+		errs = append(errs, removeAll(t))
+	}
+	bundles, err := c.bundles()
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	for _, b := range bundles {
+		if !slices.Contains(b.Layers, diffID) || b.Stale {
+			continue
+		}
+		errs = append(errs, c.markStale(ctx, b.ID, diffID))
+	}
+	return errors.Join(errs...)
+}
+
+// markStale marks bundle id stale, under its lock.
+func (c *Cache) markStale(ctx context.Context, id string, diffID digest.Digest) error {
+	bl, err := lock(ctx, c.bundleLock(id), unix.LOCK_EX)
+	if err != nil {
+		return fmt.Errorf("bundle %s: %w", id, err)
+	}
+	defer bl.Close()
+	rec, err := c.readBundle(id)
+	if err != nil || !slices.Contains(rec.Layers, diffID) {
+		return nil
+	}
+	rec.Stale = true
+	return c.writeBundle(rec)
 }
 
 // storageError makes an I/O error of the cache's own storage an integrity

@@ -257,11 +257,20 @@ func TestSealedStore(t *testing.T) {
 		}
 	})
 
-	// 4. A store whose key the KBS holds survives a restart.
+	// 4. A store whose key the KBS holds survives a restart: the guest
+	// powers off, boots again, opens the store with the key from dev-kbs
+	// and finds the layers there.
 	kbsArgs := []string{"--cache-device", "/dev/vdb", "--cache", "/run/persistent",
 		"--cache-device-key", "kbs:///default/cache/key", "--kbs", "https://" + net.JoinHostPort(hostIP.String(), kbsPort),
 		"--kbs-cert", guestKBSCert, "--attester", "tpm"}
-	t.Run("kbs key", func(t *testing.T) {
+	layerGets := func() int {
+		n := 0
+		for _, d := range smallDigests {
+			n += proxy.FullGets(d) + proxy.RangeGets(d)
+		}
+		return n
+	}
+	t.Run("kbs key before restart", func(t *testing.T) {
 		res := decode(t, pull(t, 5*time.Minute, smallRef, kbsArgs...))
 		for _, l := range res.Layers {
 			if l.Cached {
@@ -269,23 +278,28 @@ func TestSealedStore(t *testing.T) {
 			}
 		}
 		m.Sh(t, "sync")
-		m.PowerOff(t)
-		scanDisk(t, diskB, [][]byte{[]byte(small[0].marker), small[1].sample, storeKey,
-			[]byte(hex.EncodeToString(storeKey)), []byte(base64.StdEncoding.EncodeToString(storeKey))})
-
-		m = Boot(t, cfg)
-		gets := proxy.BlobGets()
-		res = decode(t, pull(t, 5*time.Minute, smallRef, kbsArgs...))
+	})
+	m.PowerOff(t)
+	scanDisk(t, diskB, [][]byte{[]byte(small[0].marker), small[1].sample, storeKey,
+		[]byte(hex.EncodeToString(storeKey)), []byte(base64.StdEncoding.EncodeToString(storeKey))})
+	m = Boot(t, cfg)
+	t.Run("kbs key after restart", func(t *testing.T) {
+		gets := layerGets()
+		res := decode(t, pull(t, 5*time.Minute, smallRef, kbsArgs...))
 		for _, l := range res.Layers {
 			if !l.Cached {
 				t.Errorf("after the restart: layer %s fetched again", l.Digest)
 			}
 		}
-		if n := proxy.BlobGets() - gets; n != 0 {
-			t.Errorf("after the restart the guest downloaded %d blobs", n)
+		if n := layerGets() - gets; n != 0 {
+			t.Errorf("after the restart the guest downloaded %d layer blobs", n)
 		}
 		if got := strings.Fields(m.Sh(t, `sha256sum "$1"`, res.Rootfs+"/"+small[1].bigName)); len(got) == 0 || got[0] != small[1].bigSHA256 {
 			t.Errorf("after the restart the file reads %v, want %s", got, small[1].bigSHA256)
+		}
+		ls := m.Run(t, "guest-puller", "cache", "ls", "--cache", "/run/persistent")
+		if !strings.Contains(ls.Stdout, "sealed on /dev/vdb") {
+			t.Errorf("cache ls: %s %s", ls.Stdout, ls.Stderr)
 		}
 	})
 
