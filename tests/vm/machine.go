@@ -91,10 +91,17 @@ func (p *process) exited() bool {
 	}
 }
 
-// kill kills the process by its pid (never by name) and waits for it.
+// kill stops the process by its pid (never by name) and waits for it:
+// SIGTERM first, so swtpm writes its state out whole, then SIGKILL.
 func (p *process) kill() {
 	p.once.Do(func() {
 		if !p.exited() {
+			p.cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-p.done:
+				return
+			case <-time.After(5 * time.Second):
+			}
 			p.cmd.Process.Kill()
 		}
 		<-p.done
@@ -132,6 +139,9 @@ func Boot(t testing.TB, cfg Config) *Machine {
 		m.stop()
 		if t.Failed() {
 			t.Logf("guest console (last lines):\n%s", tail(m.Console(), 60))
+			if log, err := os.ReadFile(filepath.Join(dir, "swtpm.log")); err == nil && len(log) > 0 {
+				t.Logf("swtpm log (last lines):\n%s", tail(string(log), 20))
+			}
 		}
 		os.RemoveAll(dir)
 	})
