@@ -10,10 +10,15 @@
 // attestation-agent recipients (Recipients.EncryptLayer), which
 // `guest-puller encrypt` (internal/encrypt) runs over whole images.
 //
-// ocicrypt's key wrappers and cipher options are used directly; its
-// top-level package is not imported, because its init fills a
-// package-level registry and runs key provider commands named by
-// $OCICRYPT_KEYPROVIDER_CONFIG. The cipher's data path (AES-256-CTR with an
+// ocicrypt's JWE and PKCS7 key wrappers and its cipher options are used
+// directly; its top-level package is not imported, because its init fills
+// a package-level registry and runs key provider commands named by
+// $OCICRYPT_KEYPROVIDER_CONFIG. The OpenPGP recipient is read by our own
+// code (pgp.go): ocicrypt's inflates a packet without bound, offers the
+// key's password to passphrase-encrypted session keys, and accepts
+// messages that are not encrypted. Every unwrap is bounded before and while
+// it parses (bounds.go): 64 KiB per packet and per result, 32 packets, 32
+// levels of PKCS7 nesting, whatever an image's author wrote. The cipher's data path (AES-256-CTR with an
 // HMAC-SHA256 checked at EOF) is a short loop of our own over those
 // options: ocicrypt's reader copies and allocates every read twice, a third
 // of an encrypted pull's decryption cost (see ctrReader).
