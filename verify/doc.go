@@ -13,9 +13,13 @@
 // find one without extra configuration. There is no built-in lookaside
 // directory: only configured locations are read.
 //
-// Nothing is fetched until the policy asks (Evidence is lazy), each kind of
-// store is read once per image, and everything read is bounded in size and
-// count, since registry and lookaside server are untrusted.
+// Nothing is fetched until the policy asks (Evidence is lazy), and
+// everything read is bounded in size and count, since registry and
+// lookaside server are untrusted: cosign signatures are read once per image
+// and kept for every key asked about; lookaside signatures are verified as
+// they arrive and dropped, so a store is walked once per keyring; all the
+// signature bytes of one image share one budget (8 MiB); and a lookaside
+// store may redirect only within its own host, never from https to http.
 //
 // verify produces facts (policy.Claim); it never decides allow or deny:
 // that is policy/'s job.
