@@ -2,7 +2,7 @@
 GO ?= go
 export PATH := $(shell $(GO) env GOPATH)/bin:$(PATH)
 
-.PHONY: demo test unit build bench vet compat
+.PHONY: demo test unit build bench vet compat fuzz
 
 # tests/compat, a module of its own, compares guest-puller's verdicts with
 # go.podman.io/image/v5's; built with these tags it needs no gpgme (cgo).
@@ -22,6 +22,10 @@ test:
 
 compat:
 	cd tests/compat && $(GO) vet -tags $(COMPAT_TAGS) ./... && $(GO) test -tags $(COMPAT_TAGS) -count=1 -timeout 10m ./...
+
+# A few seconds of every fuzz target (FUZZ_TIME=30s make fuzz for more).
+fuzz:
+	./scripts/fuzz
 
 unit:
 	$(GO) test -count=1 $$($(GO) list ./... | grep -v /tests)

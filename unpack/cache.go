@@ -35,6 +35,10 @@ type Cache struct {
 	// copy fallback on a machine that has overlay.
 	forceCopy bool
 
+	// maxSparse bounds the size sparse files of one layer may declare
+	// (see Staging.Apply); tests lower it.
+	maxSparse int64
+
 	// overlay is how this kernel takes an overlay's layers, probed once
 	// (overlayAPIOf); forceOverlay, when set, replaces the probe, so tests
 	// can check the classic mount(2) path on a kernel with lowerdir+.

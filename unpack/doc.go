@@ -63,6 +63,11 @@
 //     nothing is refused.
 //   - a non-directory entry for the root itself, and entry types other than
 //     files, directories, links, devices and fifos, are refused.
+//   - sparse files (GNU tar's old and PAX formats) keep their holes, in the
+//     layer and in a copied rootfs: holes are never written out as zeros.
+//     Reading a hole still costs time (archive/tar reads it as zeros), so
+//     the sparse files of one layer may declare at most 64 GiB in all; a
+//     layer declaring more is refused.
 //   - device nodes are kept only when this process can create them (probed
 //     once: euid 0 without a user namespace); otherwise each is skipped,
 //     logged and listed in Staging.Stats.

@@ -1,14 +1,19 @@
 package unpack
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
+
+	"github.com/guest-puller/guest-puller/internal/errdefs"
 )
 
 // sparseTar makes, with GNU tar, a layer holding one sparse file "sparse"
@@ -123,5 +128,25 @@ func checkSparse(t *testing.T, p string, size int64, data map[int64]string) {
 				t.Errorf("%s at %d: %q (%v), want a zero of a hole", p, at, b, err)
 			}
 		}
+	}
+}
+
+// TestSparseSizeBounded: the holes of sparse files cost no space but time
+// to read (archive/tar reads them as zeros), so a layer's sparse files may
+// declare at most a bounded total size: past it the layer is refused as
+// unsafe content, in no more time than the bound takes.
+func TestSparseSizeBounded(t *testing.T) {
+	c := openCache(t)
+	c.maxSparse = 512 << 20
+	layer := sparseTar(t, "posix", "1.0", 1<<30, map[int64]string{0: "x"})
+	d := diffIDOf(layer)
+	s, err := c.Stage(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Abort()
+	err = s.Apply(context.Background(), bytes.NewReader(layer))
+	if !errors.Is(err, errdefs.ErrIntegrity) || !strings.Contains(err.Error(), "sparse files declare more than") {
+		t.Fatalf("Apply = %v, want an unsafe-content refusal of the sparse size", err)
 	}
 }

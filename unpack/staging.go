@@ -56,6 +56,7 @@ type Staging struct {
 	state    stagingState
 	stats    ApplyStats
 	lockPath string
+	sparse   int64 // the sizes the layer's sparse files declared so far
 
 	// lease and source are set by Lease.Stage: Commit records the source
 	// as the layer's provenance and pins the layer under the lease.
@@ -141,6 +142,15 @@ func (s *Staging) Apply(ctx context.Context, r io.Reader) error {
 			s.stats.SkippedDevices = append(s.stats.SkippedDevices, hdr.Name)
 			s.c.log.WarnContext(ctx, "skipping device node: this process cannot create devices", "layer", s.diffID, "entry", untrusted.Text(hdr.Name))
 			continue
+		}
+		if sparse {
+			// A sparse entry's holes cost no space, but reading them
+			// costs time (archive/tar reads them as zeros; about a
+			// second per 4 GiB): a few bytes could declare exabytes.
+			if s.sparse += hdr.Size; hdr.Size < 0 || s.sparse > s.c.sparseLimit() {
+				return fmt.Errorf("layer %s: entry %s: %w: %w", s.diffID, entry, errdefs.ErrIntegrity,
+					errUnsafe(fmt.Sprintf("the layer's sparse files declare more than %d GiB", s.c.sparseLimit()>>30)))
+			}
 		}
 		var data io.Reader = tr
 		switch {
@@ -254,6 +264,19 @@ func (r ctxReader) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	return r.r.Read(p)
+}
+
+// defaultMaxSparse is the total size the sparse files of one layer may
+// declare: generous for sparse files in images (a database's preallocated
+// file, /var/log/lastlog of a few users), and bounding the time their holes
+// take to read to seconds.
+const defaultMaxSparse = 64 << 30
+
+func (c *Cache) sparseLimit() int64 {
+	if c.maxSparse > 0 {
+		return c.maxSparse
+	}
+	return defaultMaxSparse
 }
 
 // isSparse reports a sparse file entry, in any of the formats archive/tar
