@@ -10,7 +10,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
-	"github.com/guest-puller/guest-puller/unpack"
 )
 
 func TestToStatus(t *testing.T) {
@@ -22,7 +21,7 @@ func TestToStatus(t *testing.T) {
 		{fmt.Errorf("x: %w", errdefs.ErrRefused), codes.PermissionDenied},
 		{fmt.Errorf("x: %w", errdefs.ErrDecrypt), codes.FailedPrecondition},
 		{fmt.Errorf("x: %w", errdefs.ErrIntegrity), codes.DataLoss},
-		{fmt.Errorf("x: %w", unpack.ErrNotFound), codes.NotFound},
+		{fmt.Errorf("x: %w", errdefs.ErrNotFound), codes.NotFound},
 		{fmt.Errorf("x: %w", errdefs.ErrAlreadyExists), codes.AlreadyExists},
 		{fmt.Errorf("x: %w", context.Canceled), codes.Canceled},
 		{errors.New("connection refused"), codes.Internal},

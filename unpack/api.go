@@ -9,8 +9,6 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ispec "github.com/opencontainers/image-spec/specs-go/v1"
-
-	"github.com/guest-puller/guest-puller/internal/errdefs"
 )
 
 // DefaultRoot is the default cache root.
@@ -32,10 +30,6 @@ type ImageRecord struct {
 	Layers         []LayerRecord `json:"layers"`
 	Pulled         time.Time     `json:"pulled"`
 }
-
-// ErrNotFound is returned for an unknown image or bundle. It is
-// errdefs.ErrNotFound, so the command line and the daemon map it once.
-var ErrNotFound = errdefs.ErrNotFound
 
 // BundleSpec says which bundle to make.
 type BundleSpec struct {

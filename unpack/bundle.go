@@ -41,7 +41,7 @@ func (c *Cache) readBundle(id string) (*bundleState, error) {
 	var rec bundleState
 	err := readJSON(filepath.Join(c.containerDir(id), bundleRecordFile), &rec)
 	if isNotExist(err) {
-		return nil, fmt.Errorf("bundle %s: %w", id, ErrNotFound)
+		return nil, fmt.Errorf("bundle %s: %w", id, errdefs.ErrNotFound)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("bundle %s: %w", id, err)
@@ -108,12 +108,12 @@ func (c *Cache) CreateBundle(ctx context.Context, spec BundleSpec) (*Bundle, err
 	// Under the cache lock, GC cannot remove these layers from now on.
 	for i, name := range layers {
 		if !c.hasLayer(name) {
-			return nil, fmt.Errorf("bundle %s: layer %s: %w", spec.ID, spec.Layers[i], ErrNotFound)
+			return nil, fmt.Errorf("bundle %s: layer %s: %w", spec.ID, spec.Layers[i], errdefs.ErrNotFound)
 		}
 	}
 
 	old, err := c.readBundle(spec.ID)
-	if err != nil && !errors.Is(err, ErrNotFound) {
+	if err != nil && !errors.Is(err, errdefs.ErrNotFound) {
 		return nil, err
 	}
 	if old != nil {
@@ -277,7 +277,7 @@ func (c *Cache) reclaimDisplaced(id, dir string) error {
 	}
 	defer bl.Close()
 	o, err := c.readBundle(id)
-	if errors.Is(err, ErrNotFound) {
+	if errors.Is(err, errdefs.ErrNotFound) {
 		return nil
 	}
 	if err != nil {

@@ -460,7 +460,7 @@ func TestCreateBundleDirectories(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { unmountAll(b2.Rootfs) })
-	if _, err := c.readBundle("a"); !errors.Is(err, ErrNotFound) {
+	if _, err := c.readBundle("a"); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("the displaced bundle's record: %v, want it reclaimed", err)
 	}
 	if _, err := os.Lstat(c.containerDir("a")); !os.IsNotExist(err) {
@@ -507,7 +507,7 @@ func TestCreateBundleRefusesBadSpecs(t *testing.T) {
 		{"dir inside cache", BundleSpec{ID: "x", Dir: filepath.Join(c.Root(), "layers")}, errdefs.ErrInvalidConfig},
 		{"dir above cache", BundleSpec{ID: "x", Dir: filepath.Dir(c.Root())}, errdefs.ErrInvalidConfig},
 		{"dir through a symlink into the cache", BundleSpec{ID: "x", Dir: filepath.Join(outside, "link", "b")}, errdefs.ErrInvalidConfig},
-		{"layer not committed", BundleSpec{ID: "x", Dir: filepath.Join(outside, "b"), Layers: []digest.Digest{l, digest.FromString("nope")}}, ErrNotFound},
+		{"layer not committed", BundleSpec{ID: "x", Dir: filepath.Join(outside, "b"), Layers: []digest.Digest{l, digest.FromString("nope")}}, errdefs.ErrNotFound},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.spec.Config = testImageConfig()

@@ -254,7 +254,7 @@ func (c *Cache) recover(ctx context.Context) error {
 			continue
 		}
 		rec, err := c.readBundle(id)
-		if err != nil && !errors.Is(err, ErrNotFound) {
+		if err != nil && !errors.Is(err, errdefs.ErrNotFound) {
 			return err
 		}
 		if rec != nil && rec.State == bundleReady {

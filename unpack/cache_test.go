@@ -383,8 +383,8 @@ func TestGC(t *testing.T) {
 	if err := list.RemoveImage(ctx, "a"); err != nil {
 		t.Fatal(err)
 	}
-	if err := list.RemoveImage(ctx, "a"); !errors.Is(err, ErrNotFound) {
-		t.Errorf("RemoveImage of an unknown ref: %v, want ErrNotFound", err)
+	if err := list.RemoveImage(ctx, "a"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("RemoveImage of an unknown ref: %v, want errdefs.ErrNotFound", err)
 	}
 	l, err := list.List(ctx)
 	if err != nil {

@@ -11,9 +11,11 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
+
+	"github.com/guest-puller/guest-puller/internal/errdefs"
 )
 
-func isNotFound(err error) bool { return errors.Is(err, ErrNotFound) }
+func isNotFound(err error) bool { return errors.Is(err, errdefs.ErrNotFound) }
 
 // List returns the cache's images, layers and bundles.
 func (c *Cache) List(ctx context.Context) (*Listing, error) {

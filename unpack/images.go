@@ -37,7 +37,7 @@ func (c *Cache) PutImage(ctx context.Context, rec ImageRecord) error {
 
 // RemoveImage forgets the image ref and marks its bundles removed; their
 // mounts and unreferenced layers go at the next GC. An unknown ref is an
-// error wrapping ErrNotFound.
+// error wrapping errdefs.ErrNotFound.
 func (c *Cache) RemoveImage(ctx context.Context, ref string) error {
 	unlock, err := c.lockCache(ctx, unix.LOCK_EX)
 	if err != nil {
@@ -47,7 +47,7 @@ func (c *Cache) RemoveImage(ctx context.Context, ref string) error {
 	p := c.imagePath(ref)
 	if err := os.Remove(p); err != nil {
 		if isNotExist(err) {
-			return fmt.Errorf("image %s: %w", ref, ErrNotFound)
+			return fmt.Errorf("image %s: %w", ref, errdefs.ErrNotFound)
 		}
 		return fmt.Errorf("image %s: %w", ref, err)
 	}

@@ -9,6 +9,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
+
+	"github.com/guest-puller/guest-puller/internal/errdefs"
 )
 
 // ino is a file's inode number: in an overlay, the layer's file's.
@@ -56,8 +58,8 @@ func TestVerifyLayer(t *testing.T) {
 	if c.hasLayer(l2.Encoded()) {
 		t.Fatal("the evicted layer is still committed")
 	}
-	if _, err := c.CreateBundle(ctx, spec); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("bundle over an evicted layer: %v, want ErrNotFound", err)
+	if _, err := c.CreateBundle(ctx, spec); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("bundle over an evicted layer: %v, want errdefs.ErrNotFound", err)
 	}
 	if commitLayer(t, c, l2Tar) != l2 {
 		t.Fatal("the layer fetched again has another diff_id")
