@@ -11,6 +11,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
@@ -71,7 +72,59 @@ func (c *Cache) writeBundle(rec *bundleState) error {
 //   - an id or directory whose earlier bundle is gone (its directory or
 //     config.json deleted, its image removed, or half made by a killed
 //     process) is reclaimed first, then made anew.
+//
+// Content that fails to read back while the bundle is made (an I/O error
+// of the cache's storage: on a sealed store, a block the host changed) is
+// an integrity failure that names the layer, and that layer is removed
+// from the cache, so the next pull fetches it again (see unreadable).
 func (c *Cache) CreateBundle(ctx context.Context, spec BundleSpec) (*Bundle, error) {
+	b, err := c.createBundle(ctx, spec)
+	if err != nil && errors.Is(err, unix.EIO) {
+		return nil, c.unreadable(ctx, spec, err)
+	}
+	return b, err
+}
+
+// unreadable finds which of spec's layers failed to read back when making
+// its bundle failed with err, an I/O error, and removes them from the
+// cache. Which layer a failure came from is not always known where it
+// happens (copy_file_range reports a failed read of the layer as a failed
+// write of the copy, and an overlay's mount names no layer), so each layer
+// is read back whole (VerifyLayer, which removes one that fails). The
+// bundle's locks are released by now: VerifyLayer takes the layer's lock
+// and, removing it, the locks of the bundles over it. If every layer reads
+// back, err was the storage's failure elsewhere (the container's upper
+// directory, the copy's destination) and is returned as it is.
+func (c *Cache) unreadable(ctx context.Context, spec BundleSpec, err error) error {
+	var bad []error
+	seen := map[digest.Digest]bool{}
+	for _, d := range spec.Layers {
+		if seen[d] {
+			continue
+		}
+		seen[d] = true
+		release, lerr := c.LockLayer(ctx, d)
+		if lerr != nil {
+			break // ctx ended
+		}
+		verr := c.VerifyLayer(ctx, d)
+		release()
+		if errors.Is(verr, errdefs.ErrIntegrity) {
+			bad = append(bad, verr)
+		}
+	}
+	if len(bad) == 0 {
+		return err
+	}
+	// One line, the first failure wrapped (errdefs.ErrIntegrity).
+	rest := ""
+	for _, e := range bad[1:] {
+		rest += "; " + e.Error()
+	}
+	return fmt.Errorf("bundle %s: %w%s", spec.ID, bad[0], rest)
+}
+
+func (c *Cache) createBundle(ctx context.Context, spec BundleSpec) (*Bundle, error) {
 	if err := ValidateBundleID(spec.ID); err != nil {
 		return nil, err
 	}

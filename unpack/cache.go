@@ -50,6 +50,8 @@ type Cache struct {
 	mu     sync.Mutex
 	pins   map[string]*pin // layer name -> this process's shared pin lock
 	closed bool
+	// trashWarned: trash entries whose deletion failed, said once.
+	trashWarned map[string]bool
 }
 
 // Open opens (creating if needed, mode 0700) the cache at root, and removes
@@ -80,10 +82,11 @@ func Open(ctx context.Context, root string) (*Cache, error) {
 	}
 
 	c := &Cache{
-		root:     abs,
-		rootless: os.Geteuid() != 0,
-		log:      slog.Default().With("cache", abs),
-		pins:     map[string]*pin{},
+		root:        abs,
+		rootless:    os.Geteuid() != 0,
+		log:         slog.Default().With("cache", abs),
+		pins:        map[string]*pin{},
+		trashWarned: map[string]bool{},
 	}
 
 	unlock, err := c.lockCache(ctx, unix.LOCK_EX)
@@ -312,6 +315,11 @@ func (c *Cache) trash(path string) (string, error) {
 	return tmp, nil
 }
 
+// emptyTrash deletes what trash/ holds. What cannot be deleted is logged
+// and left for the next try, and stops nothing: trash is out of every
+// reader's sight, and a layer removed for failing to read back may well
+// fail to delete too (its directories unreadable), which must not keep
+// the cache from opening, or GC from collecting the rest.
 func (c *Cache) emptyTrash() error {
 	names, err := dirNames(c.path(dirTrash))
 	if err != nil {
@@ -319,7 +327,14 @@ func (c *Cache) emptyTrash() error {
 	}
 	for _, name := range names {
 		if err := removeAll(c.path(dirTrash, name)); err != nil {
-			return fmt.Errorf("empty trash: %w", err)
+			// Said once per process: GC comes back here every interval.
+			c.mu.Lock()
+			said := c.trashWarned[name]
+			c.trashWarned[name] = true
+			c.mu.Unlock()
+			if !said {
+				c.log.Warn("cannot delete from trash; will try again", "entry", name, "err", err)
+			}
 		}
 	}
 	return nil

@@ -183,22 +183,36 @@ func (s *Staging) Apply(ctx context.Context, r io.Reader) error {
 func (s *Staging) Stats() ApplyStats { return s.stats }
 
 // Commit atomically moves the staged layer into the cache. Call it only
-// once every check on the layer's bytes has passed.
+// once every check on the layer's bytes has passed. A Commit that fails
+// ends the Staging as Abort does: the layer is not in the cache, and its
+// staging directory is gone. An I/O error of the cache's storage while
+// committing (writing the layer out, the rename) is an integrity failure,
+// as it is when a layer is read (see storageError).
 func (s *Staging) Commit() error {
 	if s.state != stagingApplied {
 		return fmt.Errorf("layer %s: commit: nothing successfully applied", s.diffID)
 	}
+	if err := s.commit(); err != nil {
+		if aerr := s.Abort(); aerr != nil {
+			s.c.log.Warn("cannot remove a layer that failed to commit", "layer", s.diffID, "err", aerr)
+		}
+		return fmt.Errorf("layer %s: commit: %w", s.diffID, storageError(err))
+	}
+	return nil
+}
+
+func (s *Staging) commit() error {
 	meta := layerMeta{DiffID: s.diffID, Size: s.stats.Size, Committed: time.Now().UTC()}
 	if s.source.Blob != "" {
 		meta.Provenance = []Source{s.source}
 	}
 	if err := writeJSONAtomic(filepath.Join(s.dir(), layerMetaFile), meta); err != nil {
-		return fmt.Errorf("layer %s: commit: %w", s.diffID, err)
+		return err
 	}
 	// One syncfs instead of an fsync per file: the layer's content must
 	// be on disk before the rename makes it visible.
 	if err := syncFS(s.dir()); err != nil {
-		return fmt.Errorf("layer %s: commit: %w", s.diffID, err)
+		return err
 	}
 	// Pinned before it appears, so that GC cannot take it between the
 	// rename and the pull's image record.
@@ -214,10 +228,22 @@ func (s *Staging) Commit() error {
 		if pinned {
 			s.lease.unpin(s.layer)
 		}
-		return fmt.Errorf("layer %s: commit: %w", s.diffID, err)
+		return err
 	}
 	if err := syncDir(s.c.path(dirLayers)); err != nil {
-		return fmt.Errorf("layer %s: commit: %w", s.diffID, err)
+		// The layer is in place, but whether its entry is on disk is not
+		// known: take it out again, so that a failed Commit never leaves
+		// a layer behind. It goes back under staging/, which Abort (and
+		// the next Open, if this process dies first) removes.
+		if pinned {
+			s.lease.unpin(s.layer)
+		}
+		if rerr := os.Rename(dst, s.dir()); rerr != nil {
+			if t, terr := s.c.trash(dst); terr == nil && t != "" {
+				removeAll(t)
+			}
+		}
+		return err
 	}
 	s.state = stagingDone
 	unlockAndRemove(s.lock, s.lockPath)

@@ -91,10 +91,15 @@ func (c *Cache) evictLayer(ctx context.Context, name string, diffID digest.Diges
 	if err != nil {
 		return err
 	}
-	var errs []error
 	if t != "" {
-		errs = append(errs, removeAll(t))
+		// Out of sight now. What fails to read may fail to delete too
+		// (its directories unreadable): then it stays in trash/, and the
+		// next Open or GC tries again.
+		if err := removeAll(t); err != nil {
+			c.log.Debug("cannot delete a removed layer yet", "layer", diffID, "err", err)
+		}
 	}
+	var errs []error
 	bundles, err := c.bundles()
 	if err != nil {
 		return errors.Join(append(errs, err)...)

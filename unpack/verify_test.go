@@ -24,8 +24,8 @@ func ino(t *testing.T, path string) uint64 {
 }
 
 // TestVerifyLayer reads good layers back, and checks what follows the
-// eviction of one that failed to (the EIO itself needs a sealed store:
-// tests/vm): the layer is gone, and a live bundle over it is mounted again
+// eviction of one that failed to (TestVerifyLayerUnreadable has the EIO
+// itself): the layer is gone, and a live bundle over it is mounted again
 // over the layer fetched anew, its container's writes kept.
 func TestVerifyLayer(t *testing.T) {
 	requireRoot(t)
