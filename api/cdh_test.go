@@ -64,8 +64,8 @@ func (f unsealFunc) Unseal(ctx context.Context, secret []byte) ([]byte, error) {
 // services of the confidential-data-hub, so kata-agent's clients get a
 // status saying what is missing rather than ttrpc's "service not found".
 func TestCDHServicesUnconfigured(t *testing.T) {
-	c := serveTest(t, New(Options{Puller: func(context.Context) (*pull.Puller, error) {
-		return nil, fmt.Errorf("policy kbs:///default/policy/1: %w: KBS unreachable", errdefs.ErrDecrypt)
+	c := serveTest(t, New(Options{Puller: func(context.Context) (*pull.Puller, func(), error) {
+		return nil, nil, fmt.Errorf("policy kbs:///default/policy/1: %w: KBS unreachable", errdefs.ErrDecrypt)
 	}}))
 	ctx := context.Background()
 
@@ -176,7 +176,7 @@ func TestCDHWireContract(t *testing.T) {
 	}
 	// The services and methods, as ttrpc names them on the wire: each
 	// reaches a handler, not ttrpc's "service X" or "method X".
-	c := serveTest(t, New(Options{Puller: func(context.Context) (*pull.Puller, error) { return nil, errors.New("none") }}))
+	c := serveTest(t, New(Options{Puller: func(context.Context) (*pull.Puller, func(), error) { return nil, nil, errors.New("none") }}))
 	for _, m := range []struct{ service, method string }{
 		{"api.SealedSecretService", "UnsealSecret"},
 		{"api.GetResourceService", "GetResource"},

@@ -35,14 +35,21 @@ type Service struct {
 
 // Options configure a Service.
 type Options struct {
-	// Puller returns the Puller that serves every pull. It is asked at each
-	// request, so that a daemon may build its Puller at the first request
-	// that needs one (loading the policy, contacting the KBS) and try again
-	// at the next request after a failure: the error fails that request
-	// only.
-	Puller func(ctx context.Context) (*pull.Puller, error)
-	// Cache is the layer cache the native service reports on and cleans.
-	Cache *unpack.Cache
+	// Puller returns the Puller for one request and a release, which the
+	// request calls once it is done with the Puller and its cache. It is
+	// asked at each request, so that a daemon may build its Puller at the
+	// first request that needs one (loading the policy, contacting the
+	// KBS) and try again at the next request after a failure: the error
+	// fails that request only. Between a request's Puller and its release,
+	// the daemon keeps the Puller and its cache in place (the
+	// confidential-data-hub replaces both when kata-agent mounts its
+	// trusted storage over the cache, and waits for the requests holding
+	// them).
+	Puller func(ctx context.Context) (p *pull.Puller, release func(), err error)
+	// Cache returns the layer cache the native service reports on and
+	// cleans, for one request, and its release, as Puller does; nil means
+	// the daemon has none.
+	Cache func(ctx context.Context) (c *unpack.Cache, release func(), err error)
 	// GCInterval, if positive, is how often Serve reclaims what containers
 	// left once they are gone (see Service.reclaim); 0 leaves it to the
 	// native service's GC.
@@ -99,7 +106,10 @@ func Serve(ctx context.Context, s *Service, path string) error {
 	s.Register(srv)
 	attrs := []any{"socket", path, "version", s.opts.Version}
 	if s.opts.Cache != nil {
-		attrs = append(attrs, "cache", s.opts.Cache.Root())
+		if c, release, err := s.opts.Cache(ctx); err == nil {
+			attrs = append(attrs, "cache", c.Root())
+			release()
+		}
 	}
 	s.opts.Log.Info("serving", attrs...)
 	if s.opts.GCInterval > 0 && s.opts.Cache != nil {
@@ -141,7 +151,7 @@ func (s *Service) reclaim(ctx context.Context, interval time.Duration) {
 			return
 		case <-t.C:
 		}
-		rep, err := s.opts.Cache.GC(ctx)
+		rep, err := s.gc(ctx)
 		if ctx.Err() != nil {
 			return
 		}
@@ -152,6 +162,16 @@ func (s *Service) reclaim(ctx context.Context, interval time.Duration) {
 			s.opts.Log.Warn("reclaim", "error", err.Error())
 		}
 	}
+}
+
+// gc runs the cache's GC, holding the cache while it runs.
+func (s *Service) gc(ctx context.Context) (*unpack.GCReport, error) {
+	c, release, err := s.opts.Cache(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	return c.GC(ctx)
 }
 
 // pull runs one pull, logging it, and maps its error to a ttrpc status.
@@ -180,10 +200,11 @@ func (s *Service) pull(ctx context.Context, api string, req pull.Request) (*pull
 }
 
 func (s *Service) pullAndRecord(ctx context.Context, req pull.Request) (*pull.Result, error) {
-	p, err := s.opts.Puller(ctx)
+	p, release, err := s.opts.Puller(ctx)
 	if err != nil {
 		return nil, err
 	}
+	defer release()
 	res, err := p.Pull(ctx, req)
 	if err != nil {
 		return nil, err
@@ -275,8 +296,25 @@ func (s nativeService) Pull(ctx context.Context, req *guestpullerv1.PullRequest)
 	return out, nil
 }
 
+// cache is the layer cache for one request of the native service, and its
+// release; a daemon without one answers Unimplemented.
+func (s nativeService) cache(ctx context.Context) (*unpack.Cache, func(), error) {
+	if s.opts.Cache == nil {
+		return nil, nil, status.Error(codes.Unimplemented, "this daemon has no layer cache")
+	}
+	c, release, err := s.opts.Cache(ctx)
+	if err != nil {
+		return nil, nil, toStatus(err)
+	}
+	return c, release, nil
+}
+
 func (s nativeService) Status(ctx context.Context, _ *guestpullerv1.StatusRequest) (*guestpullerv1.StatusResponse, error) {
-	c := s.opts.Cache
+	c, release, err := s.cache(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	l, err := c.List(ctx)
 	if err != nil {
 		return nil, toStatus(err)
@@ -296,7 +334,12 @@ func (s nativeService) Status(ctx context.Context, _ *guestpullerv1.StatusReques
 }
 
 func (s nativeService) ListImages(ctx context.Context, _ *guestpullerv1.ListImagesRequest) (*guestpullerv1.ListImagesResponse, error) {
-	l, err := s.opts.Cache.List(ctx)
+	c, release, err := s.cache(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	l, err := c.List(ctx)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -316,7 +359,12 @@ func (s nativeService) RemoveImage(ctx context.Context, req *guestpullerv1.Remov
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "image %s: %s", untrusted.Quote(req.Image), untrusted.Text(err.Error()))
 	}
-	if err := s.opts.Cache.RemoveImage(ctx, refname.Reference(ref)); err != nil {
+	c, release, err := s.cache(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	if err := c.RemoveImage(ctx, refname.Reference(ref)); err != nil {
 		return nil, toStatus(err)
 	}
 	s.opts.Log.Info("removed", "image", refname.Reference(ref))
@@ -324,7 +372,12 @@ func (s nativeService) RemoveImage(ctx context.Context, req *guestpullerv1.Remov
 }
 
 func (s nativeService) GC(ctx context.Context, _ *guestpullerv1.GCRequest) (*guestpullerv1.GCResponse, error) {
-	rep, err := s.opts.Cache.GC(ctx)
+	c, release, err := s.cache(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	rep, err := c.GC(ctx)
 	if err != nil {
 		return nil, toStatus(err)
 	}

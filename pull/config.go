@@ -8,15 +8,16 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/guest-puller/guest-puller/attest"
 	"github.com/guest-puller/guest-puller/decrypt"
 	"github.com/guest-puller/guest-puller/internal/errdefs"
 	"github.com/guest-puller/guest-puller/internal/jsonerr"
+	"github.com/guest-puller/guest-puller/internal/lazy"
 	"github.com/guest-puller/guest-puller/internal/registry"
 	"github.com/guest-puller/guest-puller/policy"
 	"github.com/guest-puller/guest-puller/securemount"
@@ -142,17 +143,110 @@ func OpenChecker(ctx context.Context, cfg Config) (*Puller, error) {
 }
 
 func open(ctx context.Context, cfg Config, progress Progress, full bool) (*Puller, error) {
-	res := newResources(cfg)
+	s, err := newSetup(ctx, cfg, progress, full)
+	if err != nil {
+		return nil, err
+	}
+	p, err := s.build(ctx)
+	if err != nil {
+		s.close()
+		return nil, err
+	}
+	p.closers = append(p.closers, s.close)
+	return p, nil
+}
+
+// Daemon is the Puller of a daemon that serves while the KBS may not be
+// up yet: `guest-puller serve`.
+type Daemon struct {
+	setup  *setup
+	puller *lazy.Value[*Puller]
+}
+
+// daemonBuildTimeout bounds the shared work of building the Puller at a
+// request: attesting, fetching the policy, the auth file and keys.
+const daemonBuildTimeout = 2 * time.Minute
+
+// OpenDaemon opens the cache and loads every local file cfg names now, so
+// that a missing or bad one (the policy, the auth file, registries.conf, a
+// decryption key) stops the daemon at start, as a configuration error.
+// What the KBS holds (a kbs:/// policy, auth file or decryption key) is
+// fetched at the first call of Puller, which builds the Puller then: a
+// failed build fails that call, naming the resource, and the next call
+// tries again, so the daemon serves while the KBS is down and pulls once
+// it is up, without a restart. A config that names no kbs:/// resource is
+// built whole now. (A sealed cache's kbs:/// key is fetched at start: no
+// request can be served before the cache is there.)
+func OpenDaemon(ctx context.Context, cfg Config) (*Daemon, error) {
+	s, err := newSetup(ctx, cfg, nil, true)
+	if err != nil {
+		return nil, err
+	}
+	d := &Daemon{setup: s, puller: lazy.New(s.build, daemonBuildTimeout)}
+	if !s.remote() {
+		if _, err := d.puller.Get(ctx); err != nil {
+			s.close()
+			return nil, err
+		}
+	}
+	return d, nil
+}
+
+// Puller returns the Puller, building it at the first call (and after a
+// failed build).
+func (d *Daemon) Puller(ctx context.Context) (*Puller, error) { return d.puller.Get(ctx) }
+
+// Cache is the layer cache the Puller unpacks into.
+func (d *Daemon) Cache() *unpack.Cache { return d.setup.cache }
+
+// Close releases the cache.
+func (d *Daemon) Close() error { return d.setup.close() }
+
+// setup is what a Puller is made of, loaded in two steps: at once what
+// this machine holds (local files, the cache), then in build what the KBS
+// holds. A build that fails keeps what it loaded, for the next try.
+type setup struct {
+	cfg      Config
+	progress Progress
+	full     bool
+	res      *resources
+
+	pol       *policy.Policy
+	creds     registry.Credentials
+	credsRead bool
+	conf      *registry.Conf
+	rd        *verify.RegistriesD
+	keys      *decrypt.Keyring
+	keysRead  bool
+	cache     *unpack.Cache
+	sealed    bool
+}
+
+func newSetup(ctx context.Context, cfg Config, progress Progress, full bool) (_ *setup, err error) {
 	if cfg.Policy == "" {
 		return nil, fmt.Errorf("%w: no policy: give --policy or a config file that sets \"policy\" (there is no accept-all default)", errdefs.ErrInvalidConfig)
 	}
-	pol, err := LoadPolicy(ctx, cfg.Policy, res.read)
-	if err != nil {
-		return nil, err
+	s := &setup{cfg: cfg, progress: progress, full: full, res: newResources(cfg)}
+	if cfg.KBS == "" {
+		// Said now rather than at the first request that needs it.
+		if uris := s.remoteURIs(); len(uris) > 0 {
+			return nil, fmt.Errorf("%s: %w: a kbs:// resource needs --kbs", uris[0], errdefs.ErrInvalidConfig)
+		}
 	}
-	rc, err := newRegistryClient(ctx, cfg, res)
-	if err != nil {
-		return nil, err
+	if !isKBS(cfg.Policy) {
+		if s.pol, err = LoadPolicy(ctx, cfg.Policy, s.res.read); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.AuthFile == "" || !isKBS(cfg.AuthFile) {
+		if err := s.readCreds(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.RegistriesConf != "" {
+		if s.conf, err = registry.LoadConf(cfg.RegistriesConf); err != nil {
+			return nil, err
+		}
 	}
 	regD := cfg.RegistriesD
 	if regD == "" {
@@ -160,30 +254,16 @@ func open(ctx context.Context, cfg Config, progress Progress, full bool) (*Pulle
 			regD = DefaultRegistriesD
 		}
 	}
-	var rd *verify.RegistriesD
 	if regD != "" {
-		if rd, err = verify.LoadRegistriesD(regD); err != nil {
+		if s.rd, err = verify.LoadRegistriesD(regD); err != nil {
 			return nil, err
 		}
 	}
-	opts := Options{
-		Registry:               FromClient(rc),
-		Policy:                 pol,
-		RegistriesD:            rd,
-		Creds:                  cfg.Creds,
-		MaxConcurrentDownloads: cfg.MaxConcurrentDownloads,
-		Progress:               progress,
-	}
 	if !full {
-		return New(opts)
+		return s, nil
 	}
-	var keys *decrypt.Keyring
-	if len(cfg.DecryptionKeys) > 0 || cfg.KeyDir != "" || cfg.KBS != "" {
-		kopts := decrypt.Options{Keys: cfg.DecryptionKeys, KeyDir: cfg.KeyDir, KidResourceTypes: cfg.KidResourceTypes}
-		if cfg.KBS != "" {
-			kopts.Resources = res
-		}
-		if keys, err = decrypt.NewKeyring(ctx, kopts); err != nil {
+	if !slices.ContainsFunc(cfg.DecryptionKeys, isKBS) {
+		if err := s.loadKeys(ctx); err != nil {
 			return nil, err
 		}
 	}
@@ -192,29 +272,122 @@ func open(ctx context.Context, cfg Config, progress Progress, full bool) (*Pulle
 		root = unpack.DefaultRoot
 	}
 	if cfg.CacheDevice != "" {
-		if err := openStore(ctx, cfg, root, res); err != nil {
+		if err := openStore(ctx, cfg, root, s.res); err != nil {
 			return nil, err
 		}
 	} else if cfg.CacheDeviceKey != "" {
 		return nil, fmt.Errorf("%w: --cache-device-key without --cache-device", errdefs.ErrInvalidConfig)
 	}
-	cache, err := unpack.Open(ctx, root)
-	if err != nil {
+	if s.cache, err = unpack.Open(ctx, root); err != nil {
 		return nil, err
 	}
 	// On storage the host provides, a cached layer is read back before it
 	// is reused: a block the host changed fails there, not in a container.
-	if st, err := securemount.Describe(cache.Root()); err == nil && st != nil {
-		opts.VerifyCached = true
+	if st, err := securemount.Describe(s.cache.Root()); err == nil && st != nil {
+		s.sealed = true
 	}
-	opts.Cache, opts.Keys = FromCache(cache), keys
-	p, err := New(opts)
+	return s, nil
+}
+
+// remoteURIs are the kbs:/// resources the config names.
+func (s *setup) remoteURIs() []string {
+	var uris []string
+	for _, u := range append([]string{s.cfg.Policy, s.cfg.AuthFile, s.cfg.CacheDeviceKey}, s.cfg.DecryptionKeys...) {
+		if isKBS(u) {
+			uris = append(uris, u)
+		}
+	}
+	return uris
+}
+
+// remote reports whether build has something to fetch from the KBS.
+func (s *setup) remote() bool {
+	return s.pol == nil || !s.credsRead || (s.full && !s.keysRead)
+}
+
+func (s *setup) readCreds(ctx context.Context) error {
+	if s.cfg.AuthFile != "" {
+		// --creds go to each pull's own registry (Options.Creds), never to
+		// every registry: the client itself knows only the auth file,
+		// whose credentials are bound to registries by their keys.
+		data, err := s.res.read(ctx, s.cfg.AuthFile)
+		if err != nil {
+			return fmt.Errorf("--auth-file %s: %w", s.cfg.AuthFile, err)
+		}
+		s.creds = registry.Credentials{AuthFile: data, AuthFileName: s.cfg.AuthFile}
+	}
+	s.credsRead = true
+	return nil
+}
+
+func (s *setup) loadKeys(ctx context.Context) error {
+	cfg := s.cfg
+	if len(cfg.DecryptionKeys) > 0 || cfg.KeyDir != "" || cfg.KBS != "" {
+		kopts := decrypt.Options{Keys: cfg.DecryptionKeys, KeyDir: cfg.KeyDir, KidResourceTypes: cfg.KidResourceTypes}
+		if cfg.KBS != "" {
+			kopts.Resources = s.res
+		}
+		keys, err := decrypt.NewKeyring(ctx, kopts)
+		if err != nil {
+			return err
+		}
+		s.keys = keys
+	}
+	s.keysRead = true
+	return nil
+}
+
+// build loads what the KBS holds, if anything, and makes the Puller.
+func (s *setup) build(ctx context.Context) (*Puller, error) {
+	var err error
+	if s.pol == nil {
+		if s.pol, err = LoadPolicy(ctx, s.cfg.Policy, s.res.read); err != nil {
+			return nil, err
+		}
+	}
+	if !s.credsRead {
+		if err := s.readCreds(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if s.full && !s.keysRead {
+		if err := s.loadKeys(ctx); err != nil {
+			return nil, err
+		}
+	}
+	rc, err := registry.New(registry.Options{
+		Credentials: s.creds,
+		Insecure:    s.cfg.InsecureRegistries,
+		Conf:        s.conf,
+		Platform:    s.cfg.Platform,
+		UserAgent:   "guest-puller/" + Version,
+		IdleTimeout: time.Duration(s.cfg.IdleTimeout),
+	})
 	if err != nil {
-		cache.Close()
 		return nil, err
 	}
-	p.closers = append(p.closers, cache.Close)
-	return p, nil
+	opts := Options{
+		Registry:               FromClient(rc),
+		Policy:                 s.pol,
+		RegistriesD:            s.rd,
+		Creds:                  s.cfg.Creds,
+		MaxConcurrentDownloads: s.cfg.MaxConcurrentDownloads,
+		Progress:               s.progress,
+		Keys:                   s.keys,
+		VerifyCached:           s.sealed,
+	}
+	if s.cache != nil {
+		opts.Cache = FromCache(s.cache)
+	}
+	return New(opts)
+}
+
+// close releases the cache.
+func (s *setup) close() error {
+	if s.cache == nil {
+		return nil
+	}
+	return s.cache.Close()
 }
 
 // openStore mounts the sealed store on cfg.CacheDevice at root, with the
@@ -267,35 +440,6 @@ func LoadPolicy(ctx context.Context, path string, read policy.ReadFunc) (*policy
 	return p, nil
 }
 
-func newRegistryClient(ctx context.Context, cfg Config, res *resources) (*registry.Client, error) {
-	// --creds go to each pull's own registry (Options.Creds), never to
-	// every registry: the client itself knows only the auth file, whose
-	// credentials are bound to registries by their keys.
-	var creds registry.Credentials
-	if cfg.AuthFile != "" {
-		data, err := res.read(ctx, cfg.AuthFile)
-		if err != nil {
-			return nil, fmt.Errorf("--auth-file %s: %w", cfg.AuthFile, err)
-		}
-		creds.AuthFile, creds.AuthFileName = data, cfg.AuthFile
-	}
-	var conf *registry.Conf
-	if cfg.RegistriesConf != "" {
-		var err error
-		if conf, err = registry.LoadConf(cfg.RegistriesConf); err != nil {
-			return nil, err
-		}
-	}
-	return registry.New(registry.Options{
-		Credentials: creds,
-		Insecure:    cfg.InsecureRegistries,
-		Conf:        conf,
-		Platform:    cfg.Platform,
-		UserAgent:   "guest-puller/" + Version,
-		IdleTimeout: time.Duration(cfg.IdleTimeout),
-	})
-}
-
 // Version is guest-puller's version, set at build time.
 var Version = "dev"
 
@@ -303,16 +447,18 @@ func isKBS(path string) bool { return strings.HasPrefix(path, "kbs://") }
 
 // resources reads local files and kbs:/// resources. The KBS client, and
 // with it attestation, is only set up when a kbs:// resource is first
-// needed, so a pull that needs none works without a TEE or TPM.
+// needed, so a pull that needs none works without a TEE or TPM; one that
+// cannot be set up (no TPM yet) is tried again at the next need.
 type resources struct {
-	cfg Config
-
-	once   sync.Once
-	client *attest.Client
-	err    error
+	cfg    Config
+	client *lazy.Value[*attest.Client]
 }
 
-func newResources(cfg Config) *resources { return &resources{cfg: cfg} }
+func newResources(cfg Config) *resources {
+	r := &resources{cfg: cfg}
+	r.client = lazy.New(func(context.Context) (*attest.Client, error) { return r.newClient() }, daemonBuildTimeout)
+	return r
+}
 
 func (r *resources) read(ctx context.Context, path string) ([]byte, error) {
 	if isKBS(path) {
@@ -327,11 +473,11 @@ func (r *resources) read(ctx context.Context, path string) ([]byte, error) {
 
 // GetResource implements decrypt.ResourceGetter.
 func (r *resources) GetResource(ctx context.Context, uri string) ([]byte, error) {
-	r.once.Do(func() { r.client, r.err = r.newClient() })
-	if r.err != nil {
-		return nil, r.err
+	c, err := r.client.Get(ctx)
+	if err != nil {
+		return nil, err
 	}
-	return r.client.GetResource(ctx, uri)
+	return c.GetResource(ctx, uri)
 }
 
 func (r *resources) newClient() (*attest.Client, error) {

@@ -144,13 +144,20 @@ func MountCache(ctx context.Context, device, root string, key []byte) (*Store, e
 	if err != nil || !st.Formatted {
 		return st, err
 	}
-	if err := os.Remove(filepath.Join(root, "lost+found")); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("sealed store %s: %w", device, err)
-	}
-	if err := os.Chmod(root, 0o700); err != nil {
+	if err := InitCacheRoot(root); err != nil {
 		return nil, fmt.Errorf("sealed store %s: %w", device, err)
 	}
 	return st, nil
+}
+
+// InitCacheRoot makes the root of a filesystem just made what a new layer
+// cache is: an empty directory only root reads (mkfs leaves lost+found and
+// mode 0755, which unpack.Open refuses for a cache).
+func InitCacheRoot(root string) error {
+	if err := os.Remove(filepath.Join(root, "lost+found")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return os.Chmod(root, 0o700)
 }
 
 // Unmount unmounts the store's filesystem (if mounted) and closes its

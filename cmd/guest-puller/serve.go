@@ -9,6 +9,7 @@ import (
 	"github.com/guest-puller/guest-puller/api"
 	"github.com/guest-puller/guest-puller/internal/errdefs"
 	"github.com/guest-puller/guest-puller/pull"
+	"github.com/guest-puller/guest-puller/unpack"
 )
 
 // cmdServe runs the ttrpc daemon kata-agent calls. The settings (flags and
@@ -21,6 +22,10 @@ status, list, remove, gc). The settings below are the defaults of every
 request. A request's own registry credentials go to its registry alone; the
 daemon's own credentials come from --auth-file, keyed by registry (a USER:PASSWORD
 for every request would go to whatever registry a request names).
+The socket opens at once. Local files (policy, auth file, keys) are read at
+start: a missing or bad one stops the daemon. What is named kbs:///… is
+fetched at the first request that needs it; while the KBS is down, such a
+request fails, and the next one tries again.
 SIGTERM or SIGINT stops the daemon and removes the socket.`)
 	s := f.settings(func(name string) bool { return name != "creds" })
 	socket := f.fs.String("socket", api.DefaultSocket, "unix socket `PATH` to serve on")
@@ -36,15 +41,20 @@ SIGTERM or SIGINT stops the daemon and removes the socket.`)
 	if cfg.Creds != "" {
 		return fmt.Errorf("serve: %w: the config file sets \"creds\", which the daemon would send to whatever registry a request names; give the daemon's credentials per registry in an auth file (\"auth-file\"), and kata's per-request source_creds go to their request's registry alone", errdefs.ErrInvalidConfig)
 	}
-	p, err := pull.Open(ctx, cfg, nil)
+	d, err := pull.OpenDaemon(ctx, cfg)
 	if err != nil {
 		return err
 	}
-	defer p.Close()
+	defer d.Close()
 	log := slog.New(slog.NewTextHandler(inv.stderr, nil))
 	svc := api.New(api.Options{
-		Puller:     func(context.Context) (*pull.Puller, error) { return p, nil },
-		Cache:      p.Cache(),
+		Puller: func(ctx context.Context) (*pull.Puller, func(), error) {
+			p, err := d.Puller(ctx)
+			return p, func() {}, err
+		},
+		Cache: func(context.Context) (*unpack.Cache, func(), error) {
+			return d.Cache(), func() {}, nil
+		},
 		Log:        log,
 		Version:    version(),
 		GCInterval: *gcEvery,

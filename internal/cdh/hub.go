@@ -15,13 +15,14 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpproxy"
-	"golang.org/x/sync/singleflight"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/guest-puller/guest-puller/api"
 	"github.com/guest-puller/guest-puller/attest"
 	"github.com/guest-puller/guest-puller/decrypt"
 	"github.com/guest-puller/guest-puller/internal/cdhconfig"
 	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/lazy"
 	"github.com/guest-puller/guest-puller/internal/registry"
 	"github.com/guest-puller/guest-puller/internal/sealedsecret"
 	"github.com/guest-puller/guest-puller/policy"
@@ -70,13 +71,21 @@ type Hub struct {
 	opts     Options
 	cfg      *cdhconfig.Config
 	log      *slog.Logger
-	cache    *unpack.Cache
 	unsealer *sealedsecret.Unsealer
 
-	tee    lazy[*tee]
-	kbs    lazy[*attest.Client]
-	puller lazy[*pull.Puller]
+	tee *lazy.Value[*tee]
+	kbs *lazy.Value[*attest.Client]
+
+	// storage is held, one unit each, by the requests that use the cache
+	// or the Puller, and whole by a SecureMount over the cache's root,
+	// which replaces both (see mountOver).
+	storage *semaphore.Weighted
+	cache   *lazy.Value[*unpack.Cache]
+	puller  *lazy.Value[*pull.Puller]
 }
+
+// storageUnits is the weight of storage: more than requests ever run.
+const storageUnits = 1 << 30
 
 // tee is where evidence comes from and runtime events go.
 type tee struct {
@@ -122,27 +131,28 @@ func New(ctx context.Context, opts Options) (*Hub, error) {
 		}
 	}
 	h.unsealer = sealedsecret.New(sealedsecret.Options{Resources: h, SkipVerification: cfg.SkipSealedSecretVerification})
-	h.tee.build = h.buildTEE
-	h.kbs.build = h.buildKBS
-	h.puller.build = h.buildPuller
+	h.tee = lazy.New(h.buildTEE, buildTimeout)
+	h.kbs = lazy.New(h.buildKBS, buildTimeout)
+	h.puller = lazy.New(h.buildPuller, buildTimeout)
+	h.storage = semaphore.NewWeighted(storageUnits)
+	h.cache = lazy.New(func(ctx context.Context) (*unpack.Cache, error) { return unpack.Open(ctx, cfg.Image.Cache) }, buildTimeout)
 	if cfg.Image.CacheDevice != "" {
 		if err := h.mountCache(ctx); err != nil {
 			return nil, err
 		}
 	}
-	cache, err := unpack.Open(ctx, cfg.Image.Cache)
-	if err != nil {
+	// The cache is opened now: a root that cannot be one stops the Hub.
+	if _, err := h.cache.Get(ctx); err != nil {
 		return nil, err
 	}
-	h.cache = cache
 	return h, nil
 }
 
 // ServiceOptions are the api.Options that serve this Hub.
 func (h *Hub) ServiceOptions() api.Options {
 	o := api.Options{
-		Puller:  h.puller.get,
-		Cache:   h.cache,
+		Puller:  h.pullerFor,
+		Cache:   h.cacheFor,
 		Log:     h.log,
 		Version: h.opts.Version,
 		Pulled:  h.pulled,
@@ -157,11 +167,50 @@ func (h *Hub) ServiceOptions() api.Options {
 
 // Close releases the cache and the attestation-agent connection.
 func (h *Hub) Close() error {
-	errs := []error{h.cache.Close()}
-	if t, ok := h.tee.peek(); ok && t.close != nil {
+	var errs []error
+	if c, ok := h.cache.Peek(); ok {
+		errs = append(errs, c.Close())
+	}
+	if t, ok := h.tee.Peek(); ok && t.close != nil {
 		errs = append(errs, t.close())
 	}
 	return errors.Join(errs...)
+}
+
+// hold holds the storage for one request, until release.
+func (h *Hub) hold(ctx context.Context) (release func(), err error) {
+	if err := h.storage.Acquire(ctx, 1); err != nil {
+		return nil, err
+	}
+	return sync.OnceFunc(func() { h.storage.Release(1) }), nil
+}
+
+// pullerFor is api.Options.Puller: the Puller, held for one request.
+func (h *Hub) pullerFor(ctx context.Context) (*pull.Puller, func(), error) {
+	release, err := h.hold(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := h.puller.Get(ctx)
+	if err != nil {
+		release()
+		return nil, nil, err
+	}
+	return p, release, nil
+}
+
+// cacheFor is api.Options.Cache: the cache, held for one request.
+func (h *Hub) cacheFor(ctx context.Context) (*unpack.Cache, func(), error) {
+	release, err := h.hold(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := h.cache.Get(ctx)
+	if err != nil {
+		release()
+		return nil, nil, err
+	}
+	return c, release, nil
 }
 
 // LogStart says at start what the Hub will do and where it differs from
@@ -188,7 +237,7 @@ func (h *Hub) LogStart(socket string) {
 // GetResource returns a KBS resource through the one attested client:
 // api's GetResource, sealed secrets, credentials and the pulls all use it.
 func (h *Hub) GetResource(ctx context.Context, uri string) ([]byte, error) {
-	c, err := h.kbs.get(ctx)
+	c, err := h.kbs.Get(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -232,7 +281,7 @@ func (h *Hub) buildKBS(ctx context.Context) (*attest.Client, error) {
 	if h.cfg.KBS.URL == "" {
 		return nil, fmt.Errorf("%w: no Key Broker Service is configured ([kbc] url, or agent.aa_kbc_params)", errdefs.ErrInvalidConfig)
 	}
-	t, err := h.tee.get(ctx)
+	t, err := h.tee.Get(ctx)
 	if err != nil {
 		if errors.Is(err, errdefs.ErrInvalidConfig) {
 			return nil, err
@@ -250,6 +299,10 @@ func (h *Hub) buildKBS(ctx context.Context) (*attest.Client, error) {
 
 func (h *Hub) buildPuller(ctx context.Context) (*pull.Puller, error) {
 	img := h.cfg.Image
+	cache, err := h.cache.Get(ctx)
+	if err != nil {
+		return nil, err
+	}
 	pol, err := h.loadPolicy(ctx)
 	if err != nil {
 		return nil, err
@@ -314,10 +367,10 @@ func (h *Hub) buildPuller(ctx context.Context) (*pull.Puller, error) {
 	}
 	// On a sealed store (image.cache_device, or kata's trusted storage
 	// mounted at work_dir), cached layers are read back before reuse.
-	sealed, _ := securemount.Describe(h.cache.Root())
+	sealed, _ := securemount.Describe(cache.Root())
 	p, err := pull.New(pull.Options{
 		Registry:               pull.FromClient(rc),
-		Cache:                  pull.FromCache(h.cache),
+		Cache:                  pull.FromCache(cache),
 		Policy:                 pol,
 		RegistriesD:            rd,
 		Keys:                   keys,
@@ -415,7 +468,7 @@ func proxyFunc(p cdhconfig.Proxy) (func(*http.Request) (*url.URL, error), error)
 // no runtime events is said in the log, and the pull stands; a recording
 // that fails fails the pull.
 func (h *Hub) pulled(ctx context.Context, image string, res *pull.Result) error {
-	t, err := h.tee.get(ctx)
+	t, err := h.tee.Get(ctx)
 	switch {
 	case errors.Is(err, attest.ErrNoTEE):
 		h.log.Warn("pull not measured: no attestation-agent and no TEE in this guest", "image", image, "manifest", res.ManifestDigest)
@@ -516,54 +569,4 @@ func (h *Hub) writeCredential(ctx context.Context, c cdhconfig.Credential) error
 func isSocket(path string) bool {
 	fi, err := os.Stat(path)
 	return err == nil && fi.Mode()&os.ModeSocket != 0
-}
-
-// lazy is a value built at first need. The build is shared work: it runs
-// once for all the callers waiting on it, under none of their contexts (a
-// caller that gives up does not end it for the others), and a failed build
-// is tried again at the next need.
-type lazy[T any] struct {
-	build func(ctx context.Context) (T, error)
-
-	flight singleflight.Group
-	mu     sync.Mutex
-	val    T
-	ok     bool
-}
-
-func (l *lazy[T]) peek() (T, bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.val, l.ok
-}
-
-func (l *lazy[T]) get(ctx context.Context) (T, error) {
-	if v, ok := l.peek(); ok {
-		return v, nil
-	}
-	ch := l.flight.DoChan("", func() (any, error) {
-		if v, ok := l.peek(); ok {
-			return v, nil
-		}
-		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), buildTimeout)
-		defer cancel()
-		v, err := l.build(bctx)
-		if err != nil {
-			return nil, err
-		}
-		l.mu.Lock()
-		l.val, l.ok = v, true
-		l.mu.Unlock()
-		return v, nil
-	})
-	var zero T
-	select {
-	case <-ctx.Done():
-		return zero, ctx.Err()
-	case r := <-ch:
-		if r.Err != nil {
-			return zero, r.Err
-		}
-		return r.Val.(T), nil
-	}
 }

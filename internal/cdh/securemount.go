@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/guest-puller/guest-puller/api/cdhpb"
@@ -17,13 +18,118 @@ import (
 type mounter struct{ h *Hub }
 
 func (m mounter) SecureMount(ctx context.Context, req *cdhpb.SecureMountRequest) error {
-	_, err := securemount.ServeCDH(ctx, securemount.CDHRequest{
-		VolumeType: req.VolumeType,
-		Options:    req.Options,
-		Flags:      req.Flags,
-		MountPoint: req.MountPoint,
-	}, m.key)
-	return err
+	return m.h.mountOver(ctx, req.MountPoint, func(ctx context.Context) (*securemount.Store, error) {
+		return securemount.ServeCDH(ctx, securemount.CDHRequest{
+			VolumeType: req.VolumeType,
+			Options:    req.Options,
+			Flags:      req.Flags,
+			MountPoint: req.MountPoint,
+		}, m.key)
+	})
+}
+
+// mountOver runs mount, a SecureMount at mountPoint, and keeps the layer
+// cache where the requests find it. kata-agent mounts its trusted image
+// storage at image-rs's work_dir, which is the Hub's cache by default:
+//
+//   - A mount at the cache's root or above it hides the cache the Hub
+//     opened. It runs while no request holds the cache or the Puller, and
+//     then both are opened anew, on the new filesystem. It waits for the
+//     requests in flight rather than refusing them: kata-agent fails the
+//     pod when SecureMount fails, while a pull ends by itself, and a pull
+//     cut off by a mount would write half a layer to each filesystem.
+//     Requests that come meanwhile wait behind it (the semaphore is first
+//     come, first served) and find the new cache. The wait is bounded by
+//     the SecureMount request's own deadline.
+//   - A mount inside the cache is refused: it would hide part of it.
+//   - Elsewhere the mount runs alone.
+func (h *Hub) mountOver(ctx context.Context, mountPoint string, mount func(context.Context) (*securemount.Store, error)) error {
+	root := h.cfg.Image.Cache
+	switch overlap(mountPoint, root) {
+	case inside:
+		return fmt.Errorf("secure mount: %w: mount_point %s is inside the layer cache %s (image.work_dir), and would hide part of it", errdefs.ErrInvalidConfig, mountPoint, root)
+	case apart:
+		_, err := mount(ctx)
+		return err
+	}
+	if err := h.storage.Acquire(ctx, storageUnits); err != nil {
+		return fmt.Errorf("secure mount at %s, over the layer cache: waiting for the pulls in flight: %w", mountPoint, err)
+	}
+	defer h.storage.Release(storageUnits)
+	st, err := mount(ctx)
+	if err != nil {
+		return err
+	}
+	if st == nil || st.MountPoint == "" {
+		return nil // a device, linked at the mount point: nothing is hidden
+	}
+	if st.Formatted && filepath.Clean(st.MountPoint) == root {
+		// A new filesystem's root becomes what a new cache is.
+		if err := securemount.InitCacheRoot(root); err != nil {
+			return fmt.Errorf("secure mount at %s: %w", mountPoint, err)
+		}
+	}
+	h.puller.Reset()
+	if old, ok := h.cache.Reset(); ok {
+		old.Close()
+	}
+	c, err := h.cache.Get(ctx)
+	if err != nil {
+		// The next request tries again.
+		return fmt.Errorf("secure mount at %s: mounted, but the layer cache %s on it cannot be opened: %w", mountPoint, root, err)
+	}
+	h.log.Info("layer cache opened anew on the secure mount", "mount_point", mountPoint, "cache", c.Root(), "device", st.Device)
+	return nil
+}
+
+type relation int
+
+const (
+	apart  relation = iota
+	covers          // the mount point is the cache's root or above it
+	inside          // the mount point is below the cache's root
+)
+
+// overlap says where mount point mp lies against the cache's root, as
+// written and with the symlinks of what exists resolved (mount(2) follows
+// them).
+func overlap(mp, root string) relation {
+	if !filepath.IsAbs(mp) {
+		return apart // refused by securemount
+	}
+	mp = filepath.Clean(mp)
+	forms := [][2]string{{mp, root}, {resolveExisting(mp), resolveExisting(root)}}
+	for _, f := range forms {
+		if within(f[1], f[0]) {
+			return covers
+		}
+	}
+	for _, f := range forms {
+		if within(f[0], f[1]) {
+			return inside
+		}
+	}
+	return apart
+}
+
+// within reports whether path is dir or below it.
+func within(path, dir string) bool {
+	return path == dir || strings.HasPrefix(path, strings.TrimSuffix(dir, "/")+"/")
+}
+
+// resolveExisting resolves the symlinks of the longest existing prefix of
+// path.
+func resolveExisting(path string) string {
+	rest := ""
+	for p := path; ; p = filepath.Dir(p) {
+		if r, err := filepath.EvalSymlinks(p); err == nil {
+			return filepath.Join(r, rest)
+		}
+		if p == filepath.Dir(p) {
+			return path
+		}
+		rest = filepath.Join(filepath.Base(p), rest)
+	}
 }
 
 // key resolves a request's key as CDH does: a sealed secret, a KBS

@@ -1,16 +1,12 @@
-package cdh
+package lazy
 
 import (
 	"context"
 	"errors"
-	"net/http"
-	"net/url"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/guest-puller/guest-puller/internal/cdhconfig"
 )
 
 // TestLazy: what the first requests need (the policy, the KBS client) is
@@ -20,7 +16,7 @@ func TestLazy(t *testing.T) {
 	var builds atomic.Int32
 	release := make(chan struct{})
 	fail := true
-	l := lazy[int]{build: func(ctx context.Context) (int, error) {
+	l := New(func(ctx context.Context) (int, error) {
 		n := builds.Add(1)
 		<-release
 		if ctx.Err() != nil {
@@ -30,12 +26,12 @@ func TestLazy(t *testing.T) {
 			return 0, errors.New("KBS unreachable")
 		}
 		return int(n), nil
-	}}
+	}, time.Minute)
 
 	// A caller that gives up does not end the build for the others.
 	impatient, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
-	go func() { _, err := l.get(impatient); errc <- err }()
+	go func() { _, err := l.Get(impatient); errc <- err }()
 	for builds.Load() == 0 {
 		time.Sleep(time.Millisecond)
 	}
@@ -43,7 +39,7 @@ func TestLazy(t *testing.T) {
 	results := make([]error, 4)
 	for i := range results {
 		wg.Add(1)
-		go func() { defer wg.Done(); _, results[i] = l.get(context.Background()) }()
+		go func() { defer wg.Done(); _, results[i] = l.Get(context.Background()) }()
 	}
 	cancel()
 	if err := <-errc; !errors.Is(err, context.Canceled) {
@@ -64,7 +60,7 @@ func TestLazy(t *testing.T) {
 	// The next need tries again, and a success is kept.
 	fail = false
 	for i := 0; i < 3; i++ {
-		v, err := l.get(context.Background())
+		v, err := l.Get(context.Background())
 		if err != nil || v != 2 {
 			t.Fatalf("get after the failure: %d, %v; want the second build's 2", v, err)
 		}
@@ -74,29 +70,41 @@ func TestLazy(t *testing.T) {
 	}
 }
 
-func TestProxyFunc(t *testing.T) {
-	f, err := proxyFunc(cdhconfig.Proxy{})
-	if err != nil || f != nil {
-		t.Fatalf("no proxy configured: a function (%v); want nil, the environment's proxy", err)
-	}
-	f, err = proxyFunc(cdhconfig.Proxy{HTTPS: "http://proxy.internal:3128", HTTP: "http://plain.internal:3128", NoProxy: "registry.local,10.0.0.0/8"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for target, want := range map[string]string{
-		"https://quay.io/v2/":          "http://proxy.internal:3128",
-		"http://insecure.example/v2/":  "http://plain.internal:3128",
-		"https://registry.local/v2/":   "",
-		"https://10.1.2.3:5000/v2/":    "",
-		"https://registry.example/v2/": "http://proxy.internal:3128",
-	} {
-		u, _ := url.Parse(target)
-		got, err := f(&http.Request{URL: u})
-		if err != nil {
-			t.Fatal(err)
+// TestReset: a reset value is built anew at the next need, and a build
+// that was under way when it was reset answers its callers but is not kept.
+func TestReset(t *testing.T) {
+	var builds atomic.Int32
+	gate := make(chan struct{}, 1)
+	v := New(func(ctx context.Context) (int, error) {
+		n := builds.Add(1)
+		if n == 2 {
+			<-gate // the build the reset overtakes
 		}
-		if (got == nil && want != "") || (got != nil && got.String() != want) {
-			t.Errorf("proxy for %s = %v, want %q", target, got, want)
-		}
+		return int(n), nil
+	}, time.Minute)
+	if got, err := v.Get(context.Background()); err != nil || got != 1 {
+		t.Fatalf("first Get: %d, %v", got, err)
+	}
+	if old, ok := v.Reset(); !ok || old != 1 {
+		t.Fatalf("Reset returned %d, %v; want the value it held", old, ok)
+	}
+	if _, ok := v.Peek(); ok {
+		t.Fatal("a value after Reset")
+	}
+	stale := make(chan int)
+	go func() { got, _ := v.Get(context.Background()); stale <- got }()
+	for builds.Load() < 2 {
+		time.Sleep(time.Millisecond)
+	}
+	v.Reset() // while build 2 runs
+	if got, err := v.Get(context.Background()); err != nil || got != 3 {
+		t.Fatalf("Get after the second Reset: %d, %v; want build 3", got, err)
+	}
+	gate <- struct{}{}
+	if got := <-stale; got != 2 {
+		t.Errorf("the caller of the overtaken build got %d, want its build's 2", got)
+	}
+	if got, _ := v.Peek(); got != 3 {
+		t.Errorf("kept value %d, want 3: the overtaken build must not replace it", got)
 	}
 }
