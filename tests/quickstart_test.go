@@ -36,7 +36,7 @@ func TestGettingStarted(t *testing.T) {
 		"pulled into ",
 		"the layer is encrypted and no decryption key or KBS is configured\nexit code 4\n",
 		"decision:  allowed\n  [ok  ] sigstoreSigned: signed by cosign.pub",
-		"no signature by the policy's keys exists\nexit code 3\n",
+		"no signature by the policy's signers exists\nexit code 3\n",
 		"decision:  refused\n  [FAIL] sigstoreSigned",
 		"msg=serving",
 		"removed 3 bundles and 1 layers",
