@@ -101,6 +101,14 @@ func (lk *LayerKey) NewReader(ciphertext io.Reader) (io.Reader, error) {
 // none. It is authenticated by the key wrap; NewReader does not check it.
 func (lk *LayerKey) PlainDigest() digest.Digest { return lk.opts.Private.Digest }
 
+// Fingerprint identifies the key (the symmetric key and nonce it
+// decrypts with) without telling it: hex SHA-256 over a domain label and
+// the key material. Two descriptors of one blob whose wrapped keys differ
+// have different fingerprints; the cache uses it to reuse a decrypted
+// layer only for the very key that decrypted it, since anyone can wrap a
+// key of their own to the guest's public key.
+func (lk *LayerKey) Fingerprint() string { return lk.fingerprint() }
+
 // String names the layer only: a LayerKey must never print its key.
 func (lk *LayerKey) String() string { return "decrypt.LayerKey(" + lk.layer.String() + ")" }
 

@@ -7,6 +7,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -74,6 +75,14 @@ func newLayerKey(layer digest.Digest, privOpts []byte, pub blockcipher.PublicLay
 		layer: layer,
 		opts:  blockcipher.LayerBlockCipherOptions{Public: pub, Private: priv},
 	}, nil
+}
+
+func (lk *LayerKey) fingerprint() string {
+	h := sha256.New()
+	h.Write([]byte("guest-puller layer key fingerprint v1\x00"))
+	h.Write(lk.opts.Private.SymmetricKey)
+	h.Write(lk.opts.Private.CipherOptions["nonce"])
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 func decodeStrict(data []byte, v any) error {

@@ -455,10 +455,14 @@ func (p *Puller) fetchLayer(ctx context.Context, rc Registry, lease Lease, repo 
 	return nil
 }
 
-// source is what this job's blob is to the cache: decrypted when this pull
-// decrypts it with the key it unwrapped.
+// source is what this job's blob is to the cache: decrypted, with the key
+// this pull unwrapped, when the layer is encrypted.
 func (j *layerJob) source() unpack.Source {
-	return unpack.Source{Blob: digest.Digest(j.desc.Digest.String()), Decrypted: j.key != nil}
+	src := unpack.Source{Blob: digest.Digest(j.desc.Digest.String())}
+	if j.key != nil {
+		src.Decrypted, src.Key = true, j.key.Fingerprint()
+	}
+	return src
 }
 
 // applyLayer applies the layer into a staging directory as it streams and

@@ -202,3 +202,52 @@ func TestProvenanceDecryptedLayerNeedsItsKey(t *testing.T) {
 		t.Errorf("victim's app/who = %q", got)
 	}
 }
+
+// TestProvenanceDecryptedLayerNeedsItsOwnKey (hole 1, the key): the
+// guest's public key is public, so anyone can wrap a key of their own to
+// it. After the vendor's encrypted image was pulled, an image names the
+// vendor's ciphertext (same digest, same media type) with key annotations
+// the attacker made for another image, and the vendor's diff_id: this pull
+// does unwrap a key for the descriptor, but not the key that decrypted
+// that blob, so the cached layer does not stand for it. The blob is
+// fetched and decrypted with the attacker's key, and fails its HMAC:
+// exit 5, nothing mounted.
+func TestProvenanceDecryptedLayerNeedsItsOwnKey(t *testing.T) {
+	w := newProvenanceWorld(t)
+	victim := w.pullJSON(t, w.encrypted, "--decryption-key", w.key.Private, "--container-id", "victim")
+	if !victim.Layers[0].Encrypted {
+		t.Fatalf("victim layer not decrypted: %+v", victim.Layers)
+	}
+	w.reg.Push(t, testutil.BuildImage(t, testutil.ImageSpec{Layers: [][]byte{
+		testutil.Tar(t, testutil.File("decoy", "the attacker's own encrypted layer", 0o644)),
+	}}), "attacker/app:1", "--encryption-key", "jwe:"+w.key.Public)
+	var am ispec.Manifest
+	if err := json.Unmarshal(w.reg.RawManifest(t, "attacker/app", "1"), &am); err != nil {
+		t.Fatal(err)
+	}
+	encLayer := w.encM.Layers[0]
+	w.reg.UploadBlob(t, "attacker/app", w.reg.GetBlob(t, "secure/app", encLayer.Digest.String()))
+	cfg := w.encM.Config
+	w.reg.UploadBlob(t, "attacker/app", w.reg.GetBlob(t, "secure/app", cfg.Digest.String()))
+	forged := forgeManifest(t, w.reg, "attacker/app", "rewrapped", am, func(m *ispec.Manifest) {
+		m.Config = cfg
+		m.Layers = []ispec.Descriptor{{
+			MediaType:   encLayer.MediaType,
+			Digest:      encLayer.Digest,
+			Size:        encLayer.Size,
+			Annotations: am.Layers[0].Annotations,
+		}}
+	})
+	r := w.e.gp("pull", forged, "--json", "--quiet", "--container-id", "rewrapped", "--decryption-key", w.key.Private,
+		w.args[0], w.args[1], w.args[2], w.args[3])
+	if r.Code == 0 {
+		var got pullResult
+		json.Unmarshal([]byte(r.Stdout), &got)
+		data, _ := os.ReadFile(filepath.Join(got.Rootfs, "app/who"))
+		t.Fatalf("a key wrapped by the attacker stood for the vendor's (layers %+v): app/who = %q", got.Layers, data)
+	}
+	if r.Code != 5 || !strings.Contains(r.Stderr, encLayer.Digest.String()) || !strings.Contains(r.Stderr, "HMAC") {
+		t.Errorf("exit %d, want 5 naming the layer's HMAC mismatch: %s", r.Code, r.Stderr)
+	}
+	w.noBundle(t, "rewrapped", forged)
+}

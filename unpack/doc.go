@@ -23,7 +23,7 @@
 //	  locks/dir-<hex>.lock          held while a bundle is made in a directory (<hex>: of its real path)
 //	  staging/<name>/diff/          a layer being applied
 //	  layers/<hex>/diff/            a committed layer in overlayfs format (<hex>: the diff_id's encoded part)
-//	  layers/<hex>/layer.json       {"diffID","size","committed","provenance":[{"blob","decrypted"}]}
+//	  layers/<hex>/layer.json       {"diffID","size","committed","provenance":[{"blob","decrypted","key"}]}
 //	  images/<sha256(ref)>.json     an ImageRecord (atomic)
 //	  bundles/<id>/                 the default bundle directory: config.json, rootfs/
 //	  containers/<id>/bundle.json   the bundle's record (atomic), written before anything else of it
@@ -129,9 +129,11 @@
 // A diff_id is a claim made by an image config the registry writes, so a
 // committed layer records where its content was verified to come from: the
 // blobs that were fetched and checked to yield it, each marked plain or
-// decrypted (layer.json's provenance). Reusable applies DESIGN.md's rules:
-// an encrypted blob reuses the layer only if that exact blob was decrypted
-// into it (and the pull unwrapped its key); a plain blob only if some
+// decrypted, a decrypted one with a fingerprint of the key that decrypted
+// it (layer.json's provenance). Reusable applies DESIGN.md's rules: an
+// encrypted blob reuses the layer only if that exact blob was decrypted
+// into it with the same key (which the pull unwrapped itself: anyone can
+// wrap another key for the same blob); a plain blob only if some
 // plain blob was verified to yield it. Any other blob is fetched and
 // verified against the diff_id first, then added as a source. Layers
 // written before provenance ("confidential" and "sources") are read

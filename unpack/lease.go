@@ -19,6 +19,12 @@ import (
 type Source struct {
 	Blob      digest.Digest `json:"blob"`
 	Decrypted bool          `json:"decrypted"`
+	// Key, for a decrypted source, identifies the layer key that
+	// decrypted it (decrypt.LayerKey.Fingerprint: a digest of the key,
+	// never the key). The same blob under another wrapped key (anyone can
+	// wrap a key of their own to the guest's public key) is another
+	// source.
+	Key string `json:"key,omitempty"`
 }
 
 // provenance is the layer's sources, in either on-disk form: today's
@@ -43,8 +49,8 @@ func (m *layerMeta) provenance() []Source {
 // without src being fetched?
 //
 //   - an encrypted blob (src.Decrypted) reuses the layer only if that exact
-//     blob was decrypted into it before; the caller has unwrapped the
-//     blob's key itself in this pull.
+//     blob was decrypted into it before, with the same key (src.Key), which
+//     the caller has unwrapped itself in this pull.
 //   - a plain blob reuses the layer only if its content is public: some
 //     plain blob was verified to yield it. A layer known only from
 //     decryption is a secret of whoever holds that blob's key, and its

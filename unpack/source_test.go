@@ -41,7 +41,7 @@ func TestLayerProvenance(t *testing.T) {
 		return d
 	}
 	encBlob, plainBlob, other := digest.FromString("ciphertext"), digest.FromString("plain blob"), digest.FromString("another blob")
-	decrypted := commit(tarLayer(t, fileE("secret", "s", 0o600)), Source{Blob: encBlob, Decrypted: true})
+	decrypted := commit(tarLayer(t, fileE("secret", "s", 0o600)), Source{Blob: encBlob, Decrypted: true, Key: "k1"})
 	public := commit(tarLayer(t, fileE("plain", "p", 0o644)), Source{Blob: plainBlob})
 	for _, tc := range []struct {
 		name              string
@@ -49,17 +49,19 @@ func TestLayerProvenance(t *testing.T) {
 		src               Source
 		present, reusable bool
 	}{
-		{"decrypted layer, its own blob decrypted again", decrypted, Source{encBlob, true}, true, true},
+		{"decrypted layer, its own blob decrypted again", decrypted, Source{encBlob, true, "k1"}, true, true},
+		// Anyone may wrap a key of their own for the same blob.
+		{"decrypted layer, its own blob under another key", decrypted, Source{encBlob, true, "k2"}, true, false},
 		// Hole 2: the ciphertext's digest under a plain media type.
-		{"decrypted layer, its own blob as plain", decrypted, Source{encBlob, false}, true, false},
-		{"decrypted layer, another encrypted blob", decrypted, Source{other, true}, true, false},
-		{"decrypted layer, another plain blob", decrypted, Source{other, false}, true, false},
+		{"decrypted layer, its own blob as plain", decrypted, Source{encBlob, false, ""}, true, false},
+		{"decrypted layer, another encrypted blob", decrypted, Source{other, true, "k1"}, true, false},
+		{"decrypted layer, another plain blob", decrypted, Source{other, false, ""}, true, false},
 		// Hole 1: a genuine encrypted blob whose config claims a plain layer.
-		{"public layer, an encrypted blob", public, Source{encBlob, true}, true, false},
-		{"public layer, its own plain blob as encrypted", public, Source{plainBlob, true}, true, false},
-		{"public layer, its own plain blob", public, Source{plainBlob, false}, true, true},
-		{"public layer, another plain blob", public, Source{other, false}, true, true},
-		{"absent", digest.FromString("nothing"), Source{other, false}, false, false},
+		{"public layer, an encrypted blob", public, Source{encBlob, true, "k1"}, true, false},
+		{"public layer, its own plain blob as encrypted", public, Source{plainBlob, true, "k1"}, true, false},
+		{"public layer, its own plain blob", public, Source{plainBlob, false, ""}, true, true},
+		{"public layer, another plain blob", public, Source{other, false, ""}, true, true},
+		{"absent", digest.FromString("nothing"), Source{other, false, ""}, false, false},
 	} {
 		present, reusable := lease.Layer(tc.diffID, tc.src)
 		if present != tc.present || reusable != tc.reusable {
@@ -74,10 +76,10 @@ func TestLayerProvenance(t *testing.T) {
 	if _, reusable := lease.Layer(decrypted, Source{Blob: digest.FromString("yet another")}); !reusable {
 		t.Error("a layer with a verified plain source is not public")
 	}
-	if _, reusable := lease.Layer(decrypted, Source{Blob: encBlob, Decrypted: true}); !reusable {
+	if _, reusable := lease.Layer(decrypted, Source{Blob: encBlob, Decrypted: true, Key: "k1"}); !reusable {
 		t.Error("AddSource forgot the first source")
 	}
-	if _, reusable := lease.Layer(decrypted, Source{Blob: other, Decrypted: true}); reusable {
+	if _, reusable := lease.Layer(decrypted, Source{Blob: other, Decrypted: true, Key: "k1"}); reusable {
 		t.Error("a plain source counts for an encrypted blob of the same digest")
 	}
 	if err := lease.AddSource(decrypted, Source{Blob: other}); err != nil {
@@ -115,10 +117,12 @@ func TestLegacyLayerMeta(t *testing.T) {
 		src      Source
 		reusable bool
 	}{
-		{secret, Source{blob, true}, true},
-		{secret, Source{blob, false}, false},
-		{plain, Source{blob, false}, true},
-		{plain, Source{blob, true}, false},
+		// A legacy decrypted source names no key: the blob is decrypted
+		// and verified again, then recorded with its key.
+		{secret, Source{blob, true, "k1"}, false},
+		{secret, Source{blob, false, ""}, false},
+		{plain, Source{blob, false, ""}, true},
+		{plain, Source{blob, true, "k1"}, false},
 	} {
 		if _, got := lease.Layer(tc.d, tc.src); got != tc.reusable {
 			t.Errorf("legacy layer, source %+v: reusable %v, want %v", tc.src, got, tc.reusable)
@@ -131,7 +135,7 @@ func TestLegacyLayerMeta(t *testing.T) {
 	if err := readJSON(filepath.Join(c.layerDir(secret.Encoded()), layerMetaFile), &m); err != nil {
 		t.Fatal(err)
 	}
-	want := []Source{{blob, true}, {digest.FromString("new plain"), false}}
+	want := []Source{{blob, true, ""}, {digest.FromString("new plain"), false, ""}}
 	if m.LegacySources != nil || m.LegacyConfidential || len(m.Provenance) != 2 || m.Provenance[0] != want[0] || m.Provenance[1] != want[1] {
 		t.Errorf("rewritten metadata %+v, want provenance %+v only", m, want)
 	}
