@@ -176,13 +176,19 @@ func TestSecureMountOverTheCache(t *testing.T) {
 	}
 	release()
 
-	pullOne := func(image, id string) (*pull.Result, error) {
+	// pullOne calls done, if set, while it still holds the puller: the
+	// mount may go ahead the moment it lets go.
+	pullOne := func(image, id string, done func()) (*pull.Result, error) {
 		p, release, err := opts.Puller(ctx)
 		if err != nil {
 			return nil, err
 		}
 		defer release()
-		return p.Pull(ctx, pull.Request{Image: image, ContainerID: id, BundleDir: filepath.Join(dir, "kata", id)})
+		res, err := p.Pull(ctx, pull.Request{Image: image, ContainerID: id, BundleDir: filepath.Join(dir, "kata", id)})
+		if done != nil {
+			done()
+		}
+		return res, err
 	}
 	type outcome struct {
 		res *pull.Result
@@ -195,8 +201,7 @@ func TestSecureMountOverTheCache(t *testing.T) {
 	// A pull in flight, held at its second layer.
 	firstDone := make(chan outcome, 1)
 	go func() {
-		res, err := pullOne(first, "first")
-		note("first pull done")
+		res, err := pullOne(first, "first", func() { note("first pull done") })
 		firstDone <- outcome{res, err}
 	}()
 	<-reg.stalled
@@ -222,7 +227,7 @@ func TestSecureMountOverTheCache(t *testing.T) {
 	}
 	secondDone := make(chan outcome, 1)
 	go func() {
-		res, err := pullOne(second, "second")
+		res, err := pullOne(second, "second", nil)
 		secondDone <- outcome{res, err}
 	}()
 
