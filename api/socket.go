@@ -54,25 +54,50 @@ func listenSocket(path string) (_ *socket, err error) {
 	if err := removeStale(path); err != nil {
 		return nil, fmt.Errorf("socket %s: %w", path, err)
 	}
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	// kata-agent waits for the socket's path to exist, then connects once:
+	// the path must appear only once the socket listens, and only for root.
+	// Binding creates the file before listen(2) and before any chmod, so
+	// the socket is made at a name of its own in the same directory, made
+	// ready there, and renamed into place. (A path too long for that
+	// name is bound where it is.)
+	bindAt := path + ".new"
+	if len(bindAt) >= maxSocketPath {
+		bindAt = path
+	}
+	if bindAt != path {
+		// Left by a daemon killed while starting: the lock is ours now.
+		if err := os.Remove(bindAt); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("socket %s: %w", path, err)
+		}
+	}
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: bindAt, Net: "unix"})
 	if err != nil {
 		return nil, fmt.Errorf("socket %s: %w", path, err)
 	}
 	// Close must not unlink by path: see socket.Close.
 	l.SetUnlinkOnClose(false)
 	s := &socket{UnixListener: l, path: path, lock: lock}
-	var st unix.Stat_t
-	if err := unix.Lstat(path, &st); err != nil {
+	err = os.Chmod(bindAt, 0o600)
+	if err == nil && bindAt != path {
+		err = os.Rename(bindAt, path)
+	}
+	if err != nil {
 		l.Close()
+		os.Remove(bindAt)
 		return nil, fmt.Errorf("socket %s: %w", path, err)
 	}
-	s.dev, s.ino = st.Dev, st.Ino
-	if err := os.Chmod(path, 0o600); err != nil {
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("socket %s: %w", path, err)
 	}
+	s.dev, s.ino = st.Dev, st.Ino
 	return s, nil
 }
+
+// maxSocketPath is the room for a unix socket's path (sun_path), with its
+// terminating NUL.
+const maxSocketPath = len(unix.RawSockaddrUnix{}.Path)
 
 // removeStale clears path for a new socket if what is there is a socket
 // nobody answers on.

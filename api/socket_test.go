@@ -7,6 +7,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
 )
@@ -87,6 +90,55 @@ func TestListenSocket(t *testing.T) {
 		defer s.Close()
 		if !answers(path) {
 			t.Error("the new socket does not answer")
+		}
+	})
+
+	// kata-agent connects once, as soon as the path exists: the path
+	// must come into being only as a socket that listens already (bind(2)
+	// creates the file before listen(2)), so it arrives by a rename, never
+	// by a create; and it is 0600 from the start.
+	t.Run("appears only once it listens", func(t *testing.T) {
+		fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+		if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_CREATE|unix.IN_MOVED_TO|unix.IN_ATTRIB); err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(dir, "ready.sock")
+		s, err := listenSocket(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		buf := make([]byte, 64<<10)
+		n, err := unix.Read(fd, buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for off := 0; off+unix.SizeofInotifyEvent <= n; {
+			ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
+			name := strings.TrimRight(string(buf[off+unix.SizeofInotifyEvent:off+unix.SizeofInotifyEvent+int(ev.Len)]), "\x00")
+			off += unix.SizeofInotifyEvent + int(ev.Len)
+			if name != "ready.sock" {
+				continue
+			}
+			switch {
+			case ev.Mask&unix.IN_CREATE != 0:
+				got = append(got, "create")
+			case ev.Mask&unix.IN_MOVED_TO != 0:
+				got = append(got, "rename")
+			case ev.Mask&unix.IN_ATTRIB != 0:
+				got = append(got, "chmod")
+			}
+		}
+		if len(got) != 1 || got[0] != "rename" {
+			t.Errorf("the socket's path came into being by %v; want a rename alone (a create is there before it listens)", got)
+		}
+		if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 || !answers(path) {
+			t.Errorf("the socket: %v, %v, answers %v", fi, err, answers(path))
 		}
 	})
 

@@ -17,6 +17,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 const startTimeout = 20 * time.Second
@@ -44,14 +46,31 @@ func StartSwtpm(t testing.TB) *Swtpm {
 // StateDir returns a fresh directory for swtpm state, removed when the test
 // ends. (t.TempDir's name follows the test's, and swtpm cannot take a path
 // with a comma, as a subtest name may have.)
+//
+// It is on tmpfs (/dev/shm) where there is one: swtpm writes its state file
+// within the TPM command that changes it, and a VM's firmware (SeaBIOS)
+// gives TPM2_Startup, which does, 750 ms before it disables the TPM's owner
+// and endorsement hierarchies for that boot (the guest then finds no AK:
+// "TPM_RC_HIERARCHY"). On a disk the tests are writing gigabytes to, that
+// write can wait on the filesystem's journal for longer.
 func StateDir(t testing.TB) string {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "swtpm-")
+	dir, err := os.MkdirTemp(stateParent(), "swtpm-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	return dir
+}
+
+// stateParent is /dev/shm when it is a tmpfs, else the temporary
+// directory.
+func stateParent() string {
+	var st unix.Statfs_t
+	if err := unix.Statfs("/dev/shm", &st); err == nil && st.Type == unix.TMPFS_MAGIC {
+		return "/dev/shm"
+	}
+	return os.TempDir()
 }
 
 // StartSwtpmWithState starts swtpm on stateDir, so a test can restart a TPM

@@ -3,6 +3,8 @@
 // each command request (wire.Request) arriving on a serial port with the
 // command's result. As `vmguest pull-image SOCKET IMAGE BUNDLE` it makes
 // the call kata-agent makes to the confidential-data-hub to pull an image.
+// As `vmguest tpm-hierarchies DEVICE` it checks that the firmware left the
+// TPM's owner and endorsement hierarchies enabled.
 package main
 
 import (
@@ -19,6 +21,8 @@ import (
 	"time"
 
 	"github.com/containerd/ttrpc"
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport/linuxtpm"
 	"golang.org/x/sys/unix"
 
 	"github.com/guest-puller/guest-puller/api/cdhpb"
@@ -34,8 +38,10 @@ func main() {
 		err = pullImage(os.Args[2], os.Args[3], os.Args[4])
 	case len(os.Args) >= 5 && os.Args[1] == "secure-mount":
 		err = secureMount(os.Args[2], os.Args[3], os.Args[4], os.Args[5:])
+	case len(os.Args) == 3 && os.Args[1] == "tpm-hierarchies":
+		err = tpmHierarchies(os.Args[2])
 	default:
-		err = errors.New("usage: vmguest agent DEVICE | pull-image SOCKET IMAGE BUNDLE | secure-mount SOCKET VOLUME_TYPE MOUNT_POINT [KEY=VALUE]…")
+		err = errors.New("usage: vmguest agent DEVICE | pull-image SOCKET IMAGE BUNDLE | secure-mount SOCKET VOLUME_TYPE MOUNT_POINT [KEY=VALUE]… | tpm-hierarchies DEVICE")
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "vmguest:", err)
@@ -167,4 +173,42 @@ func pullImage(socket, image, bundle string) error {
 		return err
 	}
 	return json.NewEncoder(os.Stdout).Encode(map[string]string{"manifestDigest": resp.ManifestDigest})
+}
+
+// tpmHierarchies fails unless the TPM at dev has its owner (storage) and
+// endorsement hierarchies enabled. SeaBIOS disables both for the rest of
+// the boot when any TPM command of its start-up fails, a timeout included
+// (750 ms for TPM2_Startup): the AK persisted under them is then out of
+// reach ("TPM_RC_HIERARCHY"), which is the firmware's doing, not the
+// attester's.
+func tpmHierarchies(dev string) error {
+	t, err := linuxtpm.Open(dev)
+	if err != nil {
+		return err
+	}
+	defer t.Close()
+	rsp, err := tpm2.GetCapability{Capability: tpm2.TPMCapTPMProperties, Property: uint32(tpm2.TPMPTStartupClear), PropertyCount: 1}.Execute(t)
+	if err != nil {
+		return fmt.Errorf("TPM2_GetCapability(TPM_PT_STARTUP_CLEAR): %w", err)
+	}
+	props, err := rsp.CapabilityData.Data.TPMProperties()
+	if err != nil || len(props.TPMProperty) != 1 || props.TPMProperty[0].Property != tpm2.TPMPTStartupClear {
+		return fmt.Errorf("TPM2_GetCapability(TPM_PT_STARTUP_CLEAR): no such property in %+v (%v)", props, err)
+	}
+	// TPMA_STARTUP_CLEAR: shEnable is bit 1, ehEnable bit 2.
+	v := props.TPMProperty[0].Value
+	var off []string
+	if v&(1<<1) == 0 {
+		off = append(off, "owner (storage)")
+	}
+	if v&(1<<2) == 0 {
+		off = append(off, "endorsement")
+	}
+	switch len(off) {
+	case 1:
+		return fmt.Errorf("the TPM's %s hierarchy is disabled (TPMA_STARTUP_CLEAR %#x): the firmware found its TPM failing at boot", off[0], v)
+	case 2:
+		return fmt.Errorf("the TPM's %s hierarchies are disabled (TPMA_STARTUP_CLEAR %#x): the firmware found its TPM failing at boot", strings.Join(off, " and "), v)
+	}
+	return nil
 }
