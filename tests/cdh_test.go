@@ -43,6 +43,7 @@ import (
 	"github.com/guest-puller/guest-puller/internal/devkbs/devkbstest"
 	"github.com/guest-puller/guest-puller/internal/sealedsecret"
 	"github.com/guest-puller/guest-puller/internal/testutil"
+	"github.com/guest-puller/guest-puller/internal/testutil/isolate"
 )
 
 const (
@@ -263,6 +264,7 @@ func startCDH(t *testing.T, socket string, bin string, args ...string) *cdhProc 
 	os.Remove(socket)
 	p := &cdhProc{logs: &testutil.SyncBuffer{}}
 	p.cmd = exec.Command(bin, args...)
+	isolate.DieWithTest(p.cmd)
 	p.cmd.Env = append(os.Environ(), "OCICRYPT_KEYPROVIDER_CONFIG=/etc/ocicrypt_config.json")
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
 	if err := p.cmd.Start(); err != nil {

@@ -20,6 +20,7 @@ import (
 	"github.com/guest-puller/guest-puller/api/cdhpb"
 	guestpullerv1 "github.com/guest-puller/guest-puller/api/v1"
 	"github.com/guest-puller/guest-puller/internal/testutil"
+	"github.com/guest-puller/guest-puller/internal/testutil/isolate"
 )
 
 // daemon is a running `guest-puller serve`.
@@ -34,6 +35,7 @@ func startDaemon(t *testing.T, e *env, args ...string) *daemon {
 	t.Helper()
 	d := &daemon{socket: filepath.Join(e.dir, "run", "cdh.sock"), logs: &testutil.SyncBuffer{}}
 	d.cmd = exec.Command(bins["guest-puller"], append([]string{"serve", "--socket", d.socket, "--cache", e.cache}, args...)...)
+	isolate.DieWithTest(d.cmd)
 	d.cmd.Stderr = d.logs
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)

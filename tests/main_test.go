@@ -14,12 +14,16 @@ import (
 	"testing"
 
 	"github.com/guest-puller/guest-puller/internal/testutil"
+	"github.com/guest-puller/guest-puller/internal/testutil/isolate"
 )
 
 // bins are the commands built once for all tests.
 var bins map[string]string
 
 func TestMain(m *testing.M) {
+	if code, ran := isolate.OwnMountNamespace(); ran {
+		os.Exit(code)
+	}
 	dir, err := os.MkdirTemp("", "guest-puller-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/guest-puller/guest-puller/internal/testutil/isolate"
 )
 
 // TestMain lets tests re-execute this binary as a second process (see
@@ -19,6 +21,11 @@ import (
 func TestMain(m *testing.M) {
 	if name := os.Getenv(helperEnv); name != "" {
 		os.Exit(runHelper(name, strings.Split(os.Getenv(helperArgsEnv), "\x1f")))
+	}
+	// The tests mount overlays, FUSE and loop filesystems: in a mount
+	// namespace of their own, none outlives a binary killed midway.
+	if code, ran := isolate.OwnMountNamespace(); ran {
+		os.Exit(code)
 	}
 	os.Exit(m.Run())
 }

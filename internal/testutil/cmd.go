@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/guest-puller/guest-puller/internal/testutil/isolate"
 )
 
 // BuildCommands builds the module's commands (package paths relative to the
@@ -110,6 +112,7 @@ func execCmd(t testing.TB, env []string, prepare func(*exec.Cmd), bin string, ar
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
+	isolate.DieWithTest(cmd)
 	cmd.Env = append(os.Environ(), env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

@@ -17,6 +17,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/guest-puller/guest-puller/internal/testutil/isolate"
 )
 
 // Need fails the test unless every tool is on PATH.
@@ -100,6 +102,7 @@ http:
 		}
 		logs.Reset()
 		cmd = exec.Command("docker-registry", "serve", cfgPath)
+		isolate.DieWithTest(cmd)
 		cmd.Stdout, cmd.Stderr = &logs, &logs
 		if err := cmd.Start(); err != nil {
 			t.Fatalf("start docker-registry: %v", err)

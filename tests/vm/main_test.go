@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/guest-puller/guest-puller/internal/testutil"
+	"github.com/guest-puller/guest-puller/internal/testutil/isolate"
 )
 
 // The binaries every test uses: static ones for the guest, host ones for
@@ -17,6 +18,9 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	if code, ran := isolate.OwnMountNamespace(); ran {
+		os.Exit(code)
+	}
 	os.Exit(run(m))
 }
 

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/guest-puller/guest-puller/internal/testutil/isolate"
 )
 
 const startTimeout = 20 * time.Second
@@ -101,6 +103,7 @@ func StartSwtpmWithState(t testing.TB, stateDir string) *Swtpm {
 			"--log", "file="+filepath.Join(stateDir, "swtpm.log"))
 		var stderr bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &stderr, &stderr
+		isolate.DieWithTest(cmd)
 		if err := cmd.Start(); err != nil {
 			t.Fatalf("start swtpm: %v", err)
 		}
@@ -192,6 +195,7 @@ func StartDevKBS(t testing.TB, bin string, args ...string) *DevKBS {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, bin, append([]string{"--listen", "127.0.0.1:0"}, args...)...)
+	isolate.DieWithTest(cmd)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -8,7 +8,18 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/guest-puller/guest-puller/internal/testutil/isolate"
 )
+
+// TestMain runs the tests in a mount namespace of their own: what they
+// mount must not outlive a binary killed midway.
+func TestMain(m *testing.M) {
+	if code, ran := isolate.OwnMountNamespace(); ran {
+		os.Exit(code)
+	}
+	os.Exit(m.Run())
+}
 
 func requireRoot(t *testing.T) {
 	t.Helper()
