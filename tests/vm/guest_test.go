@@ -330,9 +330,13 @@ cp /etc/vmtest/cdh.toml /run/confidential-containers/initdata/cdh.toml
 
 	// kata-agent's SecureMount of a block device for trusted storage: LUKS2
 	// with dm-integrity and ext4, served by the same code as the sealed
-	// layer store.
+	// layer store. kata mounts its trusted image storage at
+	// /run/kata-containers/image, image-rs's work_dir, which is the
+	// daemon's layer cache: the daemon opens its cache anew there, and the
+	// next pull lands on the sealed store, while the bundle made before
+	// keeps its layers.
 	t.Run("secure mount", func(t *testing.T) {
-		const mp = "/run/kata-containers/trusted-storage"
+		const mp = "/run/kata-containers/image"
 		r := m.Run(t, "vmguest", "secure-mount", "unix://"+cdhSocket, "block-device", mp,
 			"devicePath=/dev/vda", "sourceType=empty", "targetType=fileSystem", "encryptionType=luks2",
 			"dataIntegrity=true", "filesystemType=ext4")
@@ -348,7 +352,21 @@ cp /etc/vmtest/cdh.toml /run/confidential-containers/initdata/cdh.toml
 		}
 		secret := fmt.Sprintf("kata trusted storage %d", kbsPort)
 		m.Sh(t, `echo "$2" >"$1/file" && sync && echo 3 >/proc/sys/vm/drop_caches && grep -q "$2" "$1/file"`, mp, secret)
-		scanDisk(t, disk, [][]byte{[]byte(secret)})
+
+		const second = "/run/kata-containers/vm-ctr-2"
+		if out := m.RunWith(t, RunOptions{Timeout: 4 * time.Minute}, "vmguest", "pull-image", "unix://"+cdhSocket, appRef, second); out.Code != 0 {
+			t.Fatalf("PullImage after the secure mount over the cache: exit %d: %s", out.Code, out.Stderr)
+		}
+		if n := strings.TrimSpace(m.Sh(t, "ls $1/layers | wc -l", mp)); n != "2" {
+			t.Errorf("%s/layers on the secure mount holds %s layers, want the image's 2", mp, n)
+		}
+		for _, b := range []string{second, kataBundle} {
+			if got := m.Sh(t, treeScript, b+"/rootfs"); got != want {
+				t.Errorf("%s rootfs after the secure mount over the cache differs from the image:\n%s", b, got)
+			}
+		}
+		m.Sh(t, "sync")
+		scanDisk(t, disk, [][]byte{[]byte(secret), []byte("weights only an attested guest may read")})
 		// Untrusted options are refused: a mount point outside kata's.
 		if r := m.Run(t, "vmguest", "secure-mount", "unix://"+cdhSocket, "block-device", "/etc/x",
 			"devicePath=/dev/vda", "sourceType=empty", "targetType=fileSystem", "encryptionType=luks2", "filesystemType=ext4"); r.Code == 0 || !strings.Contains(r.Stderr, "InvalidArgument") {
