@@ -66,7 +66,6 @@ type Options struct {
 type Puller struct {
 	opts     Options
 	decoders decoders
-	closers  []func() error
 }
 
 // New returns a Puller.

@@ -16,7 +16,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
@@ -368,30 +367,5 @@ func TestBadReference(t *testing.T) {
 	_, err := f.puller(acceptAll).Pull(context.Background(), Request{Image: "UPPER/Case::bad"})
 	if !errors.Is(err, errdefs.ErrInvalidConfig) {
 		t.Fatalf("Pull = %v, want ErrInvalidConfig", err)
-	}
-}
-
-func TestLoadConfig(t *testing.T) {
-	dir := t.TempDir()
-	write := func(s string) string {
-		p := filepath.Join(dir, "c.json")
-		os.WriteFile(p, []byte(s), 0o600)
-		return p
-	}
-	c, err := LoadConfig(write(`{"policy":"/p.json","decryption-key":["/k1","/k2:pw"],"max-concurrent-downloads":5,"insecure-registry":["r:5000"],"idle-timeout":"1m30s"}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c.Policy != "/p.json" || len(c.DecryptionKeys) != 2 || c.MaxConcurrentDownloads != 5 || c.InsecureRegistries[0] != "r:5000" || time.Duration(c.IdleTimeout) != 90*time.Second {
-		t.Errorf("config %+v", c)
-	}
-	for _, bad := range []string{`{"polciy":"x"}`, `{"policy":1}`, `{`, `{"policy":"x"} {}`,
-		`{"idle-timeout":30}`, `{"idle-timeout":"soon"}`, `{"idle-timeout":"0s"}`, `{"idle-timeout":"-5s"}`} {
-		if _, err := LoadConfig(write(bad)); !errors.Is(err, errdefs.ErrInvalidConfig) {
-			t.Errorf("LoadConfig(%s) = %v, want ErrInvalidConfig", bad, err)
-		}
-	}
-	if _, err := Open(context.Background(), Config{}, nil); !errors.Is(err, errdefs.ErrInvalidConfig) || !strings.Contains(err.Error(), "no policy") {
-		t.Errorf("Open without a policy = %v, want ErrInvalidConfig naming the missing policy", err)
 	}
 }

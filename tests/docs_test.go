@@ -2,6 +2,7 @@ package tests
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -77,4 +78,96 @@ func hasHeading(markdown, anchor string) bool {
 		}
 	}
 	return false
+}
+
+// TestArchitectureDependencies holds docs/ARCHITECTURE.md's dependency
+// picture to the code: every arrow in it is an import (go list), and every
+// import between the module's packages is an arrow, so the picture cannot
+// go stale and a new import that breaks the layering (pull importing
+// attest, say) fails here until the picture, reviewed, says it.
+func TestArchitectureDependencies(t *testing.T) {
+	const module = "github.com/guest-puller/guest-puller/"
+	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}} {{join .Imports " "}}`, "../...").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	// Test support and the benchmark's tools are not the product.
+	skip := func(pkg string) bool {
+		return strings.HasPrefix(pkg, "tests") || strings.HasPrefix(pkg, "internal/testutil") ||
+			strings.HasPrefix(pkg, "internal/tools") || pkg == "internal/devkbs/devkbstest"
+	}
+	known := map[string]bool{}
+	actual := map[[2]string]bool{}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		fields := strings.Fields(line)
+		from := strings.TrimPrefix(fields[0], module)
+		if skip(from) {
+			continue
+		}
+		known[from] = true
+		for _, imp := range fields[1:] {
+			if to, ok := strings.CutPrefix(imp, module); ok {
+				actual[[2]string{from, to}] = true
+			}
+		}
+	}
+	if len(actual) < 50 {
+		t.Fatalf("go list found %d imports between the module's packages", len(actual))
+	}
+
+	doc, err := os.ReadFile(filepath.Join("..", "docs", "ARCHITECTURE.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, picture, ok := strings.Cut(string(doc), "## Dependencies point one way")
+	if ok {
+		_, picture, ok = strings.Cut(picture, "```\n")
+	}
+	if ok {
+		picture, _, ok = strings.Cut(picture, "```")
+	}
+	if !ok {
+		t.Fatal("docs/ARCHITECTURE.md has no picture under \"Dependencies point one way\"")
+	}
+	// A line ending in a comma goes on; parentheses are notes.
+	picture = regexp.MustCompile(`,\s*\n\s*`).ReplaceAllString(picture, ", ")
+	notes := regexp.MustCompile(`\([^)]*(\)|$)`)
+	stated := map[[2]string]bool{}
+	anyone := map[string]bool{} // "everything ─► X"
+	for _, line := range strings.Split(picture, "\n") {
+		if !strings.Contains(line, "─►") {
+			continue
+		}
+		var steps [][]string
+		for _, seg := range strings.Split(notes.ReplaceAllString(line, ""), "─►") {
+			var pkgs []string
+			for _, p := range strings.Split(seg, ",") {
+				p = strings.TrimSpace(p)
+				if p != "everything" && !known[p] {
+					t.Errorf("picture line %q names %q, which is no package of the module", strings.TrimSpace(line), p)
+				}
+				pkgs = append(pkgs, p)
+			}
+			steps = append(steps, pkgs)
+		}
+		for i := 0; i+1 < len(steps); i++ {
+			for _, from := range steps[i] {
+				for _, to := range steps[i+1] {
+					if from == "everything" {
+						anyone[to] = true
+						continue
+					}
+					stated[[2]string{from, to}] = true
+					if !actual[[2]string{from, to}] {
+						t.Errorf("the picture says %s imports %s; it does not", from, to)
+					}
+				}
+			}
+		}
+	}
+	for e := range actual {
+		if !stated[e] && !anyone[e[1]] {
+			t.Errorf("%s imports %s; docs/ARCHITECTURE.md's picture does not say so", e[0], e[1])
+		}
+	}
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
 	"github.com/guest-puller/guest-puller/internal/testutil"
+	"github.com/guest-puller/guest-puller/internal/config"
 	"github.com/guest-puller/guest-puller/pull"
 )
 
@@ -61,7 +62,7 @@ func TestFailedPullLeavesNoPins(t *testing.T) {
 
 	e := newEnv(t)
 	ctx := context.Background()
-	p, err := pull.Open(ctx, pull.Config{
+	p, err := config.Open(ctx, config.Config{
 		Policy:             e.write("policy.json", acceptAll),
 		Cache:              e.cache,
 		InsecureRegistries: []string{reg.Host},

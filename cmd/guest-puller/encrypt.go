@@ -10,7 +10,7 @@ import (
 	"github.com/guest-puller/guest-puller/internal/encrypt"
 	"github.com/guest-puller/guest-puller/internal/errdefs"
 	"github.com/guest-puller/guest-puller/internal/registry"
-	"github.com/guest-puller/guest-puller/pull"
+	"github.com/guest-puller/guest-puller/internal/config"
 )
 
 // cmdEncrypt encrypts an image's layers: the supported way to make images
@@ -77,7 +77,7 @@ Recipients, each able to decrypt every encrypted layer:
 			// An image is encrypted for the platform it is for, not for
 			// the machine that encrypts it.
 			AnyPlatform: true,
-			UserAgent:   "guest-puller/" + pull.Version,
+			UserAgent:   "guest-puller/" + config.Version,
 		})
 	}
 	opts := encrypt.Options{Recipients: recipients, Layers: layers}

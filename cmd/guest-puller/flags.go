@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/guest-puller/guest-puller/pull"
+	"github.com/guest-puller/guest-puller/internal/config"
 )
 
 // flags is one command's flag set and help. Every command builds one, so
@@ -226,7 +226,7 @@ func editDistance(a, b string) int {
 // DefaultConfigFile is read when it exists and --config is not given.
 const DefaultConfigFile = "/etc/guest-puller/config.json"
 
-// A setting is a flag that sets a field of pull.Config. The config file
+// A setting is a flag that sets a field of config.Config. The config file
 // takes the same names as keys, so every setting is both; flags win over
 // the file. The field is found by its json tag.
 type setting struct {
@@ -275,7 +275,7 @@ var perRunFlags = map[string]string{
 type pullSettings struct {
 	f          *flags
 	configFile string
-	cfg        pull.Config // the values given as flags
+	cfg        config.Config // the values given as flags
 	index      map[string][]int
 }
 
@@ -292,7 +292,7 @@ func (f *flags) settings(keep func(name string) bool) *pullSettings {
 		}
 		idx, ok := fields[st.name]
 		if !ok {
-			panic("setting " + st.name + " is no field of pull.Config")
+			panic("setting " + st.name + " is no field of config.Config")
 		}
 		usage := st.usage
 		if f.inv.cmd.name == "serve" && st.serve != "" {
@@ -319,10 +319,10 @@ func (f *flags) settings(keep func(name string) bool) *pullSettings {
 	return s
 }
 
-// configFields maps pull.Config's json names to their fields.
+// configFields maps config.Config's json names to their fields.
 func configFields() map[string][]int {
 	out := map[string][]int{}
-	t := reflect.TypeFor[pull.Config]()
+	t := reflect.TypeFor[config.Config]()
 	for i := range t.NumField() {
 		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
 		if name != "" && name != "-" {
@@ -334,18 +334,18 @@ func configFields() map[string][]int {
 
 // config reads the config file (--config, or the default one if it
 // exists) and sets over it the settings given as flags.
-func (s *pullSettings) config() (pull.Config, error) {
+func (s *pullSettings) config() (config.Config, error) {
 	path := s.configFile
 	if path == "" {
 		if _, err := os.Stat(DefaultConfigFile); err == nil {
 			path = DefaultConfigFile
 		}
 	}
-	var cfg pull.Config
+	var cfg config.Config
 	if path != "" {
 		var err error
-		if cfg, err = pull.LoadConfig(path); err != nil {
-			var use *pull.UnknownSettingError
+		if cfg, err = config.LoadConfig(path); err != nil {
+			var use *config.UnknownSettingError
 			if errors.As(err, &use) {
 				if why, ok := perRunFlags[use.Key]; ok {
 					return cfg, fmt.Errorf("%w: --%s %s, so it is given on the command line only", err, use.Key, why)
@@ -392,7 +392,7 @@ func settingNames() []string {
 }
 
 func version() string {
-	v := pull.Version
+	v := config.Version
 	if bi, ok := debug.ReadBuildInfo(); ok && v == "dev" && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
 		v = bi.Main.Version
 	}

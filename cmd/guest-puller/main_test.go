@@ -13,7 +13,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/guest-puller/guest-puller/pull"
+	"github.com/guest-puller/guest-puller/internal/config"
 )
 
 // gp runs the command line as main does and returns what the user sees.
@@ -188,7 +188,7 @@ func TestSettingsAreConfigKeys(t *testing.T) {
 	}
 	slices.Sort(keys)
 	if !slices.Equal(keys, settingNames()) {
-		t.Errorf("pull.Config keys %q, settings %q: add a setting (flags.go) for every pull.Config field", keys, settingNames())
+		t.Errorf("config.Config keys %q, settings %q: add a setting (flags.go) for every config.Config field", keys, settingNames())
 	}
 	inv := &invocation{cmd: &command{name: "pull"}, stdout: &bytes.Buffer{}, stderr: &bytes.Buffer{}}
 	f := inv.flags("")
@@ -256,7 +256,7 @@ func TestFlagsOverConfigFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := pull.Config{
+	want := config.Config{
 		Policy:                 "/etc/p.json",
 		Cache:                  "/from/flag",
 		DecryptionKeys:         []string{"/a.key", "/b.key:pw"},

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/guest-puller/guest-puller/attest"
+	"github.com/guest-puller/guest-puller/internal/config"
 	"github.com/guest-puller/guest-puller/internal/untrusted"
 	"github.com/guest-puller/guest-puller/policy"
 	"github.com/guest-puller/guest-puller/pull"
@@ -55,7 +56,7 @@ decrypt (no key, attestation refused, KBS error), 5 integrity failure.`)
 	}
 	_, statErr := os.Lstat(root)
 	created := errors.Is(statErr, fs.ErrNotExist)
-	p, err := pull.Open(ctx, cfg, prog)
+	p, err := config.Open(ctx, cfg, prog)
 	if err != nil {
 		return err
 	}
@@ -104,7 +105,7 @@ policy refuses it (the report says why), like pull for other failures.`)
 	if err != nil {
 		return err
 	}
-	p, err := pull.OpenChecker(ctx, cfg)
+	p, err := config.OpenChecker(ctx, cfg)
 	if err != nil {
 		return err
 	}

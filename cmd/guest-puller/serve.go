@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/guest-puller/guest-puller/api"
+	"github.com/guest-puller/guest-puller/internal/config"
 	"github.com/guest-puller/guest-puller/internal/errdefs"
 	"github.com/guest-puller/guest-puller/pull"
 	"github.com/guest-puller/guest-puller/unpack"
@@ -41,7 +42,7 @@ SIGTERM or SIGINT stops the daemon and removes the socket.`)
 	if cfg.Creds != "" {
 		return fmt.Errorf("serve: %w: the config file sets \"creds\", which the daemon would send to whatever registry a request names; give the daemon's credentials per registry in an auth file (\"auth-file\"), and kata's per-request source_creds go to their request's registry alone", errdefs.ErrInvalidConfig)
 	}
-	d, err := pull.OpenDaemon(ctx, cfg)
+	d, err := config.OpenDaemon(ctx, cfg)
 	if err != nil {
 		return err
 	}

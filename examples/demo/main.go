@@ -49,6 +49,7 @@ import (
 	ispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/config"
 	"github.com/guest-puller/guest-puller/pull"
 	"github.com/guest-puller/guest-puller/unpack"
 )
@@ -130,13 +131,13 @@ func run(ctx context.Context, policyPath, keyPath, cacheDir string) error {
 	step("images", "public/hello, signed/hello (cosign-format signature by %s), signed/unsigned, encrypted/hello (every layer JWE-encrypted to a fresh RSA key)", keyPath)
 
 	// 3. Pull them under policy.example.json.
-	cfg := pull.Config{
+	cfg := config.Config{
 		Policy:         policyPath,
 		Cache:          cacheDir,
 		RegistriesConf: conf,
 		DecryptionKeys: []string{keyFile},
 	}
-	p, err := pull.Open(ctx, cfg, nil)
+	p, err := config.Open(ctx, cfg, nil)
 	if err != nil {
 		return err
 	}

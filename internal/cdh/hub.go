@@ -21,6 +21,7 @@ import (
 	"github.com/guest-puller/guest-puller/attest"
 	"github.com/guest-puller/guest-puller/decrypt"
 	"github.com/guest-puller/guest-puller/internal/cdhconfig"
+	"github.com/guest-puller/guest-puller/internal/config"
 	"github.com/guest-puller/guest-puller/internal/errdefs"
 	"github.com/guest-puller/guest-puller/internal/lazy"
 	"github.com/guest-puller/guest-puller/internal/registry"
@@ -407,19 +408,10 @@ func (h *Hub) loadPolicy(ctx context.Context) (*policy.Policy, error) {
 		if img.Policy.KBS != "" {
 			path = img.Policy.KBS
 		}
-		return pull.LoadPolicy(ctx, path, h.readPath)
+		return config.LoadPolicy(ctx, path, h.readPath)
 	case img.PolicyInline != nil:
 		// A policy in the config file has no directory of its own.
-		p, err := policy.Load(ctx, img.PolicyInline, policy.LoadOptions{Read: func(ctx context.Context, p string) ([]byte, error) {
-			if !strings.HasPrefix(p, "kbs://") && !filepath.IsAbs(p) {
-				return nil, fmt.Errorf("%w: key path %q is relative, but the policy is in the config file: use an absolute path or kbs:///", errdefs.ErrInvalidConfig, p)
-			}
-			return h.readPath(ctx, p)
-		}})
-		if err != nil {
-			return nil, fmt.Errorf("image.image_security_policy: %w", err)
-		}
-		return p, nil
+		return config.ParsePolicy(ctx, "image.image_security_policy", img.PolicyInline, "", h.readPath)
 	default:
 		return policy.Load(ctx, []byte(acceptAll), policy.LoadOptions{})
 	}

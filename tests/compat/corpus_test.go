@@ -42,7 +42,7 @@ import (
 	"go.podman.io/image/v5/types"
 
 	"github.com/guest-puller/guest-puller/internal/testutil"
-	"github.com/guest-puller/guest-puller/pull"
+	"github.com/guest-puller/guest-puller/internal/config"
 )
 
 func init() {
@@ -305,7 +305,7 @@ func (c *corpus) upstreamVerdict(ctx context.Context, t *testing.T, pol *signatu
 }
 
 // ourVerdict evaluates image as `guest-puller policy check` does.
-func (c *corpus) ourVerdict(ctx context.Context, p *pull.Puller, img string) verdict {
+func (c *corpus) ourVerdict(ctx context.Context, p *config.Puller, img string) verdict {
 	_, d, err := p.Check(ctx, img)
 	if err != nil {
 		return verdict{"refused", "error: " + err.Error()}
@@ -316,8 +316,8 @@ func (c *corpus) ourVerdict(ctx context.Context, p *pull.Puller, img string) ver
 	return verdict{"allowed", ""}
 }
 
-func (c *corpus) checker(ctx context.Context, policyPath, registriesD string) (*pull.Puller, error) {
-	return pull.OpenChecker(ctx, pull.Config{
+func (c *corpus) checker(ctx context.Context, policyPath, registriesD string) (*config.Puller, error) {
+	return config.OpenChecker(ctx, config.Config{
 		Policy:         policyPath,
 		RegistriesConf: c.conf,
 		RegistriesD:    registriesD,
