@@ -93,9 +93,12 @@ type BundleRecord struct {
 
 // GCReport says what GC removed.
 type GCReport struct {
-	Bundles    []string        `json:"bundles"`
-	Layers     []digest.Digest `json:"layers"`
-	FreedBytes int64           `json:"freedBytes"`
+	Bundles []string        `json:"bundles"`
+	Layers  []digest.Digest `json:"layers"`
+	// FreedBytes is the size of the regular files deleted: the removed
+	// layers' content, and what the removed containers wrote (their upper
+	// directories, or a copied rootfs).
+	FreedBytes int64 `json:"freedBytes"`
 }
 
 // ApplyStats summarises what Staging.Apply did with a layer's entries.

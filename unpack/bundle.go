@@ -616,7 +616,7 @@ func (c *Cache) configPresent(rec *bundleState) bool {
 // belongs to another bundle now. The record goes last, so a crash midway
 // leaves it for the next attempt.
 func (c *Cache) teardown(id string, rec *bundleState, inDir bool) error {
-	tmp, err := c.unmake(id, rec, inDir)
+	tmp, _, err := c.unmake(id, rec, inDir)
 	if err != nil || tmp == "" {
 		return err
 	}
@@ -628,33 +628,40 @@ func (c *Cache) teardown(id string, rec *bundleState, inDir bool) error {
 
 // unmake is teardown up to renaming the container's directory (record,
 // upper and work) into trash/; it returns where that went, for the caller
-// to delete.
-func (c *Cache) unmake(id string, rec *bundleState, inDir bool) (trash string, err error) {
+// to delete, and the bytes of a copied rootfs it deleted.
+func (c *Cache) unmake(id string, rec *bundleState, inDir bool) (trash string, freed int64, err error) {
 	if rec != nil && inDir && requireDir(rec.Dir) == nil {
 		if err := unmountAll(rec.Rootfs); err != nil {
-			return "", err
+			return "", 0, err
 		}
 		// Never delete through a mount: unmountAll succeeded, but check.
 		if mounted, err := isMountPoint(rec.Rootfs); err == nil && mounted {
-			return "", fmt.Errorf("bundle %s: %s is still mounted", id, rec.Rootfs)
+			return "", 0, fmt.Errorf("bundle %s: %s is still mounted", id, rec.Rootfs)
 		}
+		// An overlay's mount point is empty now; a copied rootfs is the
+		// container's whole filesystem.
+		freed = fileBytes(rec.Rootfs)
 		// A crash while writing config.json leaves its temporary file.
 		tmps, _ := filepath.Glob(filepath.Join(rec.Dir, ".tmp-"+configFile+"-*"))
 		for _, p := range append(tmps, filepath.Join(rec.Dir, configFile), rec.Rootfs) {
 			if err := removeAll(p); err != nil {
-				return "", fmt.Errorf("bundle %s: %w", id, err)
+				return "", 0, fmt.Errorf("bundle %s: %w", id, err)
 			}
 		}
 		if rec.CreatedDir {
 			// Only if empty: whatever else is there is not ours.
 			if err := os.Remove(rec.Dir); err != nil && !isNotExist(err) && !errors.Is(err, unix.ENOTEMPTY) && !errors.Is(err, unix.EEXIST) {
-				return "", fmt.Errorf("bundle %s: %w", id, err)
+				return "", 0, fmt.Errorf("bundle %s: %w", id, err)
 			}
 		}
 	}
 	tmp, err := c.trash(c.containerDir(id))
 	if err != nil {
-		return "", fmt.Errorf("bundle %s: %w", id, err)
+		return "", 0, fmt.Errorf("bundle %s: %w", id, err)
 	}
-	return tmp, nil
+	return tmp, freed, nil
 }
+
+// upperIn is where a container directory that trash moved to tmp keeps
+// its upper directory: what the container wrote.
+func upperIn(tmp string) string { return filepath.Join(trashed(tmp), "upper") }

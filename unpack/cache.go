@@ -305,7 +305,7 @@ func (c *Cache) trash(path string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if err := os.Rename(path, filepath.Join(tmp, "x")); err != nil {
+	if err := os.Rename(path, trashed(tmp)); err != nil {
 		os.Remove(tmp)
 		if isNotExist(err) {
 			return "", nil
@@ -314,6 +314,9 @@ func (c *Cache) trash(path string) (string, error) {
 	}
 	return tmp, nil
 }
+
+// trashed is where trash moved a path to, in the directory it returned.
+func trashed(tmp string) string { return filepath.Join(tmp, "x") }
 
 // emptyTrash deletes what trash/ holds. What cannot be deleted is logged
 // and left for the next try, and stops nothing: trash is out of every

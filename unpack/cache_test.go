@@ -366,6 +366,21 @@ func TestGC(t *testing.T) {
 	bb := mk("ctr-b", "b", l2, l3)
 	bc := mk("ctr-c", "c", l4) // its image has no record, yet it is live
 	bd := mk("ctr-d", "c", l4)
+	// What the containers write goes to their upper directories: GC
+	// counts what it frees of it (a new file, and a file copied up and
+	// rewritten), and nothing of a live container's.
+	written := map[string]string{
+		filepath.Join(ba.Rootfs, "written"): strings.Repeat("a", 1000),
+		filepath.Join(ba.Rootfs, "shared"):  "abc",
+		filepath.Join(bd.Rootfs, "log"):     strings.Repeat("d", 20),
+		filepath.Join(bb.Rootfs, "live"):    strings.Repeat("b", 300),
+	}
+	for p, content := range written {
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const freedUpper = 1000 + 3 + 20
 	// The user deleted ctr-d's bundle: GC takes it.
 	if err := unmountAll(bd.Rootfs); err != nil {
 		t.Fatal(err)
@@ -430,8 +445,8 @@ func TestGC(t *testing.T) {
 	if !slices.Equal(report.Layers, []digest.Digest{l1}) {
 		t.Errorf("GC removed layers %v, want only %s", report.Layers, l1)
 	}
-	if report.FreedBytes != 1 {
-		t.Errorf("GC freed %d bytes, want 1", report.FreedBytes)
+	if report.FreedBytes != 1+freedUpper {
+		t.Errorf("GC freed %d bytes, want %d: layer %s (1) and what ctr-a and ctr-d wrote (%d)", report.FreedBytes, 1+freedUpper, l1, freedUpper)
 	}
 	for d, want := range map[digest.Digest]bool{l1: false, l2: true, l3: true, l4: true, l5: true} {
 		if got := list.hasLayer(d.Encoded()); got != want {
@@ -587,6 +602,60 @@ func TestOpenRemovesHalfMadeBundles(t *testing.T) {
 	}
 	if len(l2.Bundles) != 1 || l2.Bundles[0].ID != "whole" || l2.Bundles[0].Removed {
 		t.Errorf("bundles after Open: %+v", l2.Bundles)
+	}
+}
+
+// TestGCFreedBytes: what GC reports freed is what it deleted, layers and
+// what removed containers wrote, for both kinds of rootfs: an overlay's
+// upper directory, and a copied rootfs (the whole container filesystem,
+// which GC deletes from the bundle directory).
+func TestGCFreedBytes(t *testing.T) {
+	requireRoot(t)
+	for _, mode := range []string{RootfsOverlay, RootfsCopy} {
+		t.Run(mode, func(t *testing.T) {
+			ctx := context.Background()
+			c := openCache(t)
+			c.forceCopy = mode == RootfsCopy
+			layer := commitLayer(t, c, tarLayer(t, fileE("base", strings.Repeat("l", 10), 0o644)))
+			if err := c.PutImage(ctx, imageRecord("img", layer)); err != nil {
+				t.Fatal(err)
+			}
+			cfg := testImageConfig()
+			cfg.Config.User = ""
+			b, err := c.CreateBundle(ctx, BundleSpec{ID: "ctr", Image: "img", ManifestDigest: digest.FromString("manifest img"), Layers: []digest.Digest{layer}, Config: cfg})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { unmountAll(b.Rootfs) })
+			if b.RootfsType != mode {
+				t.Fatalf("RootfsType = %q, want %q", b.RootfsType, mode)
+			}
+			if err := os.WriteFile(filepath.Join(b.Rootfs, "written"), []byte(strings.Repeat("w", 100)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.RemoveImage(ctx, "img"); err != nil {
+				t.Fatal(err)
+			}
+			c.Close() // this process is done pulling: no pins
+			c, err = Open(ctx, c.Root())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			rep, err := c.GC(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The layer (10), what the container wrote (100), and with a
+			// copy, the layer's file copied into the rootfs (10).
+			want := int64(10 + 100)
+			if mode == RootfsCopy {
+				want += 10
+			}
+			if !slices.Equal(rep.Bundles, []string{"ctr"}) || !slices.Equal(rep.Layers, []digest.Digest{layer}) || rep.FreedBytes != want {
+				t.Errorf("GC = %+v, want bundle ctr, layer %s, %d bytes freed", rep, layer, want)
+			}
+		})
 	}
 }
 

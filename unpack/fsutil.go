@@ -95,6 +95,22 @@ func removeAll(path string) error {
 	return os.RemoveAll(path)
 }
 
+// fileBytes is the size of the regular files under path, as a layer's
+// size counts them (layerMeta.Size): what deleting them frees. What cannot
+// be read counts nothing.
+func fileBytes(path string) int64 {
+	var n int64
+	_ = filepath.WalkDir(path, func(_ string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			if fi, err := d.Info(); err == nil {
+				n += fi.Size()
+			}
+		}
+		return nil
+	})
+	return n
+}
+
 // dirNames lists the names in dir; a missing dir has none.
 func dirNames(dir string) ([]string, error) {
 	entries, err := os.ReadDir(dir)

@@ -149,15 +149,21 @@ func (c *Cache) layers() ([]layerMeta, error) {
 // GC unmounts and removes the bundles of removed containers (image
 // removed, bundle directory or config.json deleted, half made), with their
 // upper directories, then removes layers no image record or live bundle
-// references. A live bundle, and every layer it uses, stays.
+// references. A live bundle, and every layer it uses, stays. The report's
+// FreedBytes counts both: the layers' files, and what the removed
+// containers wrote (their upper directories, or their copied rootfs).
 func (c *Cache) GC(ctx context.Context) (*GCReport, error) {
 	report := &GCReport{Bundles: []string{}, Layers: []digest.Digest{}}
-	trash, err := c.collect(ctx, report)
+	trash, bundleTrash, err := c.collect(ctx, report)
 	// Deleting can take a while (a large layer is many files), so it runs
 	// without the cache lock and pulls go on meanwhile: what collect
 	// renamed into trash/ is out of every reader's sight already, and a
-	// crash midway leaves it for the next Open or GC.
-	for _, t := range trash {
+	// crash midway leaves it for the next Open or GC. A container's upper
+	// directory is measured here too, out of the lock.
+	for _, t := range bundleTrash {
+		report.FreedBytes += fileBytes(upperIn(t))
+	}
+	for _, t := range append(bundleTrash, trash...) {
 		if rerr := removeAll(t); rerr != nil && err == nil {
 			err = fmt.Errorf("gc: %w", rerr)
 		}
@@ -166,21 +172,22 @@ func (c *Cache) GC(ctx context.Context) (*GCReport, error) {
 }
 
 // collect is GC's part under the exclusive cache lock: it renames what
-// goes into trash/ and returns those trash directories.
-func (c *Cache) collect(ctx context.Context, report *GCReport) (trash []string, err error) {
+// goes into trash/ and returns those trash directories, the removed
+// bundles' apart.
+func (c *Cache) collect(ctx context.Context, report *GCReport) (trash, bundleTrash []string, err error) {
 	unlock, err := c.lockCache(ctx, unix.LOCK_EX)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer unlock()
 	// First what killed processes (or an interrupted GC) left in trash/.
 	if err := c.emptyTrash(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 
 	bundles, err := c.bundles()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	// One bundle or layer that cannot go does not keep the others: its
 	// error is reported, and a bundle that stays keeps its layers.
@@ -189,7 +196,7 @@ func (c *Cache) collect(ctx context.Context, report *GCReport) (trash []string, 
 	displaced := displacedBundles(bundles)
 	for _, b := range bundles {
 		if err := ctx.Err(); err != nil {
-			return trash, err
+			return trash, bundleTrash, err
 		}
 		// Under the exclusive lock nobody is making a bundle, so one not
 		// ready was left by a killed process.
@@ -197,28 +204,29 @@ func (c *Cache) collect(ctx context.Context, report *GCReport) (trash []string, 
 			kept = append(kept, b)
 			continue
 		}
-		t, err := c.unmake(b.ID, b, !displaced[b.ID])
+		t, freed, err := c.unmake(b.ID, b, !displaced[b.ID])
 		if err != nil {
 			errs = append(errs, err)
 			kept = append(kept, b)
 			continue
 		}
-		trash = appendNonEmpty(trash, t)
+		bundleTrash = appendNonEmpty(bundleTrash, t)
+		report.FreedBytes += freed
 		report.Bundles = append(report.Bundles, b.ID)
 	}
 
 	images, err := c.images()
 	if err != nil {
-		return trash, err
+		return trash, bundleTrash, err
 	}
 	refs := c.layerRefs(images, kept, true)
 	layers, err := c.layers()
 	if err != nil {
-		return trash, err
+		return trash, bundleTrash, err
 	}
 	for _, m := range layers {
 		if err := ctx.Err(); err != nil {
-			return trash, err
+			return trash, bundleTrash, err
 		}
 		if refs[m.DiffID] > 0 {
 			continue
@@ -240,7 +248,7 @@ func (c *Cache) collect(ctx context.Context, report *GCReport) (trash []string, 
 	if err := c.pruneLocks(); err != nil {
 		errs = append(errs, err)
 	}
-	return trash, errors.Join(errs...)
+	return trash, bundleTrash, errors.Join(errs...)
 }
 
 func appendNonEmpty(list []string, s string) []string {
