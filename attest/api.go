@@ -56,7 +56,12 @@ type ClientOptions struct {
 	HTTPClient *http.Client
 	// IdleTimeout is how long the KBS may send nothing, for an answer or
 	// mid-body, before the request fails and is retried; 0 means
-	// idleread.DefaultTimeout.
+	// idleread.DefaultTimeout. Every bound of the client derives from it:
+	// one exchange takes at most two idle timeouts in all (one to answer,
+	// one to send), is tried three times, and a resource request ends
+	// when its caller's context does; the attestation handshake that
+	// callers share is bounded by its exchanges and its evidence (a
+	// minute at most).
 	IdleTimeout time.Duration
 	// InitData, if set, is sent in every attest request ("init-data":
 	// {"format": "toml", "body": …}) for the KBS to check against the

@@ -35,10 +35,21 @@ const (
 	netAttempts = 3
 	netBackoff  = 200 * time.Millisecond
 
-	requestTimeout = 30 * time.Second
-	// attestTimeout covers a whole handshake, evidence included (a TPM
-	// quote on a slow TPM takes seconds).
-	attestTimeout = 2 * time.Minute
+	// How long the KBS may take is derived from the idle timeout
+	// (ClientOptions.IdleTimeout), so that one setting governs it: an
+	// exchange fails when the KBS sends nothing for the idle time (waiting
+	// for its answer or in the middle of it) and in any case after
+	// exchangeIdles idle times in all, one to answer and one to send what
+	// are small messages, so that a KBS trickling bytes cannot hold it
+	// either; a failed exchange is sent again (netAttempts). Above that,
+	// a resource request ends when its caller's context does. The
+	// handshake, which concurrent callers share, runs under none of their
+	// contexts: it is bounded by its parts, netAttempts tries of two
+	// exchanges and the evidence.
+	exchangeIdles = 2
+	// evidenceTimeout bounds producing evidence (a TPM quote on a slow
+	// TPM takes seconds; the attestation-agent has its own bound).
+	evidenceTimeout = time.Minute
 	// tokenSkew retires a token this long before its exp, so a request is
 	// not sent with a token that expires in flight.
 	tokenSkew = 10 * time.Second
@@ -55,6 +66,7 @@ type Client struct {
 	att      Attester
 	keyType  string
 	hc       *http.Client
+	idle     time.Duration   // the idle timeout, which every bound derives from
 	initData json.RawMessage // the attest request's "init-data"
 
 	flight singleflight.Group
@@ -143,7 +155,7 @@ func NewClient(baseURL string, att Attester, opts ClientOptions) (*Client, error
 			return nil, err
 		}
 	}
-	return &Client{base: u, att: att, keyType: opts.KeyType, hc: &hc, initData: initData}, nil
+	return &Client{base: u, att: att, keyType: opts.KeyType, hc: &hc, idle: idle, initData: initData}, nil
 }
 
 func isLoopback(host string) bool {
@@ -212,9 +224,8 @@ func (c *Client) session(ctx context.Context) (*session, error) {
 	}
 	ch := c.flight.DoChan("rcar", func() (any, error) {
 		// The handshake outlives a caller that gives up: others may be
-		// waiting on it.
-		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), attestTimeout)
-		defer cancel()
+		// waiting on it. Its exchanges and evidence bound it.
+		hctx := context.WithoutCancel(ctx)
 		var s *session
 		err := retryNet(hctx, func() error {
 			var err error
@@ -296,7 +307,9 @@ func (c *Client) handshake(ctx context.Context) (*session, error) {
 	if err != nil {
 		return nil, err
 	}
-	evidence, err := c.att.Evidence(ctx, digest)
+	ectx, cancel := context.WithTimeout(ctx, evidenceTimeout)
+	evidence, err := c.att.Evidence(ectx, digest)
+	cancel()
 	if err != nil {
 		return nil, fmt.Errorf("%s evidence: %w", c.att.TEE(), err)
 	}
@@ -386,10 +399,21 @@ type response struct {
 }
 
 // exchange sends one request. s, when set, supplies the session cookie and
-// the bearer token. Transport failures are returned as *netError.
+// the bearer token. Transport failures, an idle KBS and one slower than
+// exchangeIdles idle times in all are returned as *netError.
 func (c *Client) exchange(ctx context.Context, method, path string, body []byte, s *session, limit int64) (*response, error) {
-	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	parent := ctx
+	limitAll := exchangeIdles * c.idle
+	ctx, cancel := context.WithTimeoutCause(ctx, limitAll, &slowError{limit: limitAll})
 	defer cancel()
+	// The bound on the whole exchange, rather than the caller's context,
+	// is what ended it.
+	why := func(err error) error {
+		if parent.Err() == nil && ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
+		return err
+	}
 	u := *c.base
 	u.Path += path
 	var rd io.Reader
@@ -412,17 +436,25 @@ func (c *Client) exchange(ctx context.Context, method, path string, body []byte,
 	}
 	rsp, err := c.hc.Do(req)
 	if err != nil {
-		return nil, &netError{op: method + " " + path, err: err}
+		return nil, &netError{op: method + " " + path, err: why(err)}
 	}
 	defer rsp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(rsp.Body, limit+1))
 	if err != nil {
-		return nil, &netError{op: method + " " + path, err: err}
+		return nil, &netError{op: method + " " + path, err: why(err)}
 	}
 	if int64(len(data)) > limit {
 		return nil, fmt.Errorf("kbs %s %s: response larger than %d bytes", method, path, limit)
 	}
 	return &response{status: rsp.StatusCode, cookies: rsp.Cookies(), body: data}, nil
+}
+
+// slowError is an exchange that took longer than its bound in all,
+// though the KBS never went quiet for the idle time.
+type slowError struct{ limit time.Duration }
+
+func (e *slowError) Error() string {
+	return fmt.Sprintf("the KBS took longer than %s (%d idle timeouts) to answer and send its response", e.limit, exchangeIdles)
 }
 
 // netError is a failure to reach the KBS or read its answer; only these

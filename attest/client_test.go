@@ -600,3 +600,72 @@ func TestClientIdleTimeout(t *testing.T) {
 		t.Errorf("GetResource past the caller's deadline: %v, want context.DeadlineExceeded", err)
 	}
 }
+
+// TestClientBoundsFollowIdleTimeout: the idle timeout is the one setting
+// the client's bounds derive from. A KBS that answers within it is waited
+// for, however large the idle timeout is set; one that trickles its
+// answer, never quiet for the idle time, is cut after two idle timeouts
+// in all and tried again, three times, and the error says why.
+func TestClientBoundsFollowIdleTimeout(t *testing.T) {
+	e := newKBSEnv(t, nil)
+	const idle = 400 * time.Millisecond
+	var resources atomic.Int32
+	var trickle atomic.Bool
+	done := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		isResource := strings.HasPrefix(r.URL.Path, "/kbs/v0/resource/")
+		if isResource {
+			resources.Add(1)
+		}
+		if !isResource || !trickle.Load() {
+			// Slow, but never quiet for the idle time.
+			time.Sleep(idle * 3 / 4)
+			e.handler.Load().ServeHTTP(w, r)
+			return
+		}
+		rec := httptest.NewRecorder()
+		e.handler.Load().ServeHTTP(rec, r)
+		for k, v := range rec.Header() {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(rec.Code)
+		for _, b := range rec.Body.Bytes() {
+			w.Write([]byte{b})
+			w.(http.Flusher).Flush()
+			select {
+			case <-r.Context().Done():
+				return
+			case <-done:
+				return
+			case <-time.After(idle / 4):
+			}
+		}
+	}))
+	t.Cleanup(func() { close(done); srv.Close() })
+	c, err := attest.NewClient(srv.URL, e.tpmAttester(t), attest.ClientOptions{IdleTimeout: idle})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	got, err := c.GetResource(ctx, "kbs:///default/key/1")
+	if err != nil || !bytes.Equal(got, e.kek) {
+		t.Fatalf("GetResource from a KBS that answers within the idle timeout: %v", err)
+	}
+	if n := resources.Load(); n != 1 {
+		t.Errorf("%d resource requests to a slow KBS, want 1", n)
+	}
+
+	trickle.Store(true)
+	resources.Store(0)
+	_, err = c.GetResource(ctx, "kbs:///default/key/1")
+	if !errors.Is(err, errdefs.ErrDecrypt) || !strings.Contains(err.Error(), "took longer than 800ms (2 idle timeouts)") {
+		t.Errorf("GetResource from a trickling KBS: %v, want a failure saying it took longer than two idle timeouts", err)
+	}
+	if n := resources.Load(); n != 3 {
+		t.Errorf("%d resource requests to a trickling KBS, want 3 (one and two retries)", n)
+	}
+	if ctx.Err() != nil {
+		t.Errorf("the caller's deadline ended the request, not the client's bound")
+	}
+}
