@@ -14,9 +14,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/guest-puller/guest-puller/internal/config"
 	"github.com/guest-puller/guest-puller/internal/errdefs"
 	"github.com/guest-puller/guest-puller/internal/testutil"
-	"github.com/guest-puller/guest-puller/internal/config"
 	"github.com/guest-puller/guest-puller/pull"
 )
 

@@ -7,10 +7,10 @@ import (
 	"strconv"
 
 	"github.com/guest-puller/guest-puller/decrypt"
+	"github.com/guest-puller/guest-puller/internal/config"
 	"github.com/guest-puller/guest-puller/internal/encrypt"
 	"github.com/guest-puller/guest-puller/internal/errdefs"
 	"github.com/guest-puller/guest-puller/internal/registry"
-	"github.com/guest-puller/guest-puller/internal/config"
 )
 
 // cmdEncrypt encrypts an image's layers: the supported way to make images

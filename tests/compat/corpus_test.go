@@ -41,8 +41,8 @@ import (
 	"go.podman.io/image/v5/transports"
 	"go.podman.io/image/v5/types"
 
-	"github.com/guest-puller/guest-puller/internal/testutil"
 	"github.com/guest-puller/guest-puller/internal/config"
+	"github.com/guest-puller/guest-puller/internal/testutil"
 )
 
 func init() {
