@@ -143,6 +143,20 @@ func TestVerifyLayerUnreadable(t *testing.T) {
 	if c.HasLayer(l) {
 		t.Error("the unreadable layer is still committed")
 	}
+
+	// A layer whose own directory fails cannot be moved out: the error
+	// says so rather than that it is gone.
+	l2 := commitLayer(t, c, tarLayer(t, fileE("c", "C", 0o644)))
+	faultfs.MountEIO(t, c.layerDir(l2.Encoded()))
+	release2, err := c.LockLayer(context.Background(), l2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release2()
+	err = c.VerifyLayer(context.Background(), l2)
+	if !errors.Is(err, errdefs.ErrIntegrity) || !strings.Contains(err.Error(), "could not be removed") || strings.Contains(err.Error(), "it is removed") {
+		t.Errorf("VerifyLayer of a layer whose directory fails: %v; want an integrity failure saying it could not be removed", err)
+	}
 }
 
 // TestCommitStorageFailure: an I/O error while a layer is committed (its

@@ -57,10 +57,17 @@ func (c *Cache) VerifyLayer(ctx context.Context, diffID digest.Digest) error {
 	if !errors.Is(err, unix.EIO) {
 		return fmt.Errorf("layer %s: verify: %w", diffID, err)
 	}
-	if rerr := c.evictLayer(ctx, name, diffID); rerr != nil {
-		c.log.Warn("cannot remove a layer that fails to read", "layer", diffID, "err", rerr)
+	outcome := "it is removed from the cache"
+	removed, rerr := c.evictLayer(ctx, name, diffID)
+	switch {
+	case !removed:
+		// Its own directory may be what fails (moving it rewrites its
+		// ".."): the message must not say it is gone.
+		outcome = fmt.Sprintf("it could not be removed from the cache (%s): the cache's storage is damaged", untrusted.Error(rerr))
+	case rerr != nil:
+		c.log.Warn("a layer that fails to read is removed, but not all bundles over it are marked to be mounted again", "layer", diffID, "err", rerr)
 	}
-	return fmt.Errorf("layer %s: %w: the cache's storage failed to read it back (%s); it is removed from the cache", diffID, errdefs.ErrIntegrity, untrusted.Error(err))
+	return fmt.Errorf("layer %s: %w: the cache's storage failed to read it back (%s); %s", diffID, errdefs.ErrIntegrity, untrusted.Error(err), outcome)
 }
 
 // readAll reads a file to its end.
@@ -85,11 +92,12 @@ type onlyReader struct{ io.Reader }
 // it (pins keep GC away from layers in use; this one is unusable): content
 // that failed to read must not be served again. The bundles over it are
 // marked stale, so the next CreateBundle of theirs mounts them over the
-// layer fetched again. The caller holds the layer's lock.
-func (c *Cache) evictLayer(ctx context.Context, name string, diffID digest.Digest) error {
+// layer fetched again. The caller holds the layer's lock. removed says
+// whether the layer is out of the cache; err, what else went wrong.
+func (c *Cache) evictLayer(ctx context.Context, name string, diffID digest.Digest) (removed bool, err error) {
 	t, err := c.trash(c.layerDir(name))
 	if err != nil {
-		return err
+		return false, err
 	}
 	if t != "" {
 		// Out of sight now. What fails to read may fail to delete too
@@ -99,18 +107,18 @@ func (c *Cache) evictLayer(ctx context.Context, name string, diffID digest.Diges
 			c.log.Debug("cannot delete a removed layer yet", "layer", diffID, "err", err)
 		}
 	}
-	var errs []error
 	bundles, err := c.bundles()
 	if err != nil {
-		return errors.Join(append(errs, err)...)
+		return true, err
 	}
+	var errs []error
 	for _, b := range bundles {
 		if !slices.Contains(b.Layers, diffID) || b.Stale {
 			continue
 		}
 		errs = append(errs, c.markStale(ctx, b.ID, diffID))
 	}
-	return errors.Join(errs...)
+	return true, errors.Join(errs...)
 }
 
 // markStale marks bundle id stale, under its lock.

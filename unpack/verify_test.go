@@ -52,7 +52,7 @@ func TestVerifyLayer(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	if err := c.evictLayer(ctx, l2.Encoded(), l2); err != nil {
+	if removed, err := c.evictLayer(ctx, l2.Encoded(), l2); !removed || err != nil {
 		t.Fatal(err)
 	}
 	if c.hasLayer(l2.Encoded()) {
