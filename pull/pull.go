@@ -370,7 +370,7 @@ func (p *Puller) check(ctx context.Context, ref name.Reference, rc Registry) (*r
 	if err != nil {
 		return nil, nil, err
 	}
-	v := verify.New(verify.Options{Remote: ropts, RegistriesD: p.opts.RegistriesD})
+	v := verify.New(verify.Options{Remote: ropts, Blobs: rc, RegistriesD: p.opts.RegistriesD})
 	mts := make([]string, len(img.Manifest.Layers))
 	for i, l := range img.Manifest.Layers {
 		mts[i] = string(l.MediaType)

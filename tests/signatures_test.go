@@ -434,6 +434,80 @@ func TestSigAttachmentStoreFails(t *testing.T) {
 	}
 }
 
+// TestSigPayloadBlob: a cosign signature's payload is a blob like any
+// other and is read as layers are. A connection cut in the middle of it is
+// resumed with a Range request, and the signed pull succeeds; a payload
+// whose bytes do not match its digest (changed, or longer than its
+// descriptor) is a bad signature store: a refusal (exit 3), not an
+// integrity failure of the image.
+func TestSigPayloadBlob(t *testing.T) {
+	reg := testutil.StartRegistry(t, testutil.RegistryOptions{})
+	key := testutil.NewCosignKey(t)
+	// The proxy cuts the first GET of every blob half-way: the config and
+	// the layers as well as the payload.
+	cutting := testutil.StartProxy(t, reg.Host, testutil.ProxyOptions{DropFirst: true})
+	reg.Push(t, testutil.BuildImage(t, smallImage(t, "payload")), "payload/app:1")
+	d := sigDigest(t, reg, "payload/app:1")
+	// Signed for the name it is pulled by, the proxy's.
+	key.Sign(t, reg.Host+"/payload/app@"+d, "--sign-container-identity", cutting.Host+"/payload/app")
+	sig, _ := testutil.ParseManifest(t, reg.RawManifest(t, "payload/app", sigSigTag(d)))
+	if len(sig.Layers) != 1 {
+		t.Fatalf("signature manifest has %d layers, want 1", len(sig.Layers))
+	}
+	payload := sig.Layers[0].Digest
+
+	e := newEnv(t)
+	e.write("keys/k.pub", sigReadFile(t, key.Pub))
+	policy := func(host string) string {
+		return e.write(host+".json", sigPolicy(t, map[string][]sigReq{host + "/payload": {sigstoreKey("keys/k.pub")}}))
+	}
+
+	t.Run("cut mid-body", func(t *testing.T) {
+		e := sigEnv(e, t)
+		res := e.pull(cutting.Host+"/payload/app:1", "--policy", policy(cutting.Host), "--insecure-registry", cutting.Host)
+		sigCheckSignatures(t, sigOf(res), sigSignature{"keys/k.pub", key.KeyID(t), true})
+		sigHello(t, res, "payload")
+		if full, ranged := cutting.FullGets(payload), cutting.RangeGets(payload); full != 1 || ranged != 1 {
+			t.Errorf("payload blob: %d full and %d ranged GETs, want the cut one and one resume", full, ranged)
+		}
+	})
+
+	raw := reg.GetBlob(t, "payload/app", payload)
+	for _, tc := range []struct {
+		name, want string
+		body       []byte
+	}{
+		{"changed", "content digest is", append(append([]byte{}, raw[:len(raw)-1]...), raw[len(raw)-1]^1)},
+		{"longer", "more than the", append(append([]byte{}, raw...), '\n')},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rp := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: reg.Host})
+			var served atomic.Int32
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/blobs/"+payload) {
+					served.Add(1)
+					w.Header().Set("Content-Length", fmt.Sprint(len(tc.body)))
+					w.Write(tc.body)
+					return
+				}
+				rp.ServeHTTP(w, r)
+			}))
+			defer srv.Close()
+			host := strings.TrimPrefix(srv.URL, "http://")
+			ref := host + "/payload/app:1"
+			e := sigEnv(e, t)
+			msg := e.pullFails(3, ref, "--policy", policy(host), "--insecure-registry", host)
+			sigWant(t, msg, ref, "sigstoreSigned", "signature lookup failed", "blob "+payload, tc.want)
+			if n := strings.Count(msg, "blob "+payload); n != 1 {
+				t.Errorf("the payload blob is named %d times, want once: %s", n, msg)
+			}
+			if served.Load() == 0 {
+				t.Fatal("the payload was never asked for")
+			}
+		})
+	}
+}
+
 // TestSigMirror: an image pulled through a registries.conf mirror is
 // decided on the name the user asked for, with the signatures stored next
 // to the image at the mirror. A signature claiming the mirror's own name

@@ -3,8 +3,10 @@ package verify
 // This file is the package's contract with pull/ (see docs/ARCHITECTURE.md).
 
 import (
+	"context"
 	"crypto/sha256"
 	"fmt"
+	"io"
 	"net/http"
 	"time"
 
@@ -54,6 +56,11 @@ type Options struct {
 	// Remote are the registry options (auth, transport, retries) for
 	// fetching sigstore attachments and referrers, as used for the image.
 	Remote []remote.Option
+	// Blobs reads the signature payloads those name as the image's layers
+	// are read: retried, and resumed where a connection broke (pull gives
+	// its Registry). Nil reads them through Remote, where a body that
+	// breaks mid-way is an error.
+	Blobs Blobs
 	// RegistriesD configures lookaside and attachments; nil means defaults
 	// (sigstore attachments on, no lookaside).
 	RegistriesD *RegistriesD
@@ -64,6 +71,13 @@ type Options struct {
 	// Now is the time a keyless certificate must be valid at when no Rekor
 	// SET gives one (pki); nil means time.Now.
 	Now func() time.Time
+}
+
+// Blobs opens a blob of a repository for streaming: exactly desc.Size
+// bytes, or an error that names the blob (as registry.Client's do). The
+// caller checks the digest.
+type Blobs interface {
+	Blob(ctx context.Context, repo name.Repository, desc v1.Descriptor) (io.ReadCloser, error)
 }
 
 // Verifier finds and checks signatures. Safe for concurrent use.

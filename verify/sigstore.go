@@ -50,15 +50,19 @@ func (e *evidence) fetchSigstore(ctx context.Context) ([]rawSigstore, error) {
 	}
 	// Referrers share the puller so that the registry token is fetched once.
 	opts = append(opts, remote.Reuse(p))
+	blobs := e.v.opts.Blobs
+	if blobs == nil {
+		blobs = remoteBlobs{p}
+	}
 
 	var out []rawSigstore
 	for _, d := range e.t.Digests {
-		sigs, err := fetchAttachment(ctx, p, e.t.Repo, d, maxSignatures, e.budget)
+		sigs, err := fetchAttachment(ctx, p, blobs, e.t.Repo, d, maxSignatures, e.budget)
 		if err != nil {
 			return nil, err
 		}
 		out = append(out, sigs...)
-		more, err := fetchReferrers(ctx, p, opts, e.t.Repo, d, maxSignatures-len(sigs), e.budget)
+		more, err := fetchReferrers(ctx, p, blobs, opts, e.t.Repo, d, maxSignatures-len(sigs), e.budget)
 		if err != nil {
 			return nil, err
 		}
@@ -69,7 +73,7 @@ func (e *evidence) fetchSigstore(ctx context.Context) ([]rawSigstore, error) {
 
 // fetchAttachment reads the signatures of d stored under cosign's
 // attachment tag, at most limit of them. No such tag means no signatures.
-func fetchAttachment(ctx context.Context, p *remote.Puller, repo name.Repository, d v1.Hash, limit int, budget *byteBudget) ([]rawSigstore, error) {
+func fetchAttachment(ctx context.Context, p *remote.Puller, blobs Blobs, repo name.Repository, d v1.Hash, limit int, budget *byteBudget) ([]rawSigstore, error) {
 	tag := repo.Tag(fmt.Sprintf("%s-%s.sig", d.Algorithm, d.Hex))
 	desc, err := p.Get(ctx, tag)
 	if isNotFound(err) {
@@ -78,7 +82,7 @@ func fetchAttachment(ctx context.Context, p *remote.Puller, repo name.Repository
 	if err != nil {
 		return nil, fmt.Errorf("signature tag %s: %w", tag, err)
 	}
-	sigs, err := readSignatureManifest(ctx, p, repo, d, desc, false, limit, budget)
+	sigs, err := readSignatureManifest(ctx, blobs, repo, d, desc, false, limit, budget)
 	if err != nil {
 		return nil, fmt.Errorf("signature tag %s: %w", tag, err)
 	}
@@ -88,7 +92,7 @@ func fetchAttachment(ctx context.Context, p *remote.Puller, repo name.Repository
 // fetchReferrers reads the signatures of d stored as OCI 1.1 referrers
 // (the referrers API, or its tag schema on registries without it), at most
 // limit of them.
-func fetchReferrers(ctx context.Context, p *remote.Puller, opts []remote.Option, repo name.Repository, d v1.Hash, limit int, budget *byteBudget) ([]rawSigstore, error) {
+func fetchReferrers(ctx context.Context, p *remote.Puller, blobs Blobs, opts []remote.Option, repo name.Repository, d v1.Hash, limit int, budget *byteBudget) ([]rawSigstore, error) {
 	subject := repo.Digest(d.String())
 	idx, err := remote.Referrers(subject, opts...)
 	if err != nil {
@@ -115,7 +119,7 @@ func fetchReferrers(ctx context.Context, p *remote.Puller, opts []remote.Option,
 		if err != nil {
 			return nil, fmt.Errorf("referrer %s of %s: %w", desc.Digest, d, err)
 		}
-		sigs, err := readSignatureManifest(ctx, p, repo, d, m, true, limit-len(out), budget)
+		sigs, err := readSignatureManifest(ctx, blobs, repo, d, m, true, limit-len(out), budget)
 		if err != nil {
 			return nil, fmt.Errorf("referrer %s of %s: %w", desc.Digest, d, err)
 		}
@@ -127,7 +131,7 @@ func fetchReferrers(ctx context.Context, p *remote.Puller, opts []remote.Option,
 // readSignatureManifest extracts the signatures (at most limit) of a cosign
 // signature manifest and fetches their payloads. Layers of other media
 // types (attestations, bundles) are not ours and are skipped.
-func readSignatureManifest(ctx context.Context, p *remote.Puller, repo name.Repository, subject v1.Hash, desc *remote.Descriptor, referrer bool, limit int, budget *byteBudget) ([]rawSigstore, error) {
+func readSignatureManifest(ctx context.Context, blobs Blobs, repo name.Repository, subject v1.Hash, desc *remote.Descriptor, referrer bool, limit int, budget *byteBudget) ([]rawSigstore, error) {
 	// go-containerregistry has already read the manifest, stopping at its
 	// own 100 MiB bound; a signature manifest is a few KiB.
 	if len(desc.Manifest) > maxManifestSize {
@@ -176,7 +180,7 @@ func readSignatureManifest(ctx context.Context, p *remote.Puller, repo name.Repo
 				return nil, err
 			}
 		}
-		payload, err := fetchBlob(ctx, p, repo, l, maxPayloadSize)
+		payload, err := fetchBlob(ctx, blobs, repo, l, maxPayloadSize)
 		if err != nil {
 			return nil, err
 		}
@@ -196,25 +200,22 @@ func readSignatureManifest(ctx context.Context, p *remote.Puller, repo name.Repo
 // and bytes that do not match the descriptor. A mismatch is a bad signature
 // store, which the policy turns into a refusal, not an integrity failure of
 // the image.
-func fetchBlob(ctx context.Context, p *remote.Puller, repo name.Repository, desc v1.Descriptor, limit int64) ([]byte, error) {
+func fetchBlob(ctx context.Context, blobs Blobs, repo name.Repository, desc v1.Descriptor, limit int64) ([]byte, error) {
 	if desc.Size < 0 || desc.Size > limit {
 		return nil, fmt.Errorf("blob %s: size %d exceeds %d", desc.Digest, desc.Size, limit)
 	}
 	if desc.Digest.Algorithm != "sha256" {
 		return nil, fmt.Errorf("blob %s: unsupported digest algorithm", desc.Digest)
 	}
-	l, err := p.Layer(ctx, repo.Digest(desc.Digest.String()))
+	// Blobs' errors name the blob already.
+	rc, err := blobs.Blob(ctx, repo, desc)
 	if err != nil {
-		return nil, fmt.Errorf("blob %s: %w", desc.Digest, err)
-	}
-	rc, err := l.Compressed()
-	if err != nil {
-		return nil, fmt.Errorf("blob %s: %w", desc.Digest, err)
+		return nil, err
 	}
 	defer rc.Close()
 	b, err := io.ReadAll(io.LimitReader(rc, desc.Size+1))
 	if err != nil {
-		return nil, fmt.Errorf("blob %s: %w", desc.Digest, err)
+		return nil, err
 	}
 	if int64(len(b)) != desc.Size {
 		return nil, fmt.Errorf("blob %s: size is not %d", desc.Digest, desc.Size)
@@ -227,6 +228,37 @@ func fetchBlob(ctx context.Context, p *remote.Puller, repo name.Repository, desc
 		return nil, fmt.Errorf("blob %s: content digest is %s", desc.Digest, got)
 	}
 	return b, nil
+}
+
+// remoteBlobs reads blobs through go-containerregistry, for a Verifier
+// given no Blobs: a body that breaks is an error, not resumed.
+type remoteBlobs struct{ p *remote.Puller }
+
+func (r remoteBlobs) Blob(ctx context.Context, repo name.Repository, desc v1.Descriptor) (io.ReadCloser, error) {
+	l, err := r.p.Layer(ctx, repo.Digest(desc.Digest.String()))
+	if err != nil {
+		return nil, fmt.Errorf("blob %s: %w", desc.Digest, err)
+	}
+	rc, err := l.Compressed()
+	if err != nil {
+		return nil, fmt.Errorf("blob %s: %w", desc.Digest, err)
+	}
+	return namedReader{rc, desc.Digest}, nil
+}
+
+// namedReader names its blob in its read errors, as registry.Client's
+// blobs do.
+type namedReader struct {
+	io.ReadCloser
+	digest v1.Hash
+}
+
+func (r namedReader) Read(p []byte) (int, error) {
+	n, err := r.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		err = fmt.Errorf("blob %s: %w", r.digest, err)
+	}
+	return n, err
 }
 
 func isNotFound(err error) bool {
