@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/containerd/ttrpc"
@@ -62,13 +63,38 @@ func TestAgentWireContract(t *testing.T) {
 }
 
 // agentStub answers as an attestation-agent would, with canned replies.
+// ttrpc runs each request on a goroutine of its own, and the race detector
+// cannot see the order the socket imposes between them and the test: mu
+// guards what requests and the test both touch.
 type agentStub struct {
 	aapb.AttestationAgentServiceService
-	tee      string
+	tee string
+
+	mu       sync.Mutex
 	evidence []byte
 	result   aapb.RuntimeMeasurementResult
 	got      *aapb.ExtendRuntimeMeasurementRequest
 	data     []byte
+}
+
+func (a *agentStub) setEvidence(e []byte) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.evidence = e
+}
+
+func (a *agentStub) setResult(r aapb.RuntimeMeasurementResult) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.result = r
+}
+
+// last returns the runtime data of the last GetEvidence and the last
+// ExtendRuntimeMeasurement request.
+func (a *agentStub) last() ([]byte, *aapb.ExtendRuntimeMeasurementRequest) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.data, a.got
 }
 
 func (a *agentStub) GetTeeType(context.Context, *aapb.GetTeeTypeRequest) (*aapb.GetTeeTypeResponse, error) {
@@ -76,11 +102,15 @@ func (a *agentStub) GetTeeType(context.Context, *aapb.GetTeeTypeRequest) (*aapb.
 }
 
 func (a *agentStub) GetEvidence(_ context.Context, r *aapb.GetEvidenceRequest) (*aapb.GetEvidenceResponse, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	a.data = r.RuntimeData
 	return &aapb.GetEvidenceResponse{Evidence: a.evidence}, nil
 }
 
 func (a *agentStub) ExtendRuntimeMeasurement(_ context.Context, r *aapb.ExtendRuntimeMeasurementRequest) (*aapb.ExtendRuntimeMeasurementResponse, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	a.got = r
 	if a.result < 0 {
 		return nil, status.Error(codes.Internal, "[ERROR:attestation-agent] AA extend runtime measurement failed")
@@ -126,8 +156,8 @@ func TestAgent(t *testing.T) {
 	}
 	rd := []byte("48 bytes of report data, as the KBS client binds")
 	ev, err := a.Evidence(ctx, rd)
-	if err != nil || string(ev) != `{"quote":"AAAA"}` || string(stub.data) != string(rd) {
-		t.Errorf("Evidence = %s, %v; the agent got %q", ev, err, stub.data)
+	if data, _ := stub.last(); err != nil || string(ev) != `{"quote":"AAAA"}` || string(data) != string(rd) {
+		t.Errorf("Evidence = %s, %v; the agent got %q", ev, err, data)
 	}
 	e := PullImageEvent("registry.example.com/app:1", "sha256:00")
 	for _, tc := range []struct {
@@ -138,27 +168,27 @@ func TestAgent(t *testing.T) {
 		{aapb.RuntimeMeasurementResult_NOT_SUPPORTED, ErrMeasurementUnsupported},
 		{aapb.RuntimeMeasurementResult_NOT_ENABLED, ErrMeasurementDisabled},
 	} {
-		stub.result = tc.result
+		stub.setResult(tc.result)
 		if err := a.Measure(ctx, e); !errors.Is(err, tc.want) {
 			t.Errorf("result %v: %v, want %v", tc.result, err, tc.want)
 		}
-		if stub.got.Domain != e.Domain || stub.got.Operation != e.Operation || stub.got.Content != e.Content || stub.got.RegisterIndex != nil {
-			t.Errorf("the agent got %+v; want %+v and its own default register", stub.got, e)
+		if _, got := stub.last(); got.Domain != e.Domain || got.Operation != e.Operation || got.Content != e.Content || got.RegisterIndex != nil {
+			t.Errorf("the agent got %+v; want %+v and its own default register", got, e)
 		}
 	}
-	stub.result = -1
+	stub.setResult(-1)
 	if err := a.Measure(ctx, e); err == nil || errors.Is(err, ErrMeasurementUnsupported) {
 		t.Errorf("a failing agent: %v", err)
 	}
 
 	for _, bad := range [][]byte{[]byte("not json"), []byte(`"a string"`), nil} {
-		stub.evidence = bad
+		stub.setEvidence(bad)
 		if _, err := a.Evidence(ctx, rd); err == nil {
 			t.Errorf("evidence %q accepted", bad)
 		}
 	}
 	// The agent restarts: the client dials it again.
-	stub.evidence = []byte(`{"restarted":true}`)
+	stub.setEvidence([]byte(`{"restarted":true}`))
 	restart := filepath.Join(t.TempDir(), "aa.sock")
 	first := serveAgentAt(t, stub, restart)
 	b, err := DialAgent(ctx, "unix://"+restart)
