@@ -301,6 +301,11 @@ func parseThreshold(o *object) (requirement, error) {
 	}
 	r := &sigstoreThreshold{threshold: n}
 	names := map[string]bool{}
+	// A keyless signer is its identity: two entries naming the same one
+	// would let one person, signing twice (each keyless signature has a
+	// key of its own), count twice. Evaluation refuses the same public key
+	// under two names; the same identity is refused here.
+	identities := map[[3]string]string{}
 	for i, elem := range elems {
 		at := fmt.Sprintf("%s[%d]", o.field("keys"), i)
 		spec, err := parseThresholdKey(elem, at)
@@ -311,6 +316,13 @@ func parseThreshold(o *object) (requirement, error) {
 			return nil, invalidf(at+".name", "duplicate key name %q", spec.name)
 		}
 		names[spec.name] = true
+		if spec.keyless() {
+			id := [3]string{spec.issuer, spec.email, spec.hostname}
+			if other, dup := identities[id]; dup {
+				return nil, invalidf(at, "keys %q and %q name the same identity (%s): each signer must count once", other, spec.name, spec.identity())
+			}
+			identities[id] = spec.name
+		}
 		r.signers = append(r.signers, spec)
 	}
 	if r.identity, err = identityField(o); err != nil {

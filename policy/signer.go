@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/x509"
 	"errors"
+	"strconv"
 	"strings"
 )
 
@@ -37,6 +38,17 @@ type signer struct {
 
 // keyless reports whether spec names a certificate identity.
 func (s *signerSpec) keyless() bool { return s.key == nil }
+
+// identity says which certificate identity a keyless spec names.
+func (s *signerSpec) identity() string {
+	var parts []string
+	for _, f := range []struct{ name, v string }{{"oidcIssuer", s.issuer}, {"subjectEmail", s.email}, {"subjectHostname", s.hostname}} {
+		if f.v != "" {
+			parts = append(parts, f.name+" "+strconv.Quote(f.v))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
 
 // load reads and parses what spec names. Any file that cannot be read or
 // parsed is an error naming it: a signer is not trusted on part of what

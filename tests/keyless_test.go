@@ -34,9 +34,12 @@ func TestKeyless(t *testing.T) {
 	// the signature itself). It returns the reference and the
 	// certificate's serial.
 	type setFunc func(t *testing.T, c testutil.Certified, cert []byte) []byte
-	logged := func(log *testutil.RekorLog, when time.Time) setFunc {
+	// A SET records when the log took the entry: at signing, inside the
+	// certificate's ten minutes. (A time taken once at the start fell
+	// before the certificates issued a minute later on a loaded machine.)
+	logged := func(log *testutil.RekorLog) setFunc {
 		return func(t *testing.T, c testutil.Certified, cert []byte) []byte {
-			return log.SET(t, c.RawSignature(t), c.PayloadBytes(t), cert, when)
+			return log.SET(t, c.RawSignature(t), c.PayloadBytes(t), cert, time.Now())
 		}
 	}
 	signed := func(t *testing.T, repo string, certCA *testutil.CA, leaf testutil.LeafOptions, set setFunc) (string, string) {
@@ -77,7 +80,7 @@ func TestKeyless(t *testing.T) {
 
 	t.Run("valid", func(t *testing.T) {
 		e := sigEnv(e, t)
-		ref, serial := signed(t, "fulcio/valid", ca, dev, logged(rekor, now))
+		ref, serial := signed(t, "fulcio/valid", ca, dev, logged(rekor))
 		res := e.pull(ref, append(args, "--container-id", "keyless")...)
 		sigCheckPolicy(t, res, h+"/fulcio", "sigstoreSigned")
 		sigHello(t, res, "signed keyless")
@@ -102,13 +105,13 @@ func TestKeyless(t *testing.T) {
 		set    setFunc
 		want   []string
 	}{
-		{"wrong issuer", ca, testutil.LeafOptions{Email: "dev@example.com", Issuer: "https://accounts.evil.example"}, logged(rekor, now), []string{"issuer:", "https://accounts.evil.example"}},
-		{"wrong subject", ca, testutil.LeafOptions{Email: "mallory@example.com", Issuer: issuer}, logged(rekor, now), []string{"subject:", "mallory@example.com"}},
-		{"another CA", otherCA, dev, logged(rekor, now), []string{"chain:", "unknown authority"}},
-		{"expired before the SET", ca, testutil.LeafOptions{Email: "dev@example.com", Issuer: issuer, NotBefore: now.Add(-time.Hour)}, logged(rekor, now), []string{"validity time:"}},
-		{"SET by another log", ca, dev, logged(otherRekor, now), []string{"SET signature:"}},
+		{"wrong issuer", ca, testutil.LeafOptions{Email: "dev@example.com", Issuer: "https://accounts.evil.example"}, logged(rekor), []string{"issuer:", "https://accounts.evil.example"}},
+		{"wrong subject", ca, testutil.LeafOptions{Email: "mallory@example.com", Issuer: issuer}, logged(rekor), []string{"subject:", "mallory@example.com"}},
+		{"another CA", otherCA, dev, logged(rekor), []string{"chain:", "unknown authority"}},
+		{"expired before the SET", ca, testutil.LeafOptions{Email: "dev@example.com", Issuer: issuer, NotBefore: now.Add(-time.Hour)}, logged(rekor), []string{"validity time:"}},
+		{"SET by another log", ca, dev, logged(otherRekor), []string{"SET signature:"}},
 		{"SET of another signature", ca, dev, func(t *testing.T, c testutil.Certified, cert []byte) []byte {
-			return rekor.SET(t, []byte("another signature"), c.PayloadBytes(t), cert, now)
+			return rekor.SET(t, []byte("another signature"), c.PayloadBytes(t), cert, time.Now())
 		}, []string{"SET body:", "another signature"}},
 		{"no SET", ca, dev, nil, []string{"SET:", "no Rekor SET"}},
 	} {
@@ -155,7 +158,7 @@ func TestKeyless(t *testing.T) {
 		e := sigEnv(e, t)
 		bot := testutil.LeafOptions{Email: "bot@example.com", Issuer: issuer}
 		qa := testutil.LeafOptions{Email: "qa@example.com", Issuer: issuer}
-		oneRef, _ := signed(t, "threshold/one", ca, bot, logged(rekor, now))
+		oneRef, _ := signed(t, "threshold/one", ca, bot, logged(rekor))
 		sigWant(t, e.pullFails(3, oneRef, args...), "1 of 3 keys signed (release-bot), 2 needed")
 
 		twoRef, d := sigPush(t, reg, src, "threshold/two:1")
@@ -164,7 +167,7 @@ func TestKeyless(t *testing.T) {
 			key := testutil.NewCosignKey(t)
 			cert := ca.Issue(t, key.PublicKey(t), leaf)
 			c := key.SignCertified(t, at, cert, ca.ChainPEM(), false)
-			c.Attach(t, at, rekor.SET(t, c.RawSignature(t), c.PayloadBytes(t), cert, now))
+			c.Attach(t, at, rekor.SET(t, c.RawSignature(t), c.PayloadBytes(t), cert, time.Now()))
 		}
 		res := e.pull(twoRef, append(args, "--container-id", "two")...)
 		sigCheckPolicy(t, res, h+"/threshold", "sigstoreThreshold")
@@ -184,7 +187,7 @@ func TestKeyless(t *testing.T) {
 		key := testutil.NewCosignKey(t)
 		cert := ca.Issue(t, key.PublicKey(t), qa)
 		c := key.SignCertified(t, at, cert, ca.ChainPEM(), false)
-		c.Attach(t, at, rekor.SET(t, c.RawSignature(t), c.PayloadBytes(t), cert, now))
+		c.Attach(t, at, rekor.SET(t, c.RawSignature(t), c.PayloadBytes(t), cert, time.Now()))
 		res = e.pull(keyRef, append(args, "--container-id", "key")...)
 		sigCheckPolicy(t, res, h+"/threshold", "sigstoreThreshold")
 	})

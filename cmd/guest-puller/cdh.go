@@ -45,12 +45,15 @@ SIGTERM or SIGINT stops the daemon and removes the socket.`)
 	tpm := f.fs.String("tpm", "", "TPM `PATH` (a device) or mssim://HOST:PORT (a simulator such as swtpm) (default /dev/tpmrm0)")
 	initData := f.fs.String("initdata", "", "the guest's init-data `FILE`, sent to the KBS and, with the TPM, bound into PCR 8 (default "+DefaultInitData+" if it exists)")
 	eventLog := f.fs.String("eventlog", cdh.DefaultEventLog, "`FILE` of the event log of pulls, when guest-puller attests with its own TPM")
-	eventLogPCR := f.fs.Int("eventlog-pcr", attest.DefaultTPMEventLogPCR, "the `PCR` the event log's entries are extended into: one an operating system may extend but not reset, 0-15 (a TPM keeps 17-22, the attestation-agent's 17 among them, for a higher locality)")
+	eventLogPCR := f.fs.Int("eventlog-pcr", attest.DefaultTPMEventLogPCR, "the `PCR` the event log's entries are extended into: one an operating system may extend but not reset, 1-15 but 8 (init-data's); a TPM keeps 17-22, the attestation-agent's 17 among them, for a higher locality than an operating system's")
 	gcEvery := f.fs.Duration("gc-interval", DefaultGCInterval, "every `DURATION`, reclaim what containers left once their bundle directory is gone, and layers nothing uses any more; 0 turns it off")
 	if _, err := f.parse(inv.args, 0); err != nil {
 		return err
 	}
 	inv.credsHint = ""
+	if err := checkEventLogPCR(*eventLogPCR); err != nil {
+		return err
+	}
 	cfg, err := cdhconfig.Load(*cfgFile, cdhconfig.SystemEnv())
 	if err != nil {
 		return err
@@ -101,6 +104,32 @@ func loadInitData(path string) (*attest.InitData, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return d, nil
+}
+
+// checkEventLogPCR refuses, at start, a PCR the event log of pulls cannot
+// use; otherwise every request would fail at the first attestation, or
+// the log would prove nothing.
+func checkEventLogPCR(pcr int) error {
+	var why string
+	switch {
+	case pcr >= 17 && pcr <= 22:
+		// TCG PC Client Platform TPM Profile: PCRs 17-22 belong to the
+		// dynamic root of trust. Linux reaches its TPM at locality 0
+		// (tpm_request_locality), and so does every process in the
+		// guest; the TPM answers TPM_RC_LOCALITY.
+		why = "a TPM lets only localities 2-4 extend PCRs 17-22 (the dynamic root of trust's), and an operating system reaches its TPM at locality 0, so the attestation-agent's PCR 17 is out of reach (docs/cdh.md, measured pulls)"
+	case pcr == 16 || pcr == 23:
+		why = "locality 0 may reset it, so any root process could erase the log's history"
+	case pcr == attest.InitDataPCR:
+		why = "it holds the init-data binding"
+	case pcr == 0:
+		why = "it holds the firmware's own measurements"
+	case pcr < 0 || pcr > 23:
+		why = "a TPM has PCRs 0-23"
+	default:
+		return nil
+	}
+	return fmt.Errorf("--eventlog-pcr %d: %w: %s; want 1-15 but 8", pcr, errdefs.ErrInvalidConfig, why)
 }
 
 func logLevel(s string) slog.Level {

@@ -32,6 +32,10 @@ func TestCDHStartRefusals(t *testing.T) {
 		{[]string{"cdh", "-c", write("ok.toml", kbc), "--attester", "tdx"}, "--attester"},
 		{[]string{"cdh", "-c", write("ok2.toml", kbc), "--initdata", write("initdata.toml", "version = \"0.1.0\"\nalgorithm = \"md5\"\n")}, "algorithm"},
 		{[]string{"cdh", "extra"}, "unexpected argument"},
+		{[]string{"cdh", "-c", write("pcr17.toml", kbc), "--eventlog-pcr", "17"}, "--eventlog-pcr 17: invalid configuration: a TPM lets only localities 2-4 extend PCRs 17-22"},
+		{[]string{"cdh", "-c", write("pcr23.toml", kbc), "--eventlog-pcr", "23"}, "--eventlog-pcr 23: invalid configuration: locality 0 may reset it"},
+		{[]string{"cdh", "-c", write("pcr8.toml", kbc), "--eventlog-pcr", "8"}, "init-data binding"},
+		{[]string{"cdh", "-c", write("pcr0.toml", kbc), "--eventlog-pcr", "0"}, "firmware"},
 	} {
 		_, stderr, code := gp(t, tc.args...)
 		if code != 2 {
