@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -93,6 +94,43 @@ func TestKeyless(t *testing.T) {
 		mustEvaluate(t, p, img(ev))
 		if len(ev.trusts) != 1 || ev.trusts[0].PublicKey == nil || len(ev.trusts[0].RekorKeys) != 1 || !ev.trusts[0].RekorKeys[0].Equal(rekor.signer.Public()) {
 			t.Fatalf("trusts handed to Evidence: %+v", ev.trusts)
+		}
+	})
+
+	// In a guest the trust roots come with the policy from the KBS: the
+	// CA and the Rekor key are kbs:/// resources read through
+	// LoadOptions.Read, as key files are.
+	t.Run("trust roots from the KBS", func(t *testing.T) {
+		resources := map[string][]byte{"kbs:///default/sigstore/fulcio-ca": caPEM, "kbs:///default/sigstore/rekor": rekor.pem}
+		var asked []string
+		read := func(_ context.Context, path string) ([]byte, error) {
+			asked = append(asked, path)
+			if data, ok := resources[path]; ok {
+				return data, nil
+			}
+			return nil, fmt.Errorf("resource %s not found", path)
+		}
+		policy := `{"default":[{"type":"sigstoreSigned","fulcio":{"caPath":"kbs:///default/sigstore/fulcio-ca","oidcIssuer":"` + issuer + `","subjectEmail":"dev@example.com"},"rekorPublicKeyPath":"kbs:///default/sigstore/rekor",` + repo + `}]}`
+		p, err := Load(context.Background(), []byte(policy), LoadOptions{Read: read})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec := &trustRecorder{}
+		mustEvaluate(t, p, img(rec))
+		if len(rec.trusts) != 1 || len(rec.trusts[0].Roots) != 1 || !rec.trusts[0].Roots[0].Equal(ca) || len(rec.trusts[0].RekorKeys) != 1 || !rec.trusts[0].RekorKeys[0].Equal(rekor.signer.Public()) {
+			t.Fatalf("trusts handed to Evidence: %+v; want the KBS's CA and Rekor key", rec.trusts)
+		}
+		dec := mustEvaluate(t, p, img(&memEvidence{keyless: []memKeyless{keyless("dev@example.com", "k1")}}))
+		if !dec.Allowed {
+			t.Fatalf("refused: %s", firstFailure(dec))
+		}
+		if !slices.Contains(asked, "kbs:///default/sigstore/fulcio-ca") || !slices.Contains(asked, "kbs:///default/sigstore/rekor") {
+			t.Errorf("read %q, want both KBS resources", asked)
+		}
+		delete(resources, "kbs:///default/sigstore/fulcio-ca")
+		p, _ = Load(context.Background(), []byte(policy), LoadOptions{Read: read})
+		if dec := mustEvaluate(t, p, img(&memEvidence{keyless: []memKeyless{keyless("dev@example.com", "k1")}})); dec.Allowed || !strings.Contains(firstFailure(dec), "kbs:///default/sigstore/fulcio-ca") {
+			t.Fatalf("without the CA: allowed=%v, %s; want refused naming the resource", dec.Allowed, firstFailure(dec))
 		}
 	})
 
