@@ -3,7 +3,6 @@ package pull
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash"
@@ -159,9 +158,9 @@ func (p *Puller) Pull(ctx context.Context, req Request) (*Result, error) {
 		Policy:         PolicyResult{Scope: decision.Scope, Requirements: decision.Requirements},
 		Signatures:     decision.Signatures,
 	}
-	var cfg ispec.Image
-	if err := json.Unmarshal(img.RawConfig, &cfg); err != nil {
-		return nil, fmt.Errorf("%s: image config: %w", res.Image, untrusted.Error(err))
+	cfg, err := parseConfig(res.Image, img.RawConfig)
+	if err != nil {
+		return nil, err
 	}
 	jobs, err := planLayers(res.Image, img.Manifest.Layers, cfg.RootFS.DiffIDs)
 	if err != nil {

@@ -287,6 +287,13 @@ func pushLayers(t *testing.T, reg *testutil.Registry, repo, tag string, layers .
 	if err != nil {
 		t.Fatal(err)
 	}
+	return pushConfig(t, reg, repo, tag, m, cfg)
+}
+
+// pushConfig stores m, with cfg as its configuration blob, as repo:tag
+// (m's layers already uploaded), and returns its reference.
+func pushConfig(t *testing.T, reg *testutil.Registry, repo, tag string, m ispec.Manifest, cfg []byte) string {
+	t.Helper()
 	m.Config = ispec.Descriptor{MediaType: ispec.MediaTypeImageConfig, Digest: digest.Digest(reg.UploadBlob(t, repo, cfg)), Size: int64(len(cfg))}
 	raw, err := json.Marshal(m)
 	if err != nil {

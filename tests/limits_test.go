@@ -2,14 +2,20 @@ package tests
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
 	"os/exec"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/opencontainers/image-spec/specs-go"
+	ispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/guest-puller/guest-puller/internal/testutil"
 )
@@ -75,6 +81,69 @@ func TestHugeManifestBoundedWhileRead(t *testing.T) {
 			if rss := peak(); rss > 64<<20 {
 				t.Errorf("peak RSS %d MiB for a refused %d MiB manifest, want < 64 MiB", rss>>20, size>>20)
 			}
+		})
+	}
+}
+
+// TestHostileConfigBoundedInMemory: an image's configuration is the
+// registry's to write when no signature pins it (insecureAcceptAnything,
+// or `encrypted` alone). Decoded whole, a config of small JSON values grew
+// a hundredfold: 4 MiB of empty history entries took 323 MiB of RSS (32
+// MiB, the bound then, 1.4 GiB of heap), and 4 MiB of environment
+// variables kept a pull busy for more than five minutes in umoci's
+// quadratic conversion. A config is now read within 4 MiB (containers/
+// image's bound), its history is not kept, and its lists (Env, Labels,
+// ...) hold at most 4096 entries: each config below is pulled or refused
+// by the real binary within memoryBudget.
+func TestHostileConfigBoundedInMemory(t *testing.T) {
+	const bound = 4 << 20
+	reg := testutil.StartRegistry(t, testutil.RegistryOptions{})
+	e := newEnv(t)
+	policy := e.write("policy.json", acceptAll)
+	layer := testutil.Tar(t, testutil.File("f", "x", 0o644))
+	diffID := digest.FromBytes(layer)
+	m := ispec.Manifest{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ispec.MediaTypeImageManifest,
+		Layers: []ispec.Descriptor{{MediaType: ispec.MediaTypeImageLayer, Digest: digest.Digest(reg.UploadBlob(t, "config/app", layer)), Size: int64(len(layer))}}}
+	head := fmt.Sprintf(`{"architecture":%q,"os":"linux",`, runtime.GOARCH)
+	rootfs := fmt.Sprintf(`"rootfs":{"type":"layers","diff_ids":[%q]}`, diffID)
+	// fill writes prefix, then item(0), item(1)... comma-separated while
+	// the config stays under size bytes or until n items, then tail.
+	fill := func(prefix string, item func(i int) string, tail string, size, n int) []byte {
+		var b strings.Builder
+		b.WriteString(prefix)
+		for i := 0; b.Len()+len(tail)+32 < size && i < n; i++ {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			b.WriteString(item(i))
+		}
+		b.WriteString(tail)
+		return []byte(b.String())
+	}
+	const all = 1 << 30
+	empty := func(int) string { return "{}" }
+	env := func(i int) string { return fmt.Sprintf(`"V%x="`, i) }
+	for _, tc := range []struct {
+		name string
+		cfg  []byte
+		code int
+		want string
+	}{
+		{"empty history entries", fill(head+rootfs+`,"history":[`, empty, `]}`, bound, all), 0, ""},
+		{"4096 environment variables", fill(head+rootfs+`,"config":{"Env":[`, env, `]}}`, bound, 4096), 0, ""},
+		{"environment variables", fill(head+rootfs+`,"config":{"Env":[`, env, `]}}`, bound, all), 1, "more than 4096 entries"},
+		{"labels", fill(head+rootfs+`,"config":{"Labels":{`, func(i int) string { return fmt.Sprintf(`"%x":""`, i) }, `}}}`, bound, all), 1, "more than 4096 entries"},
+		{"empty diff_ids", fill(head+`"rootfs":{"type":"layers","diff_ids":[`, func(int) string { return `""` }, `]}}`, bound, all), 1, "more than 4096 entries"},
+		{"over the bound", fill(head+rootfs+`,"history":[`, empty, `]}`, bound+64<<10, all), 1, "more than the 4194304 allowed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id := strings.ReplaceAll(tc.name, " ", "-")
+			ref := pushConfig(t, reg, "config/app", id, m, tc.cfg)
+			r := e.gpMeasured("pull", ref, "--quiet", "--policy", policy, "--insecure-registry", reg.Host, "--container-id", id)
+			if r.Code != tc.code || !strings.Contains(r.Stderr, tc.want) {
+				t.Errorf("pull of a %d KiB config: exit %d, want %d saying %q: %.300s", len(tc.cfg)>>10, r.Code, tc.code, tc.want, r.Stderr)
+			}
+			assertPeakRSS(t, "pull", r)
 		})
 	}
 }

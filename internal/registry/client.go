@@ -36,8 +36,10 @@ const (
 	// maxManifestSize bounds what a registry can make us read for a
 	// manifest or index (containers/image uses the same limit).
 	maxManifestSize = 4 << 20
-	// maxConfigSize bounds an image configuration blob.
-	maxConfigSize = 32 << 20
+	// maxConfigSize bounds an image configuration blob, as
+	// containers/image does (iolimits.MaxConfigBodySize): real ones are a
+	// few KiB, and what a pull decodes of one is bounded in pull.
+	maxConfigSize = 4 << 20
 )
 
 // Options configure a Client.
