@@ -423,6 +423,12 @@ path = %q
 		if err != nil || string(got.GetResource()) != cdhSecret {
 			t.Fatalf("GetResource = %q, %v", got.GetResource(), err)
 		}
+		// CDH's other spelling names a KBS host, which is ignored: the
+		// resource comes from the configured KBS, after the same attestation.
+		got, err = cdhpb.NewGetResourceServiceClient(p.client).GetResource(ctx, &cdhpb.GetResourceRequest{ResourcePath: "kbs://kbs.example.com:8080/default/app/secret"})
+		if err != nil || string(got.GetResource()) != cdhSecret {
+			t.Fatalf("GetResource(kbs://host/…) = %q, %v", got.GetResource(), err)
+		}
 		_, err = cdhpb.NewGetResourceServiceClient(p.client).GetResource(ctx, &cdhpb.GetResourceRequest{ResourcePath: "kbs:///default/app/missing"})
 		wantCode(t, "a missing resource", err, codes.NotFound, "kbs:///default/app/missing")
 	})
@@ -545,7 +551,7 @@ path = %q
 	p.stop(t)
 }
 
-// TestCDHOwnTPM: `guest-puller cdh` attesting with its own TPM, the KBS
+// TestCDHOwnTPM: the confidential-data-hub attesting with its own TPM, the KBS
 // down when it starts. The socket comes up at once; the first pull fails
 // with a clear status and the next, once the KBS is up, succeeds without a
 // restart. Init-data is bound into PCR 8 and sent with each attestation;
@@ -573,7 +579,13 @@ url = "` + kbsURL + `"
 	socket := filepath.Join(dir, "run", "cdh.sock")
 	flags := []string{"--attester", "tpm", "--tpm", w.tpm.URI, "--initdata", initFile, "--eventlog", eventLog}
 	start := time.Now()
-	p := startCDH(t, socket, bins["guest-puller"], append([]string{"cdh", "-c", cfg}, flags...)...)
+	// Started as kata-agent starts CDH (its name, -c); the flags only
+	// point it at this test's swtpm and files, where a guest has defaults.
+	cdhBin := filepath.Join(t.TempDir(), "confidential-data-hub")
+	if err := os.Symlink(bins["guest-puller"], cdhBin); err != nil {
+		t.Fatal(err)
+	}
+	p := startCDH(t, socket, cdhBin, append([]string{"-c", cfg}, flags...)...)
 	t.Logf("socket up %v after start, with the KBS down", time.Since(start).Round(time.Millisecond))
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -621,7 +633,7 @@ url = "` + kbsURL + `"
 	proxy := testutil.StartKBSProxy(t, kbs.URL, testutil.KBSProxyOptions{InitData: strings.Replace(initData, "cc_kbc", "cc_kbc2", 1)})
 	cfg2 := w.config(t, filepath.Join(dir, "second"), proxy.URL, "")
 	socket2 := filepath.Join(dir, "second", "run", "cdh.sock")
-	p = startCDH(t, socket2, bins["guest-puller"], append([]string{"cdh", "-c", cfg2}, flags...)...)
+	p = startCDH(t, socket2, cdhBin, append([]string{"-c", cfg2}, flags...)...)
 	_, err = cdhpb.NewGetResourceServiceClient(p.client).GetResource(ctx, &cdhpb.GetResourceRequest{ResourcePath: cdhSecretURI})
 	wantCode(t, "init-data other than the bound one", err, codes.FailedPrecondition, "init-data does not match PCR 8")
 	p.stop(t)
