@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -39,7 +40,7 @@ type KeyFunc func(ctx context.Context, uri string) ([]byte, error)
 var cdhOptions = map[string]bool{
 	"deviceId": true, "devicePath": true, "sourceType": true, "targetType": true,
 	"encryptionType": true, "key": true, "dataIntegrity": true, "filesystemType": true,
-	"mapperName": true,
+	"mapperName": true, "mkfsOpts": true,
 }
 
 var mapperNamePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
@@ -48,8 +49,9 @@ var mapperNamePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
 // sealed layer store. Its options are untrusted input (the host writes
 // the pod spec kata-agent forwards): only the block-device volume type with
 // LUKS2, a block device of the guest's (not a device-mapper device) and a
-// mount point below CDHMountRoot are taken; every other option, and
-// mkfsOpts (passed verbatim to mkfs by CDH), is refused.
+// mount point below CDHMountRoot are taken; every other option is refused.
+// mkfsOpts, which CDH passes to mkfs verbatim, is read as the few ext4
+// choices kata-agent makes there (parseMkfsOpts).
 func ServeCDH(ctx context.Context, req CDHRequest, keys KeyFunc) (*Store, error) {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("secure mount: %w: %s", errdefs.ErrInvalidConfig, fmt.Sprintf(format, args...))
@@ -100,6 +102,13 @@ func ServeCDH(ctx context.Context, req CDHRequest, keys KeyFunc) (*Store, error)
 	if err != nil {
 		return nil, err
 	}
+	ext4, err := parseMkfsOpts(o["mkfsOpts"])
+	if err != nil {
+		return nil, err
+	}
+	if !fileSystem && o["mkfsOpts"] != "" {
+		return nil, bad("mkfsOpts with targetType \"device\": no filesystem is made")
+	}
 	name := o["mapperName"]
 	if name == "" {
 		var b [8]byte
@@ -113,7 +122,7 @@ func ServeCDH(ctx context.Context, req CDHRequest, keys KeyFunc) (*Store, error)
 		return nil, err
 	}
 
-	opts := Options{Device: dev, Name: name, NoIntegrity: !integrity, Persistent: persistent}
+	opts := Options{Device: dev, Name: name, NoIntegrity: !integrity, Persistent: persistent, Ext4: ext4}
 	if fileSystem {
 		opts.MountPoint = mp
 	}
@@ -152,8 +161,13 @@ func ServeCDH(ctx context.Context, req CDHRequest, keys KeyFunc) (*Store, error)
 }
 
 // checkMountPoint accepts a clean absolute path below CDHMountRoot whose
-// existing part resolves, symlinks followed, below it too.
+// existing part resolves, symlinks followed, below it too, and returns it
+// without the one trailing slash it may have (kata-agent asks for
+// "/run/kata-containers/image/").
 func checkMountPoint(mp string) (string, error) {
+	if len(mp) > 1 {
+		mp = strings.TrimSuffix(mp, "/")
+	}
 	if !filepath.IsAbs(mp) || filepath.Clean(mp) != mp || !strings.HasPrefix(mp, CDHMountRoot+"/") {
 		return "", fmt.Errorf("secure mount: %w: mount_point %q is not a clean path below %s", errdefs.ErrInvalidConfig, mp, CDHMountRoot)
 	}
@@ -209,4 +223,77 @@ func cdhDevice(id, path string) (string, error) {
 		return "", err
 	}
 	return deviceName(rdev), nil
+}
+
+// uuidPattern is a UUID as mke2fs -U takes it (no "random", "time" or
+// "clear": mke2fs picks a random one when none is given).
+var uuidPattern = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+
+// parseMkfsOpts reads CDH's mkfsOpts, which CDH hands to mkfs verbatim, as
+// the ext4 choices kata-agent makes there: "-E lazy_journal_init" for its
+// trusted image storage; "-O ^has_journal -m 0 -i 163840 -I 128" for
+// block emptyDirs; "-U UUID" for a snapshotter's writable layer. Anything
+// else is refused: the options are untrusted, and mke2fs has options that
+// would read blocks never written (a refusal to mount, on dm-integrity) or
+// change what the store is. -E lazy_journal_init and lazy_itable_init are
+// taken and overruled: on dm-integrity a journal or inode table left
+// unwritten reads back as I/O errors, so the store always writes both.
+func parseMkfsOpts(s string) (Ext4Options, error) {
+	var o Ext4Options
+	bad := func(format string, args ...any) (Ext4Options, error) {
+		return Ext4Options{}, fmt.Errorf("secure mount: %w: mkfsOpts %q: %s", errdefs.ErrInvalidConfig, s, fmt.Sprintf(format, args...))
+	}
+	f := strings.Fields(s)
+	if len(f)%2 != 0 {
+		return bad("want flag and value pairs")
+	}
+	number := func(flag, v string, min, max int) (int, error) {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < min || n > max {
+			return 0, fmt.Errorf("%s %q: want a number from %d to %d", flag, v, min, max)
+		}
+		return n, nil
+	}
+	for i := 0; i < len(f); i += 2 {
+		flag, v := f[i], f[i+1]
+		var err error
+		switch flag {
+		case "-E":
+			for _, e := range strings.Split(v, ",") {
+				name, val, _ := strings.Cut(e, "=")
+				if (name != "lazy_journal_init" && name != "lazy_itable_init") || (val != "" && val != "0" && val != "1") {
+					return bad("-E %s: only lazy_journal_init and lazy_itable_init are taken", e)
+				}
+			}
+		case "-O":
+			for _, feature := range strings.Split(v, ",") {
+				if feature != "^has_journal" {
+					return bad("-O %s: only ^has_journal is taken", feature)
+				}
+				o.NoJournal = true
+			}
+		case "-m":
+			var n int
+			if n, err = number(flag, v, 0, 50); err == nil {
+				o.ReservedPercent = &n
+			}
+		case "-i":
+			o.BytesPerInode, err = number(flag, v, 1024, 64<<20)
+		case "-I":
+			if o.InodeSize, err = number(flag, v, 128, 1024); err == nil && o.InodeSize&(o.InodeSize-1) != 0 {
+				err = fmt.Errorf("-I %s: want a power of two", v)
+			}
+		case "-U":
+			if !uuidPattern.MatchString(v) {
+				err = fmt.Errorf("-U %q: want a UUID", v)
+			}
+			o.UUID = v
+		default:
+			return bad("%s: only -E lazy_journal_init, -O ^has_journal, -m, -i, -I and -U are taken", flag)
+		}
+		if err != nil {
+			return bad("%v", err)
+		}
+	}
+	return o, nil
 }

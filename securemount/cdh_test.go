@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"maps"
+	"slices"
 	"strings"
 	"testing"
 
@@ -36,7 +37,10 @@ func TestServeCDHRefuses(t *testing.T) {
 	}{
 		{"volume type", CDHRequest{VolumeType: "aliyun-oss", Options: good, MountPoint: "/run/kata-containers/x"}, "volume_type"},
 		{"flags", CDHRequest{VolumeType: "block-device", Options: good, Flags: []string{"ro"}, MountPoint: "/run/kata-containers/x"}, "flags"},
-		{"unknown option", CDHRequest{VolumeType: "block-device", Options: with("mkfsOpts", "-E root_owner=0:0"), MountPoint: "/run/kata-containers/x"}, `option "mkfsOpts"`},
+		{"unknown option", CDHRequest{VolumeType: "block-device", Options: with("mountOptions", "exec"), MountPoint: "/run/kata-containers/x"}, `option "mountOptions"`},
+		{"mkfs option", CDHRequest{VolumeType: "block-device", Options: with("mkfsOpts", "-E root_owner=0:0"), MountPoint: "/run/kata-containers/x"}, "mkfsOpts"},
+		{"mkfs options for a device", CDHRequest{VolumeType: "block-device", Options: map[string]string{"devicePath": "/dev/null", "sourceType": "empty",
+			"targetType": "device", "encryptionType": "luks2", "mkfsOpts": "-m 0"}, MountPoint: "/run/kata-containers/x"}, `targetType "device"`},
 		{"encryption", CDHRequest{VolumeType: "block-device", Options: with("encryptionType", "zfs"), MountPoint: "/run/kata-containers/x"}, "encryptionType"},
 		{"integrity value", CDHRequest{VolumeType: "block-device", Options: with("dataIntegrity", "yes"), MountPoint: "/run/kata-containers/x"}, "dataIntegrity"},
 		{"source type", CDHRequest{VolumeType: "block-device", Options: with("sourceType", "plain"), MountPoint: "/run/kata-containers/x"}, "sourceType"},
@@ -45,6 +49,8 @@ func TestServeCDHRefuses(t *testing.T) {
 		{"mount point climbing", CDHRequest{VolumeType: "block-device", Options: good, MountPoint: "/run/kata-containers/../../etc"}, "mount_point"},
 		{"mount point relative", CDHRequest{VolumeType: "block-device", Options: good, MountPoint: "run/kata-containers/x"}, "mount_point"},
 		{"mount point the root itself", CDHRequest{VolumeType: "block-device", Options: good, MountPoint: "/run/kata-containers"}, "mount_point"},
+		{"mount point the root with a slash", CDHRequest{VolumeType: "block-device", Options: good, MountPoint: "/run/kata-containers/"}, "mount_point"},
+		{"mount point two slashes", CDHRequest{VolumeType: "block-device", Options: good, MountPoint: "/run/kata-containers/x//"}, "mount_point"},
 		{"no device", CDHRequest{VolumeType: "block-device", Options: with("devicePath", ""), MountPoint: "/run/kata-containers/x"}, "neither deviceId nor devicePath"},
 		{"device outside /dev", CDHRequest{VolumeType: "block-device", Options: with("devicePath", "/tmp/disk.img"), MountPoint: "/run/kata-containers/x"}, "not below /dev"},
 		{"not a block device", CDHRequest{VolumeType: "block-device", Options: good, MountPoint: "/run/kata-containers/x"}, "not a block device"},
@@ -57,5 +63,73 @@ func TestServeCDHRefuses(t *testing.T) {
 				t.Errorf("ServeCDH: %v, want a configuration error about %s", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestServeCDHKataAgent checks that kata-agent's own requests pass every
+// check before the device's: its trusted image storage (rpc.rs
+// cdh_handler_trusted_storage: the work_dir with a trailing slash,
+// deviceId, mkfsOpts) and its encrypted block emptyDir (block_handler.rs).
+func TestServeCDHKataAgent(t *testing.T) {
+	kata := func(mp, mkfsOpts string) CDHRequest {
+		return CDHRequest{VolumeType: "block-device", MountPoint: mp, Options: map[string]string{
+			"deviceId": "7:255", "sourceType": "empty", "targetType": "fileSystem", "filesystemType": "ext4",
+			"mkfsOpts": mkfsOpts, "encryptionType": "luks2", "dataIntegrity": "true"}}
+	}
+	for _, req := range []CDHRequest{
+		kata("/run/kata-containers/image/", "-E lazy_journal_init"),
+		kata("/run/kata-containers/sandbox/storage/vol", "-O ^has_journal -m 0 -i 163840 -I 128"),
+	} {
+		_, err := ServeCDH(context.Background(), req, nil)
+		// 7:255 is no device here: every option was taken.
+		if !errors.Is(err, errdefs.ErrInvalidConfig) || !strings.Contains(err.Error(), "no block device 7:255") {
+			t.Errorf("kata-agent's SecureMount at %s: %v, want it refused only for its device", req.MountPoint, err)
+		}
+	}
+}
+
+func TestParseMkfsOpts(t *testing.T) {
+	zero, pct := 0, 5
+	for _, tc := range []struct {
+		in   string
+		want Ext4Options
+		args []string
+		err  string
+	}{
+		{in: ""},
+		{in: "-E lazy_journal_init"},
+		{in: "-E lazy_journal_init=1,lazy_itable_init=0"},
+		{in: "-O ^has_journal -m 0 -i 163840 -I 128", want: Ext4Options{NoJournal: true, ReservedPercent: &zero, BytesPerInode: 163840, InodeSize: 128},
+			args: []string{"-m", "0", "-i", "163840", "-I", "128"}},
+		{in: "-m 5 -U 0f5d4e6c-5d9e-4a0b-9d8c-1b2a3c4d5e6f", want: Ext4Options{ReservedPercent: &pct, UUID: "0f5d4e6c-5d9e-4a0b-9d8c-1b2a3c4d5e6f"},
+			args: []string{"-m", "5", "-U", "0f5d4e6c-5d9e-4a0b-9d8c-1b2a3c4d5e6f"}},
+		{in: "-E root_owner=0:0", err: "-E root_owner"},
+		{in: "-E lazy_journal_init=2", err: "lazy_journal_init=2"},
+		{in: "-O ^has_journal,^metadata_csum", err: "^metadata_csum"},
+		{in: "-O sparse_super", err: "sparse_super"},
+		{in: "-m 90", err: "-m"},
+		{in: "-i 12", err: "-i"},
+		{in: "-I 200", err: "power of two"},
+		{in: "-U random", err: "UUID"},
+		{in: "-d /etc", err: "-d"},
+		{in: "-T huge", err: "-T"},
+		{in: "-m", err: "pairs"},
+		{in: "-m0", err: "pairs"},
+	} {
+		got, err := parseMkfsOpts(tc.in)
+		if tc.err != "" {
+			if !errors.Is(err, errdefs.ErrInvalidConfig) || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("parseMkfsOpts(%q): %v, want a configuration error about %s", tc.in, err, tc.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("parseMkfsOpts(%q): %v", tc.in, err)
+			continue
+		}
+		features, args := got.args()
+		if got.NoJournal != tc.want.NoJournal || (features == "") == tc.want.NoJournal || !slices.Equal(args, tc.args) {
+			t.Errorf("parseMkfsOpts(%q): features %q, args %q; want no journal %v, args %q", tc.in, features, args, tc.want.NoJournal, tc.args)
+		}
 	}
 }

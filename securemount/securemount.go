@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -37,6 +38,44 @@ type Options struct {
 	// NoIntegrity leaves out dm-integrity: confidentiality only, as
 	// CDH's dataIntegrity=false asks.
 	NoIntegrity bool
+	// Ext4 shapes the filesystem a new store gets (CDH's mkfsOpts).
+	Ext4 Ext4Options
+}
+
+// Ext4Options are the parts of a new store's ext4 a caller may choose:
+// what kata-agent asks of the confidential-data-hub in mkfsOpts. None of
+// them can make mke2fs read a block it did not write (see the package doc).
+type Ext4Options struct {
+	// NoJournal makes ext4 without a journal (-O ^has_journal).
+	NoJournal bool
+	// ReservedPercent is the share of blocks kept for root (-m); nil
+	// keeps mke2fs's default.
+	ReservedPercent *int
+	// BytesPerInode (-i) and InodeSize (-I); 0 keeps mke2fs's default.
+	BytesPerInode int
+	InodeSize     int
+	// UUID is the filesystem's UUID (-U); "" lets mke2fs pick one.
+	UUID string
+}
+
+// args are mke2fs's arguments for o, besides the ones every store gets.
+func (o Ext4Options) args() (features string, args []string) {
+	if o.NoJournal {
+		features = ",^has_journal"
+	}
+	if o.ReservedPercent != nil {
+		args = append(args, "-m", strconv.Itoa(*o.ReservedPercent))
+	}
+	if o.BytesPerInode != 0 {
+		args = append(args, "-i", strconv.Itoa(o.BytesPerInode))
+	}
+	if o.InodeSize != 0 {
+		args = append(args, "-I", strconv.Itoa(o.InodeSize))
+	}
+	if o.UUID != "" {
+		args = append(args, "-U", o.UUID)
+	}
+	return features, args
 }
 
 // Store is a mounted sealed store.
@@ -102,7 +141,7 @@ func Mount(ctx context.Context, opts Options) (*Store, error) {
 			return nil, err
 		}
 		if st.Formatted && opts.MountPoint != "" {
-			if err := mkfs(ctx, st.Mapper); err != nil {
+			if err := mkfs(ctx, st.Mapper, opts.Ext4); err != nil {
 				luksClose(ctx, opts.Name)
 				return nil, err
 			}
@@ -276,7 +315,7 @@ func luksClose(ctx context.Context, name string) error {
 
 // mkfs makes ext4 on a freshly formatted device without reading a block
 // that was never written (see the package doc).
-func mkfs(ctx context.Context, dev string) error {
+func mkfs(ctx context.Context, dev string, ext4 Ext4Options) error {
 	f, err := os.OpenFile(dev, os.O_WRONLY, 0)
 	if err != nil {
 		return fmt.Errorf("sealed store: %w", err)
@@ -297,8 +336,10 @@ func mkfs(ctx context.Context, dev string) error {
 	if err != nil {
 		return fmt.Errorf("sealed store: initialize %s: %w", dev, err)
 	}
-	if err := run(ctx, nil, "mke2fs", "-t", "ext4", "-q", "-F", "-O", "sparse_super2",
-		"-E", "num_backup_sb=0,nodiscard,lazy_itable_init=0,lazy_journal_init=0", dev); err != nil {
+	features, extra := ext4.args()
+	args := append([]string{"-t", "ext4", "-q", "-F", "-O", "sparse_super2" + features,
+		"-E", "num_backup_sb=0,nodiscard,lazy_itable_init=0,lazy_journal_init=0"}, extra...)
+	if err := run(ctx, nil, "mke2fs", append(args, dev)...); err != nil {
 		return fmt.Errorf("sealed store: %w", err)
 	}
 	return nil
