@@ -190,6 +190,11 @@ func Boot(t testing.TB, cfg Config) *Machine {
 	if m.qemu, err = startProcess(qemu); err != nil {
 		t.Fatalf("start qemu (run scripts/setup): %v", err)
 	}
+	if m.swtpm != nil {
+		t.Logf("vm: qemu pid %d, swtpm pid %d", m.qemu.cmd.Process.Pid, m.swtpm.cmd.Process.Pid)
+	} else {
+		t.Logf("vm: qemu pid %d", m.qemu.cmd.Process.Pid)
+	}
 
 	accepted := make(chan net.Conn, 1)
 	go func() {
