@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"maps"
@@ -27,6 +29,7 @@ import (
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
+	jose "github.com/go-jose/go-jose/v4"
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/specs-go"
 	ispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -377,7 +380,8 @@ func gpgEncryptionKey(t *testing.T) (string, *packet.PublicKey) {
 
 // TestKeyUnwrapBombs (issue 15, items 1 and 2): layer annotations that a
 // registry serves with an image, crafted to make key unwrap take
-// gigabytes, are refused as "cannot decrypt" (exit 4) by the real binary
+// gigabytes, for each of the four recipient types (PGP, PKCS7, JWE, the
+// attestation-agent key provider), are refused as "cannot decrypt" (exit 4) by the real binary
 // before any layer is fetched, with its peak RSS under memoryBudget.
 func TestKeyUnwrapBombs(t *testing.T) {
 	reg := testutil.StartRegistry(t, testutil.RegistryOptions{})
@@ -421,6 +425,20 @@ func TestKeyUnwrapBombs(t *testing.T) {
 			want: "nested more than",
 		},
 		{
+			// go-jose inflates at most ten times the packet (and 250 KB
+			// at least); the packet is at most 64 KiB.
+			name: "jwe: 32 MiB of zeros in one compressed (zip DEF) packet",
+			keys: []string{rsa.Private},
+			ann:  map[string]string{keys + "jwe": b64(jweBomb(t, rsa.Public, 32<<20))},
+			want: "no key unwraps it",
+		},
+		{
+			name: "jwe: a 2 MB packet",
+			keys: []string{rsa.Private},
+			ann:  map[string]string{keys + "jwe": b64(bytes.Repeat([]byte("{"), 2<<20))},
+			want: "wrapped key of",
+		},
+		{
 			name: "attestation-agent: a 2 MB packet",
 			keys: []string{"provider:attestation-agent"},
 			ann: map[string]string{keys + "provider.attestation-agent": b64([]byte(`{"kid":"kbs:///default/key/1","wrap_type":"A256GCM","iv":"AAAAAAAAAAAAAAAA","wrapped_data":"` +
@@ -450,6 +468,34 @@ func TestKeyUnwrapBombs(t *testing.T) {
 			assertPeakRSS(t, "pull", r)
 		})
 	}
+}
+
+// jweBomb is a JWE, compressed with DEFLATE ("zip": "DEF"), of size zero
+// bytes for the RSA public key in pubPEM: what anyone with the guest's
+// public key can write.
+func jweBomb(t *testing.T, pubPEM string, size int) []byte {
+	t.Helper()
+	data, err := os.ReadFile(pubPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(data)
+	if block == nil {
+		t.Fatalf("%s: no PEM", pubPEM)
+	}
+	pub, err := x509.ParsePKIXPublicKey(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc, err := jose.NewEncrypter(jose.A256GCM, jose.Recipient{Algorithm: jose.RSA_OAEP, Key: pub}, &jose.EncrypterOptions{Compression: jose.DEFLATE})
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, err := enc.Encrypt(make([]byte, size))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return []byte(obj.FullSerialize())
 }
 
 // TestKeyProviderKEKFiles (issue 15, item 5): `guest-puller keyprovider`
