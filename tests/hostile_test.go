@@ -113,6 +113,31 @@ func TestHostileText(t *testing.T) {
 				t.Errorf("%s: a %d-byte registry message made a %d-byte error", args[0], len(msg), len(r.Stderr))
 			}
 		}
+
+		// The daemon: its gRPC status, which kata-agent shows, and its
+		// log, which the guest's console shows.
+		d := startDaemon(t, e, "--policy", policy, "--insecure-registry", host)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_, err := guestpullerv1.NewGuestPullerClient(d.client).Pull(ctx, &guestpullerv1.PullRequest{Image: host + "/app:1", ContainerId: "hostile-text"})
+		if err == nil {
+			t.Fatal("daemon pull from a registry that denies every manifest succeeded")
+		}
+		st := status.Convert(err)
+		assertPrintable(t, "daemon status", st.Message())
+		if !strings.Contains(st.Message(), `\x1b]0;owned\x07`) || len(st.Message()) > 2048 {
+			t.Errorf("daemon status: the registry's message is not shown escaped and bounded (%d bytes): %.300q", len(st.Message()), st.Message())
+		}
+		logs := strings.TrimSpace(d.logs.String())
+		if !strings.Contains(logs, "DENIED") {
+			t.Errorf("the daemon did not log the failure:\n%s", logs)
+		}
+		for _, line := range strings.Split(logs, "\n") {
+			assertPrintable(t, "daemon log line", line)
+			if len(line) > 4096 {
+				t.Errorf("a daemon log line of %d bytes: %.300q", len(line), line)
+			}
+		}
 	})
 
 	t.Run("signature store error", func(t *testing.T) {
