@@ -17,6 +17,7 @@ import (
 	"github.com/opencontainers/image-spec/specs-go"
 	ispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/guest-puller/guest-puller/internal/devkbs/devkbstest"
 	"github.com/guest-puller/guest-puller/internal/testutil"
 )
 
@@ -142,6 +143,69 @@ func TestHostileConfigBoundedInMemory(t *testing.T) {
 			r := e.gpMeasured("pull", ref, "--quiet", "--policy", policy, "--insecure-registry", reg.Host, "--container-id", id)
 			if r.Code != tc.code || !strings.Contains(r.Stderr, tc.want) {
 				t.Errorf("pull of a %d KiB config: exit %d, want %d saying %q: %.300s", len(tc.cfg)>>10, r.Code, tc.code, tc.want, r.Stderr)
+			}
+			assertPeakRSS(t, "pull", r)
+		})
+	}
+}
+
+// TestKBSAnswersBoundedWhileRead (issue 8, hole 6): a KBS, or whoever sits
+// on the guest's way to it, that answers with 90 MiB (streamed, or
+// announced in Content-Length) is refused as soon as the answer passes
+// its bound (1 MiB for the handshake, 16 MiB for a resource): the pull
+// fails with exit 4 naming the bound, the KBS gets to write little more
+// than it, and the process's peak memory stays under memoryBudget.
+func TestKBSAnswersBoundedWhileRead(t *testing.T) {
+	const size = 90 << 20
+	resources := t.TempDir()
+	testutil.WriteResource(t, resources, "default/policy/1", []byte(acceptAll))
+	kbs := devkbstest.StartDevKBS(t, bins["dev-kbs"], "--resources", resources, "--allow-sample")
+	target, _ := url.Parse(kbs.URL)
+	rp := httputil.NewSingleHostReverseProxy(target)
+	var written atomic.Int64
+	var hostile atomic.Value // the path answered with size bytes
+	var announce atomic.Bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasPrefix(r.URL.Path, hostile.Load().(string)) {
+			rp.ServeHTTP(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		if announce.Load() {
+			w.Header().Set("Content-Length", fmt.Sprint(size))
+		}
+		chunk := []byte(`{"nonce":"` + strings.Repeat("A", 64<<10))
+		for sent := 0; sent < size; sent += len(chunk) {
+			n, err := w.Write(chunk)
+			written.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+	}))
+	t.Cleanup(srv.Close)
+	e := newEnv(t)
+	for _, tc := range []struct {
+		path     string
+		announce bool
+		bound    int
+	}{
+		{"/kbs/v0/auth", false, 1 << 20},
+		{"/kbs/v0/attest", true, 1 << 20},
+		{"/kbs/v0/resource/", false, 16 << 20},
+	} {
+		t.Run(fmt.Sprintf("%s announced %v", tc.path, tc.announce), func(t *testing.T) {
+			hostile.Store(tc.path)
+			announce.Store(tc.announce)
+			written.Store(0)
+			r := e.gpMeasured("pull", "127.0.0.1:1/never/contacted:1", "--quiet", "--policy", "kbs:///default/policy/1",
+				"--kbs", srv.URL, "--attester", "sample")
+			want := fmt.Sprintf("larger than %d bytes", tc.bound)
+			if r.Code != 4 || !strings.Contains(r.Stderr, want) {
+				t.Errorf("pull: exit %d, want 4 saying %q: %s", r.Code, want, r.Stderr)
+			}
+			if w := written.Load(); w > int64(tc.bound)+16<<20 {
+				t.Errorf("the KBS wrote %d MiB of a %d MiB answer", w>>20, size>>20)
 			}
 			assertPeakRSS(t, "pull", r)
 		})
