@@ -346,6 +346,26 @@ func TestDaemonSocketTakeover(t *testing.T) {
 	}
 	conn.Close()
 
+	// A socket another program answers on (the confidential-data-hub
+	// itself, say: no guest-puller lock file beside it) is not taken either.
+	other := filepath.Join(e.dir, "other.sock")
+	ln, err := net.Listen("unix", other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	refuse, cancelRefuse := context.WithTimeout(ctx, 10*time.Second)
+	defer cancelRefuse()
+	out, err = exec.CommandContext(refuse, bins["guest-puller"], "serve", "--socket", other, "--cache", filepath.Join(e.dir, "cache3"), "--policy", policy).CombinedOutput()
+	if !errors.As(err, &exit) || exit.ExitCode() != 2 || !strings.Contains(string(out), "socket in use") || strings.Contains(string(out), "serving") {
+		t.Errorf("daemon on a socket another program serves: %v, want exit 2 and 'socket in use':\n%s", err, out)
+	}
+	if conn, err := net.Dial("unix", other); err != nil {
+		t.Errorf("the other program's socket after the refused daemon: %v", err)
+	} else {
+		conn.Close()
+	}
+
 	// Killed, the first daemon leaves its socket; the next one replaces it.
 	first.cmd.Process.Kill()
 	first.cmd.Wait()
