@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -496,6 +497,12 @@ func describe(what fmt.Stringer, err error) error {
 		// Said once, though the https attempt and go-containerregistry's
 		// http fallback (upgraded to https) both met it.
 		return fmt.Errorf("%s: %w", what, plain)
+	}
+	var dial *net.OpError
+	if errors.As(err, &dial) && dial.Op == "dial" {
+		// Said once: go-containerregistry tries https and then, for a
+		// registry named insecure, http, and joins both attempts' errors.
+		return fmt.Errorf("%s: cannot reach the registry: %w", what, untrusted.Error(dial))
 	}
 	// The registry wrote the rest of the message.
 	return fmt.Errorf("%s: %w", what, untrusted.Error(err))

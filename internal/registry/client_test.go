@@ -7,8 +7,10 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -245,6 +247,34 @@ func TestPlainHTTPNeedsInsecure(t *testing.T) {
 	c := newClient(t, Options{}) // 127.0.0.1 not named insecure
 	if _, err := c.Resolve(context.Background(), ref); err == nil {
 		t.Fatal("plain http to a registry not named insecure succeeded")
+	}
+}
+
+// TestUnreachableRegistry: a registry nobody listens on is said once, as
+// what a user checks (the address), not as the https attempt and the http
+// fallback's two Go errors.
+func TestUnreachableRegistry(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := l.Addr().String()
+	l.Close()
+	for _, insecure := range []bool{false, true} {
+		opts := Options{Retry: fastRetry}
+		if insecure {
+			opts.Insecure = []string{host}
+		}
+		ref, _ := name.ParseReference(host + "/app:1")
+		_, err := newClient(t, opts).Resolve(context.Background(), ref)
+		msg := fmt.Sprint(err)
+		if !strings.Contains(msg, host+"/app: cannot reach the registry: dial tcp "+host+": connect: connection refused") ||
+			strings.Count(msg, "dial tcp") != 1 || strings.Contains(msg, "Get ") {
+			t.Errorf("insecure %v: %q, want it said once that %s cannot be reached", insecure, msg, host)
+		}
+		if errors.Is(err, errdefs.ErrInvalidConfig) {
+			t.Errorf("insecure %v: an unreachable registry is a configuration error: %v", insecure, err)
+		}
 	}
 }
 
