@@ -255,7 +255,14 @@ func TestNonRootCopyFallback(t *testing.T) {
 		return r
 	}
 
-	r := asNobody("pull", ref, "--json", "--quiet", "--policy", pol, "--insecure-registry", reg.Host, "--cache", cache)
+	// The default cache, /run/guest-puller, is root's: the error says how
+	// to have one's own.
+	r := asNobody("pull", ref, "--quiet", "--policy", pol, "--insecure-registry", reg.Host)
+	if r.Code == 0 || !strings.Contains(r.Stderr, "/run/guest-puller") || !strings.Contains(r.Stderr, "give --cache DIR") {
+		t.Errorf("pull as uid %d into the default cache: exit %d, %q; want it refused, naming --cache", nobody, r.Code, r.Stderr)
+	}
+
+	r = asNobody("pull", ref, "--json", "--quiet", "--policy", pol, "--insecure-registry", reg.Host, "--cache", cache)
 	if r.Code != 0 {
 		t.Fatalf("pull as uid %d: exit %d: %s", nobody, r.Code, r.Stderr)
 	}

@@ -117,7 +117,7 @@ func makePrivate(root string) error {
 		return fmt.Errorf("cache root %s: %w: not a directory", root, errdefs.ErrInvalidConfig)
 	}
 	if st.Uid != uint32(os.Geteuid()) {
-		return fmt.Errorf("cache root %s: %w: owned by uid %d, not this user", root, errdefs.ErrInvalidConfig, st.Uid)
+		return fmt.Errorf("cache root %s: %w: owned by uid %d, not by this user (uid %d)", root, errdefs.ErrInvalidConfig, st.Uid, os.Geteuid())
 	}
 	if st.Mode&0o077 == 0 {
 		return nil

@@ -6,6 +6,7 @@ import (
 	"io"
 	"text/tabwriter"
 
+	"github.com/guest-puller/guest-puller/internal/config"
 	"github.com/guest-puller/guest-puller/internal/errdefs"
 	"github.com/guest-puller/guest-puller/internal/refname"
 	"github.com/guest-puller/guest-puller/securemount"
@@ -19,11 +20,7 @@ func openCache(ctx context.Context, s *pullSettings) (*unpack.Cache, error) {
 	if err != nil {
 		return nil, err
 	}
-	root := cfg.Cache
-	if root == "" {
-		root = unpack.DefaultRoot
-	}
-	return unpack.Open(ctx, root)
+	return config.OpenCache(ctx, cfg)
 }
 
 func cacheSetting(name string) bool { return name == "cache" }

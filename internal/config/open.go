@@ -177,7 +177,7 @@ func newSetup(ctx context.Context, cfg Config, progress pull.Progress, full bool
 	} else if cfg.CacheDeviceKey != "" {
 		return nil, fmt.Errorf("%w: --cache-device-key without --cache-device", errdefs.ErrInvalidConfig)
 	}
-	if s.cache, err = unpack.Open(ctx, root); err != nil {
+	if s.cache, err = openCache(ctx, root, cfg.Cache == ""); err != nil {
 		return nil, err
 	}
 	// On storage the host provides, a cached layer is read back before it
@@ -186,6 +186,26 @@ func newSetup(ctx context.Context, cfg Config, progress pull.Progress, full bool
 		s.sealed = true
 	}
 	return s, nil
+}
+
+// OpenCache opens the layer cache cfg names, or the default root: what
+// the cache commands work on.
+func OpenCache(ctx context.Context, cfg Config) (*unpack.Cache, error) {
+	root := cfg.Cache
+	if root == "" {
+		root = unpack.DefaultRoot
+	}
+	return openCache(ctx, root, cfg.Cache == "")
+}
+
+// openCache opens the cache at root. The default root is root's: a user
+// other than root who did not name a cache is told how to have one.
+func openCache(ctx context.Context, root string, defaulted bool) (*unpack.Cache, error) {
+	c, err := unpack.Open(ctx, root)
+	if err != nil && defaulted && os.Geteuid() != 0 {
+		return nil, fmt.Errorf("%w; as a user other than root, give --cache DIR (a directory of your own)", err)
+	}
+	return c, err
 }
 
 // remoteURIs are the kbs:/// resources the config names.
