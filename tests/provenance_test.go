@@ -1,17 +1,23 @@
 package tests
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	ispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
+	guestpullerv1 "github.com/guest-puller/guest-puller/api/v1"
 	"github.com/guest-puller/guest-puller/internal/testutil"
 )
 
@@ -81,6 +87,33 @@ func (w *provenanceWorld) forgeConfig(t *testing.T, repo string, m ispec.Manifes
 	return d
 }
 
+// forgeEncryptedClaim (hole 1) publishes, in the scope that requires
+// encryption, the genuine encrypted layer's descriptor (media type,
+// annotations, blob: its key unwraps) with a config claiming diffID.
+func (w *provenanceWorld) forgeEncryptedClaim(t *testing.T, diffID string) string {
+	t.Helper()
+	cfg := w.forgeConfig(t, "secure/app", w.encM, diffID)
+	return forgeManifest(t, w.reg, "secure/app", "forged", w.encM, func(m *ispec.Manifest) { m.Config = cfg })
+}
+
+// forgePlainView (hole 2) publishes, where anyone may pull, the encrypted
+// layer's ciphertext (same digest) under a plain tar+gzip descriptor, with
+// a config claiming diffID, the decrypted layer's.
+func (w *provenanceWorld) forgePlainView(t *testing.T, diffID string) string {
+	t.Helper()
+	encLayer := w.encM.Layers[0]
+	w.reg.UploadBlob(t, "public/app", w.reg.GetBlob(t, "secure/app", encLayer.Digest.String()))
+	cfg := w.forgeConfig(t, "public/app", w.pubM, diffID)
+	return forgeManifest(t, w.reg, "public/app", "plain-view", w.pubM, func(m *ispec.Manifest) {
+		m.Config = cfg
+		m.Layers = []ispec.Descriptor{{
+			MediaType: ispec.MediaTypeImageLayerGzip,
+			Digest:    encLayer.Digest,
+			Size:      encLayer.Size,
+		}}
+	})
+}
+
 func (w *provenanceWorld) pullJSON(t *testing.T, ref string, args ...string) pullResult {
 	t.Helper()
 	return w.e.pull(ref, append(slices.Clone(w.args), args...)...)
@@ -118,10 +151,7 @@ func TestProvenanceEncryptedScopeNotSatisfiedByPlainLayer(t *testing.T) {
 	if pub.Layers[0].Encrypted {
 		t.Fatalf("the public layer is reported encrypted")
 	}
-	x := pub.Layers[0].DiffID
-
-	cfg := w.forgeConfig(t, "secure/app", w.encM, x)
-	forged := forgeManifest(t, w.reg, "secure/app", "forged", w.encM, func(m *ispec.Manifest) { m.Config = cfg })
+	forged := w.forgeEncryptedClaim(t, pub.Layers[0].DiffID)
 	msg := w.e.pullFails(5, forged, append(slices.Clone(w.args), "--decryption-key", w.key.Private, "--container-id", "forged")...)
 	if !strings.Contains(msg, w.encM.Layers[0].Digest.String()) || !strings.Contains(msg, "diff_id") {
 		t.Errorf("error does not name the layer and the diff_id mismatch: %s", msg)
@@ -166,21 +196,8 @@ func TestProvenanceDecryptedLayerNeedsItsKey(t *testing.T) {
 	if !victim.Layers[0].Encrypted {
 		t.Fatalf("victim layer not decrypted: %+v", victim.Layers)
 	}
-	secretDiffID := victim.Layers[0].DiffID
 	encLayer := w.encM.Layers[0]
-
-	// The attacker's repository: the ciphertext (same digest), its own
-	// config claiming the decrypted layer's diff_id, a plain descriptor.
-	w.reg.UploadBlob(t, "public/app", w.reg.GetBlob(t, "secure/app", encLayer.Digest.String()))
-	cfg := w.forgeConfig(t, "public/app", w.pubM, secretDiffID)
-	forged := forgeManifest(t, w.reg, "public/app", "plain-view", w.pubM, func(m *ispec.Manifest) {
-		m.Config = cfg
-		m.Layers = []ispec.Descriptor{{
-			MediaType: ispec.MediaTypeImageLayerGzip,
-			Digest:    encLayer.Digest,
-			Size:      encLayer.Size,
-		}}
-	})
+	forged := w.forgePlainView(t, victim.Layers[0].DiffID)
 	r := w.e.gp("pull", forged, "--json", "--quiet", "--container-id", "thief", w.args[0], w.args[1], w.args[2], w.args[3])
 	if r.Code == 0 {
 		var got pullResult
@@ -250,4 +267,61 @@ func TestProvenanceDecryptedLayerNeedsItsOwnKey(t *testing.T) {
 		t.Errorf("exit %d, want 5 naming the layer's HMAC mismatch: %s", r.Code, r.Stderr)
 	}
 	w.noBundle(t, "rewrapped", forged)
+}
+
+// TestProvenanceInTheDaemon: the provenance rules hold in the long-lived
+// daemon too (kata-agent's calls), which holds a decryption key for every
+// request: after the vendor's encrypted image was pulled, the two
+// forgeries above are refused with DataLoss while, at the same time, the
+// vendor's image is pulled again from the cache, and no forgery's bundle
+// shows the vendor's files.
+func TestProvenanceInTheDaemon(t *testing.T) {
+	w := newProvenanceWorld(t)
+	d := startDaemon(t, w.e, append(slices.Clone(w.args), "--decryption-key", w.key.Private)...)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	native := guestpullerv1.NewGuestPullerClient(d.client)
+	pull := func(ref, id string) (*guestpullerv1.PullResponse, error) {
+		return native.Pull(ctx, &guestpullerv1.PullRequest{Image: ref, ContainerId: id})
+	}
+	pub, err := pull(w.public, "public")
+	if err != nil {
+		t.Fatalf("public image: %v\n%s", err, d.logs.String())
+	}
+	victim, err := pull(w.encrypted, "victim-1")
+	if err != nil {
+		t.Fatalf("encrypted image: %v\n%s", err, d.logs.String())
+	}
+	if len(victim.Layers) != 1 || !victim.Layers[0].Encrypted || victim.Layers[0].Cached {
+		t.Fatalf("first pull of the encrypted image: %+v, want one layer, encrypted, not cached", victim.Layers)
+	}
+	claim := w.forgeEncryptedClaim(t, pub.Layers[0].DiffId)
+	plainView := w.forgePlainView(t, victim.Layers[0].DiffId)
+
+	var wg sync.WaitGroup
+	var again *guestpullerv1.PullResponse
+	var againErr, claimErr, viewErr error
+	for _, f := range []func(){
+		func() { again, againErr = pull(w.encrypted, "victim-2") },
+		func() { _, claimErr = pull(claim, "claim") },
+		func() { _, viewErr = pull(plainView, "thief") },
+	} {
+		wg.Add(1)
+		go func() { defer wg.Done(); f() }()
+	}
+	wg.Wait()
+	if againErr != nil {
+		t.Errorf("the vendor's image again: %v", againErr)
+	} else if l := again.Layers[0]; !l.Encrypted || !l.Cached {
+		t.Errorf("the vendor's image again: %+v, want encrypted and cached", l)
+	} else if got, _ := os.ReadFile(filepath.Join(again.Rootfs, "app/who")); string(got) != "the vendor's confidential layer" {
+		t.Errorf("the vendor's app/who = %q", got)
+	}
+	for name, err := range map[string]error{"encrypted descriptor claiming the public layer": claimErr, "ciphertext as a plain layer": viewErr} {
+		if status.Code(err) != codes.DataLoss || !strings.Contains(err.Error(), w.encM.Layers[0].Digest.String()) {
+			t.Errorf("%s: %v, want DataLoss naming the layer", name, err)
+		}
+	}
+	w.noBundle(t, "claim", claim)
+	w.noBundle(t, "thief", plainView)
 }
