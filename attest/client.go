@@ -167,17 +167,18 @@ func isLoopback(host string) bool {
 }
 
 // GetResource fetches a resource named "kbs:///repo/type/tag" (the host
-// part, if any, is ignored) and returns its plaintext. Failures wrap
-// errdefs.ErrDecrypt and carry the KBS's problem detail, on one line; a
+// part, if any, is ignored) and returns its plaintext. Failures are of the
+// kind errdefs.ErrDecrypt (errdefs.Kind: the callers say "cannot decrypt"
+// in their words) and carry the KBS's problem detail, on one line; a
 // malformed URI also wraps errdefs.ErrInvalidConfig.
 func (c *Client) GetResource(ctx context.Context, uri string) ([]byte, error) {
 	ru, err := ParseResourceURI(uri)
 	if err != nil {
-		return nil, fmt.Errorf("kbs: %w: %w", errdefs.ErrDecrypt, err)
+		return nil, errdefs.Kind(errdefs.ErrDecrypt, fmt.Errorf("kbs: %w", err))
 	}
 	plain, err := c.getResource(ctx, ru)
 	if err != nil {
-		return nil, fmt.Errorf("kbs resource %s: %w: %w", ru, errdefs.ErrDecrypt, err)
+		return nil, errdefs.Kind(errdefs.ErrDecrypt, fmt.Errorf("kbs resource %s: %w", ru, err))
 	}
 	return plain, nil
 }
@@ -464,7 +465,13 @@ type netError struct {
 	err error
 }
 
-func (e *netError) Error() string { return "kbs " + e.op + ": " + untrusted.Text(e.err.Error()) }
+func (e *netError) Error() string {
+	// net/http's errors name the request themselves.
+	if _, ok := e.err.(*url.Error); ok {
+		return untrusted.Text(e.err.Error())
+	}
+	return "kbs " + e.op + ": " + untrusted.Text(e.err.Error())
+}
 func (e *netError) Unwrap() error { return e.err }
 
 func retryNet(ctx context.Context, f func() error) error {

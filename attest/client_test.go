@@ -251,9 +251,11 @@ func TestClientBoundedReauth(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = c.GetResource(context.Background(), "kbs:///default/key/1")
-	want := "kbs resource kbs:///default/key/1: cannot decrypt: kbs auth: 401 Unauthorized: PolicyDeny: first line second line"
-	if err == nil || err.Error() != want {
-		t.Fatalf("err = %v\nwant %s", err, want)
+	// The kind is the callers' to say ("layer …: cannot decrypt: …"): it
+	// maps to exit 4 without being written here.
+	want := "kbs resource kbs:///default/key/1: kbs auth: 401 Unauthorized: PolicyDeny: first line second line"
+	if err == nil || err.Error() != want || !errors.Is(err, errdefs.ErrDecrypt) {
+		t.Fatalf("err = %v\nwant %s, of the kind errdefs.ErrDecrypt", err, want)
 	}
 	if n := auths.Load(); n != 3 {
 		t.Fatalf("%d auth requests, want 3 (one and two re-authentications)", n)

@@ -224,7 +224,7 @@ func (c *kekCache) get(ctx context.Context, rg ResourceGetter, uri string) ([]by
 		}
 		if len(kek) != kekSize {
 			// Not a word on its size: the resource may be a secret.
-			return nil, fmt.Errorf("resource %s is not an AES-256 key: %w", uri, errdefs.ErrDecrypt)
+			return nil, fmt.Errorf("resource %s is not an AES-256 key", uri)
 		}
 		c.mu.Lock()
 		if c.keks == nil {

@@ -91,7 +91,8 @@ func (k *Keyring) Unwrap(ctx context.Context, desc ocispec.Descriptor) (*LayerKe
 // EOF; if it does not match, the final Read returns an error wrapping
 // errdefs.ErrIntegrity instead of io.EOF, so a caller that reads to EOF
 // before committing never commits a forged layer. Errors of ciphertext
-// itself are returned as they are. Each call returns an independent reader.
+// itself are returned as they are. Its errors do not name the layer: the
+// caller, whose pass this is, does. Each call returns an independent reader.
 func (lk *LayerKey) NewReader(ciphertext io.Reader) (io.Reader, error) {
 	return lk.newReader(ciphertext)
 }

@@ -100,10 +100,9 @@ func decodeStrict(data []byte, v any) error {
 func (lk *LayerKey) newReader(ciphertext io.Reader) (io.Reader, error) {
 	block, err := aes.NewCipher(lk.opts.Private.SymmetricKey)
 	if err != nil {
-		return nil, fmt.Errorf("layer %s: %w: %v", lk.layer, errdefs.ErrDecrypt, err)
+		return nil, fmt.Errorf("%w: %v", errdefs.ErrDecrypt, err)
 	}
 	return &ctrReader{
-		layer:   lk.layer,
 		src:     ciphertext,
 		stream:  cipher.NewCTR(block, lk.opts.Private.CipherOptions["nonce"]),
 		mac:     hmac.New(sha256.New, lk.opts.Private.SymmetricKey),
@@ -126,7 +125,6 @@ func (lk *LayerKey) newReader(ciphertext io.Reader) (io.Reader, error) {
 // a layer into staging and commits it only after EOF; errors of the
 // ciphertext reader itself pass through unchanged.
 type ctrReader struct {
-	layer   digest.Digest
 	src     io.Reader
 	stream  cipher.Stream
 	mac     hash.Hash
@@ -144,7 +142,7 @@ func (r *ctrReader) Read(p []byte) (int, error) {
 	switch {
 	case err == io.EOF:
 		if !hmac.Equal(r.mac.Sum(nil), r.wantMAC) {
-			err = fmt.Errorf("layer %s: %w: HMAC mismatch: ciphertext or public options were altered", r.layer, errdefs.ErrIntegrity)
+			err = fmt.Errorf("%w: HMAC mismatch: ciphertext or public options were altered", errdefs.ErrIntegrity)
 		}
 		r.err = err
 	case err != nil:

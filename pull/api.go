@@ -29,7 +29,8 @@ type Registry interface {
 	// Resolve finds ref and returns its digest-pinned manifest and config.
 	Resolve(ctx context.Context, ref name.Reference) (*registry.Image, error)
 	// Blob streams the blob desc of repo: exactly desc.Size bytes, not
-	// checked against the digest (the pipeline hashes as it reads).
+	// checked against the digest (the pipeline hashes as it reads). Its
+	// errors do not name the blob: the pipeline names the layer.
 	Blob(ctx context.Context, repo name.Repository, desc v1.Descriptor) (io.ReadCloser, error)
 	// RemoteOptions are the options signature lookups read repo with.
 	RemoteOptions(ctx context.Context, repo name.Repository) ([]remote.Option, error)

@@ -113,6 +113,9 @@ func (e *env) pullFails(want int, image string, args ...string) string {
 	if strings.Count(msg, "\n") != 0 || !strings.HasPrefix(msg, "guest-puller: ") {
 		e.t.Errorf("error is not one line starting with 'guest-puller: ': %q", msg)
 	}
+	if rep := repeatedContext(msg); len(rep) > 0 {
+		e.t.Errorf("error says %q more than once: %s", rep, msg)
+	}
 	if r.Stdout != "" {
 		e.t.Errorf("a failed pull printed on stdout: %q", r.Stdout)
 	}

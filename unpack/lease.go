@@ -139,7 +139,7 @@ func (l *Lease) AddSource(diffID digest.Digest, src Source) error {
 	path := filepath.Join(l.c.layerDir(name), layerMetaFile)
 	var m layerMeta
 	if err := readJSON(path, &m); err != nil {
-		return fmt.Errorf("layer %s: %w", diffID, err)
+		return fmt.Errorf("record source: %w", err)
 	}
 	prov := m.provenance()
 	if slices.Contains(prov, src) {
@@ -147,7 +147,7 @@ func (l *Lease) AddSource(diffID digest.Digest, src Source) error {
 	}
 	m.Provenance, m.LegacySources, m.LegacyConfidential = append(prov, src), nil, false
 	if err := writeJSONAtomic(path, m); err != nil {
-		return fmt.Errorf("layer %s: %w", diffID, err)
+		return fmt.Errorf("record source: %w", err)
 	}
 	return nil
 }

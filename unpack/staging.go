@@ -46,7 +46,9 @@ const (
 )
 
 // Staging is a layer being applied. Exactly one of Commit or Abort ends it.
-// A Staging is used by one goroutine at a time.
+// A Staging is used by one goroutine at a time. Its errors (and Stage's)
+// do not name the layer: the caller that staged it does, with the blob it
+// came from.
 type Staging struct {
 	c        *Cache
 	diffID   digest.Digest
@@ -78,15 +80,15 @@ func (c *Cache) Stage(diffID digest.Digest) (*Staging, error) {
 	// The lock comes first: a staging directory whose lock is free is
 	// stale (see removeStaleStaging).
 	if s.lock, err = tryLock(s.lockPath, unix.LOCK_EX); err != nil {
-		return nil, fmt.Errorf("layer %s: stage: %w", diffID, err)
+		return nil, fmt.Errorf("stage: %w", err)
 	}
 	if err := os.Mkdir(s.dir(), 0o700); err != nil {
 		unlockAndRemove(s.lock, s.lockPath)
-		return nil, fmt.Errorf("layer %s: stage: %w", diffID, err)
+		return nil, fmt.Errorf("stage: %w", err)
 	}
 	if err := os.Mkdir(s.diffDir(), 0o755); err != nil {
 		s.Abort()
-		return nil, fmt.Errorf("layer %s: stage: %w", diffID, err)
+		return nil, fmt.Errorf("stage: %w", err)
 	}
 	return s, nil
 }
@@ -102,7 +104,7 @@ func (s *Staging) diffDir() string { return filepath.Join(s.dir(), layerDiffDir)
 // skipped and listed in Stats (see doc.go).
 func (s *Staging) Apply(ctx context.Context, r io.Reader) error {
 	if s.state != stagingOpen {
-		return fmt.Errorf("layer %s: apply: staging already used", s.diffID)
+		return errors.New("apply: staging already used")
 	}
 	s.state = stagingFailed
 	te := layer.NewTarExtractor(&layer.UnpackOptions{
@@ -120,12 +122,12 @@ func (s *Staging) Apply(ctx context.Context, r io.Reader) error {
 		}
 		if err != nil {
 			if ctx.Err() != nil {
-				return fmt.Errorf("layer %s: %w", s.diffID, ctx.Err())
+				return ctx.Err()
 			}
 			if errors.Is(err, tar.ErrHeader) || errors.Is(err, tar.ErrFieldTooLong) {
-				return fmt.Errorf("layer %s: %w: malformed tar: %w", s.diffID, errdefs.ErrIntegrity, err)
+				return fmt.Errorf("%w: malformed tar: %w", errdefs.ErrIntegrity, err)
 			}
-			return fmt.Errorf("layer %s: read tar: %w", s.diffID, err)
+			return fmt.Errorf("read tar: %w", err)
 		}
 		// Names are the layer's: bounded and escaped in messages, and
 		// errors that repeat them (the filesystem's) are too.
@@ -134,9 +136,9 @@ func (s *Staging) Apply(ctx context.Context, r io.Reader) error {
 		if err := checkEntry(root, hdr); err != nil {
 			var unsafe errUnsafe
 			if errors.As(err, &unsafe) {
-				return fmt.Errorf("layer %s: entry %s: %w: %w", s.diffID, entry, errdefs.ErrIntegrity, err)
+				return fmt.Errorf("entry %s: %w: %w", entry, errdefs.ErrIntegrity, err)
 			}
-			return fmt.Errorf("layer %s: entry %s: %w", s.diffID, entry, untrusted.Error(err))
+			return fmt.Errorf("entry %s: %w", entry, untrusted.Error(err))
 		}
 		if (hdr.Typeflag == tar.TypeChar || hdr.Typeflag == tar.TypeBlock) && !isWhiteout(hdr.Name) && !s.c.canMknod(s.dir()) {
 			s.stats.SkippedDevices = append(s.stats.SkippedDevices, hdr.Name)
@@ -148,7 +150,7 @@ func (s *Staging) Apply(ctx context.Context, r io.Reader) error {
 			// costs time (archive/tar reads them as zeros; about a
 			// second per 4 GiB): a few bytes could declare exabytes.
 			if s.sparse += hdr.Size; hdr.Size < 0 || s.sparse > s.c.sparseLimit() {
-				return fmt.Errorf("layer %s: entry %s: %w: %w", s.diffID, entry, errdefs.ErrIntegrity,
+				return fmt.Errorf("entry %s: %w: %w", entry, errdefs.ErrIntegrity,
 					errUnsafe(fmt.Sprintf("the layer's sparse files declare more than %d GiB", s.c.sparseLimit()>>30)))
 			}
 		}
@@ -168,7 +170,7 @@ func (s *Staging) Apply(ctx context.Context, r io.Reader) error {
 			data = io.LimitReader(tr, hdr.Size)
 		}
 		if err := te.UnpackEntry(root, hdr, data); err != nil {
-			return fmt.Errorf("layer %s: entry %s: %w", s.diffID, entry, storageError(untrusted.Error(err)))
+			return fmt.Errorf("entry %s: %w", entry, storageError(untrusted.Error(err)))
 		}
 		s.stats.Entries++
 		if hdr.Typeflag == tar.TypeReg {
@@ -190,13 +192,13 @@ func (s *Staging) Stats() ApplyStats { return s.stats }
 // as it is when a layer is read (see storageError).
 func (s *Staging) Commit() error {
 	if s.state != stagingApplied {
-		return fmt.Errorf("layer %s: commit: nothing successfully applied", s.diffID)
+		return errors.New("commit: nothing successfully applied")
 	}
 	if err := s.commit(); err != nil {
 		if aerr := s.Abort(); aerr != nil {
 			s.c.log.Warn("cannot remove a layer that failed to commit", "layer", s.diffID, "err", aerr)
 		}
-		return fmt.Errorf("layer %s: commit: %w", s.diffID, storageError(err))
+		return fmt.Errorf("commit: %w", storageError(err))
 	}
 	return nil
 }
@@ -265,7 +267,7 @@ func (s *Staging) Abort() error {
 	}
 	s.state = stagingDone
 	if err != nil {
-		return fmt.Errorf("layer %s: abort: %w", s.diffID, err)
+		return fmt.Errorf("abort: %w", err)
 	}
 	return nil
 }

@@ -189,8 +189,8 @@ func TestCommitStorageFailure(t *testing.T) {
 	}
 	disk.FailNewBlocks()
 	err = s.Commit()
-	if !errors.Is(err, errdefs.ErrIntegrity) || !errors.Is(err, unix.EIO) || !strings.Contains(err.Error(), "layer "+d.String()) {
-		t.Fatalf("Commit on storage that fails: %v; want an integrity failure (EIO) naming layer %s", err, d)
+	if !errors.Is(err, errdefs.ErrIntegrity) || !errors.Is(err, unix.EIO) || !strings.HasPrefix(err.Error(), "commit: ") {
+		t.Fatalf("Commit on storage that fails: %v; want an integrity failure (EIO) of the commit", err)
 	}
 	if c.HasLayer(d) {
 		t.Error("the layer is committed after a failed Commit")

@@ -74,8 +74,8 @@ type Options struct {
 }
 
 // Blobs opens a blob of a repository for streaming: exactly desc.Size
-// bytes, or an error that names the blob (as registry.Client's do). The
-// caller checks the digest.
+// bytes, or an error, which need not name the blob (registry.Client's do
+// not). The caller checks the digest.
 type Blobs interface {
 	Blob(ctx context.Context, repo name.Repository, desc v1.Descriptor) (io.ReadCloser, error)
 }

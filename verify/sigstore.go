@@ -207,15 +207,14 @@ func fetchBlob(ctx context.Context, blobs Blobs, repo name.Repository, desc v1.D
 	if desc.Digest.Algorithm != "sha256" {
 		return nil, fmt.Errorf("blob %s: unsupported digest algorithm", desc.Digest)
 	}
-	// Blobs' errors name the blob already.
 	rc, err := blobs.Blob(ctx, repo, desc)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("blob %s: %w", desc.Digest, err)
 	}
 	defer rc.Close()
 	b, err := io.ReadAll(io.LimitReader(rc, desc.Size+1))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("blob %s: %w", desc.Digest, err)
 	}
 	if int64(len(b)) != desc.Size {
 		return nil, fmt.Errorf("blob %s: size is not %d", desc.Digest, desc.Size)
@@ -237,28 +236,9 @@ type remoteBlobs struct{ p *remote.Puller }
 func (r remoteBlobs) Blob(ctx context.Context, repo name.Repository, desc v1.Descriptor) (io.ReadCloser, error) {
 	l, err := r.p.Layer(ctx, repo.Digest(desc.Digest.String()))
 	if err != nil {
-		return nil, fmt.Errorf("blob %s: %w", desc.Digest, err)
+		return nil, err
 	}
-	rc, err := l.Compressed()
-	if err != nil {
-		return nil, fmt.Errorf("blob %s: %w", desc.Digest, err)
-	}
-	return namedReader{rc, desc.Digest}, nil
-}
-
-// namedReader names its blob in its read errors, as registry.Client's
-// blobs do.
-type namedReader struct {
-	io.ReadCloser
-	digest v1.Hash
-}
-
-func (r namedReader) Read(p []byte) (int, error) {
-	n, err := r.ReadCloser.Read(p)
-	if err != nil && err != io.EOF {
-		err = fmt.Errorf("blob %s: %w", r.digest, err)
-	}
-	return n, err
+	return l.Compressed()
 }
 
 func isNotFound(err error) bool {

@@ -288,7 +288,7 @@ func (h *Hub) buildKBS(ctx context.Context) (*attest.Client, error) {
 			return nil, err
 		}
 		// No evidence, no resource: a refusal to decrypt (exit 4).
-		return nil, fmt.Errorf("%w: %w", errdefs.ErrDecrypt, err)
+		return nil, errdefs.Kind(errdefs.ErrDecrypt, err)
 	}
 	return attest.NewClient(h.cfg.KBS.URL, t.attester, attest.ClientOptions{
 		CACert: h.cfg.KBS.Cert,

@@ -111,7 +111,7 @@ func (r *resources) newClient() (*attest.Client, error) {
 		if errors.Is(err, errdefs.ErrInvalidConfig) {
 			return nil, err
 		}
-		return nil, fmt.Errorf("%w: %w", errdefs.ErrDecrypt, err)
+		return nil, errdefs.Kind(errdefs.ErrDecrypt, err)
 	}
 	opts := attest.ClientOptions{IdleTimeout: time.Duration(r.cfg.IdleTimeout)}
 	if r.cfg.KBSCert != "" {

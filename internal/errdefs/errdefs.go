@@ -49,6 +49,23 @@ var (
 	ErrAlreadyExists = errors.New("already exists")
 )
 
+// Kind returns err classified as kind (errors.Is(Kind(kind, err), kind)
+// holds) without kind's text in its message. A package whose failures have
+// an exit code of their own, but whose callers say in their words what
+// failed (decrypt's "layer …: cannot decrypt: …" around attest's "kbs
+// resource …: …"), classifies with it, so that the kind is named once.
+func Kind(kind, err error) error {
+	if err == nil || errors.Is(err, kind) {
+		return err
+	}
+	return &kindError{kind: kind, err: err}
+}
+
+type kindError struct{ kind, err error }
+
+func (e *kindError) Error() string   { return e.err.Error() }
+func (e *kindError) Unwrap() []error { return []error{e.err, e.kind} }
+
 // kinds maps each sentinel to its exit code and gRPC code. The first row
 // an error wraps decides: an error that is both a configuration problem
 // and a decryption failure (a policy named by a kbs:// URI that does not

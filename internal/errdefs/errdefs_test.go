@@ -38,3 +38,42 @@ func TestMappings(t *testing.T) {
 		}
 	}
 }
+
+// TestKind: a kind given by Kind maps like a wrapped sentinel, and its
+// text appears once in a message however many levels classify.
+func TestKind(t *testing.T) {
+	inner := errors.New("kbs get resource: 404 Not Found")
+	for _, tc := range []struct {
+		name string
+		err  error
+		msg  string
+		exit int
+	}{
+		{"alone", Kind(ErrDecrypt, fmt.Errorf("kbs resource kbs:///a/b/c: %w", inner)),
+			"kbs resource kbs:///a/b/c: kbs get resource: 404 Not Found", 4},
+		{"named by the caller", fmt.Errorf("layer sha256:1: %w: no key unwraps it: %w", ErrDecrypt, Kind(ErrDecrypt, inner)),
+			"layer sha256:1: cannot decrypt: no key unwraps it: kbs get resource: 404 Not Found", 4},
+		{"already of the kind", Kind(ErrDecrypt, fmt.Errorf("x: %w", ErrDecrypt)), "x: cannot decrypt", 4},
+		{"another kind first", fmt.Errorf("policy p: %w: %w", ErrInvalidConfig, Kind(ErrDecrypt, inner)),
+			"policy p: invalid configuration: kbs get resource: 404 Not Found", 2},
+		{"nil", Kind(ErrDecrypt, nil), "", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.err == nil {
+				if tc.exit != 0 {
+					t.Fatal("nil error")
+				}
+				return
+			}
+			if got := tc.err.Error(); got != tc.msg {
+				t.Errorf("message %q, want %q", got, tc.msg)
+			}
+			if got := ExitCode(tc.err); got != tc.exit {
+				t.Errorf("exit %d, want %d", got, tc.exit)
+			}
+			if !errors.Is(tc.err, inner) && tc.name != "already of the kind" {
+				t.Errorf("%v does not wrap its cause", tc.err)
+			}
+		})
+	}
+}

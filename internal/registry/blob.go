@@ -22,7 +22,9 @@ import (
 // last byte received, so a blob is never downloaded twice. It returns
 // exactly desc.Size bytes, or an error: a registry that sends more, or
 // whose connections keep breaking without progress, is an error. It does
-// not check the digest: the caller hashes the bytes as they stream.
+// not check the digest: the caller hashes the bytes as they stream. Its
+// errors do not name the blob: the caller says what it is (a layer, a
+// config, a signature payload) with its digest.
 //
 // Every request, the first and each resume, goes through the client's one
 // retry layer (Retry); the reader itself only resumes.
@@ -98,7 +100,7 @@ func (b *blobReader) Read(p []byte) (int, error) {
 			return n, cerr
 		}
 		if b.resumes++; b.resumes > maxResumes {
-			return n, fmt.Errorf("blob %s: gave up after %d broken connections, at byte %d of %d: %w", b.desc.Digest, b.resumes, b.off, b.desc.Size, err)
+			return n, fmt.Errorf("gave up after %d broken connections, at byte %d of %d: %w", b.resumes, b.off, b.desc.Size, err)
 		}
 		if n > 0 {
 			return n, nil
@@ -106,7 +108,7 @@ func (b *blobReader) Read(p []byte) (int, error) {
 		// A connection that breaks before its first byte counts as a
 		// failed attempt of the retry layer's budget.
 		if b.stalled++; b.stalled >= b.retry.Attempts {
-			return 0, fmt.Errorf("blob %s: gave up after %d connections broke without progress, at byte %d of %d: %w", b.desc.Digest, b.stalled+1, b.off, b.desc.Size, err)
+			return 0, fmt.Errorf("gave up after %d connections broke without progress, at byte %d of %d: %w", b.stalled+1, b.off, b.desc.Size, err)
 		}
 		if err := sleep(b.ctx, b.retry.wait(b.stalled)); err != nil {
 			return 0, err
@@ -125,7 +127,7 @@ func (b *blobReader) finish(p []byte) (int, error) {
 	b.body.Close()
 	b.body = nil
 	if n > 0 {
-		return 0, fmt.Errorf("blob %s: %w: registry sent more than the %d bytes of the descriptor", b.desc.Digest, errdefs.ErrIntegrity, b.desc.Size)
+		return 0, fmt.Errorf("%w: registry sent more than the %d bytes of the descriptor", errdefs.ErrIntegrity, b.desc.Size)
 	}
 	return 0, io.EOF
 }
@@ -152,7 +154,7 @@ func (b *blobReader) open() error {
 	}
 	resp, err := b.client.Do(req)
 	if err != nil {
-		return fmt.Errorf("blob %s: %w", b.desc.Digest, err)
+		return err
 	}
 	switch {
 	case resp.StatusCode == http.StatusOK:
@@ -161,7 +163,7 @@ func (b *blobReader) open() error {
 			// have.
 			if _, err := io.CopyN(io.Discard, resp.Body, b.off); err != nil {
 				resp.Body.Close()
-				return fmt.Errorf("blob %s: %w", b.desc.Digest, err)
+				return err
 			}
 		}
 		b.body = resp.Body
@@ -173,7 +175,7 @@ func (b *blobReader) open() error {
 		}
 		if err != nil {
 			resp.Body.Close()
-			return fmt.Errorf("blob %s: registry answered a range request from byte %d with Content-Range %s: %w", b.desc.Digest, b.off, untrusted.Quote(resp.Header.Get("Content-Range")), err)
+			return fmt.Errorf("registry answered a range request from byte %d with Content-Range %s: %w", b.off, untrusted.Quote(resp.Header.Get("Content-Range")), err)
 		}
 		b.body = resp.Body
 		return nil
@@ -184,11 +186,11 @@ func (b *blobReader) open() error {
 	status := fmt.Sprintf("%d %s", resp.StatusCode, http.StatusText(resp.StatusCode))
 	switch resp.StatusCode {
 	case http.StatusUnauthorized, http.StatusForbidden:
-		return fmt.Errorf("blob %s: %w: the registry answered %s", b.desc.Digest, errdefs.ErrUnauthenticated, status)
+		return fmt.Errorf("%w: the registry answered %s", errdefs.ErrUnauthenticated, status)
 	case http.StatusNotFound:
-		return fmt.Errorf("blob %s: %w in the registry", b.desc.Digest, errdefs.ErrNotFound)
+		return fmt.Errorf("%w in the registry", errdefs.ErrNotFound)
 	}
-	return fmt.Errorf("blob %s: registry answered %s", b.desc.Digest, status)
+	return fmt.Errorf("registry answered %s", status)
 }
 
 // ContentRange is a parsed Content-Range header of a 206 answer.

@@ -326,7 +326,7 @@ func (c *Client) resolveAt(ctx context.Context, ref name.Reference, src Source) 
 	}
 	rc, err := c.Blob(ctx, img.Repo(), m.Config)
 	if err != nil {
-		return nil, fmt.Errorf("%s: config: %w", refname.Reference(ref), err)
+		return nil, fmt.Errorf("%s: config %s: %w", refname.Reference(ref), m.Config.Digest, err)
 	}
 	defer rc.Close()
 	img.RawConfig, err = readVerified(rc, m.Config.Digest, m.Config.Size)
