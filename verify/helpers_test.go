@@ -26,44 +26,14 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/sigstore/sigstore/pkg/cryptoutils"
 
+	"github.com/guest-puller/guest-puller/internal/testutil"
 	"github.com/guest-puller/guest-puller/policy"
 )
 
-// cosignPath is where the project's setup installs cosign (go install).
-const cosignPath = "/root/go/bin/cosign"
-
-// tool returns the path of a command the tests need, failing the test when
-// it is not installed: a missing tool is a broken test environment, not a
-// reason to skip.
-func tool(t *testing.T, name string) string {
-	t.Helper()
-	if name == "cosign" {
-		if _, err := os.Stat(cosignPath); err == nil {
-			return cosignPath
-		}
-	}
-	p, err := exec.LookPath(name)
-	if err != nil {
-		t.Fatalf("%s is not installed (scripts/setup installs it): %v", name, err)
-	}
-	return p
-}
-
-// run runs a command and returns its stdout; a failure fails the test with
-// the command's output.
-func run(t *testing.T, env []string, name string, args ...string) string {
-	t.Helper()
-	cmd := exec.Command(tool(t, name), args...)
-	cmd.Env = append(os.Environ(), env...)
-	var stdout, stderr strings.Builder
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("%s %s: %v\n%s%s", name, strings.Join(args, " "), err, stdout.String(), stderr.String())
-	}
-	return stdout.String()
-}
+// Commands are found and run by internal/testutil (testutil.Cosign,
+// testutil.Need, testutil.Output), as in every other package's tests: a
+// missing tool fails the test, it never skips it.
 
 // startRegistry serves go-containerregistry's registry on a loopback port
 // and returns its host:port.
@@ -122,16 +92,7 @@ func closedAddr(t *testing.T) string {
 // digest) is unique to content, and returns its layout reference for skopeo.
 func buildImage(t *testing.T, content string) string {
 	t.Helper()
-	dir := t.TempDir()
-	layout := filepath.Join(dir, "layout")
-	run(t, nil, "umoci", "init", "--layout", layout)
-	run(t, nil, "umoci", "new", "--image", layout+":img")
-	f := filepath.Join(dir, "file")
-	if err := os.WriteFile(f, []byte(content), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	run(t, nil, "umoci", "insert", "--image", layout+":img", f, "/file")
-	return "oci:" + layout + ":img"
+	return testutil.BuildImage(t, testutil.ImageSpec{Layers: [][]byte{testutil.Tar(t, testutil.File("file", content, 0o644))}})
 }
 
 // push copies an image to docker://dst with skopeo (plus extra flags) and
@@ -140,7 +101,8 @@ func push(t *testing.T, src, dst string, extra ...string) v1.Hash {
 	t.Helper()
 	digestFile := filepath.Join(t.TempDir(), "digest")
 	args := append([]string{"copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false", "--digestfile", digestFile}, extra...)
-	run(t, nil, "skopeo", append(args, src, "docker://"+dst)...)
+	testutil.Need(t, "skopeo")
+	testutil.Run(t, "skopeo", append(args, src, "docker://"+dst)...)
 	b, err := os.ReadFile(digestFile)
 	if err != nil {
 		t.Fatal(err)
@@ -152,29 +114,17 @@ func push(t *testing.T, src, dst string, extra ...string) v1.Hash {
 	return h
 }
 
-// cosignKey is a key pair cosign signs with.
+// cosignKey is a key pair cosign signs with, and its public key parsed.
 type cosignKey struct {
-	key string // cosign's encrypted private key file (empty password)
+	testutil.CosignKey
 	pub crypto.PublicKey
-}
-
-// cosignEnv keeps cosign's state out of the real home and never asks for
-// a password.
-func cosignEnv(t *testing.T) []string {
-	return []string{"COSIGN_PASSWORD=", "HOME=" + t.TempDir(), "SIGSTORE_NO_CACHE=true"}
 }
 
 // generateCosignKey makes a P-256 key pair with cosign generate-key-pair.
 func generateCosignKey(t *testing.T) cosignKey {
 	t.Helper()
-	dir := t.TempDir()
-	cmd := exec.Command(tool(t, "cosign"), "generate-key-pair")
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), cosignEnv(t)...)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("cosign generate-key-pair: %v\n%s", err, out)
-	}
-	return cosignKey{key: filepath.Join(dir, "cosign.key"), pub: readPublicKey(t, filepath.Join(dir, "cosign.pub"))}
+	k := testutil.NewCosignKey(t)
+	return cosignKey{CosignKey: k, pub: k.PublicKey(t)}
 }
 
 // importCosignKey makes a key of the given kind (p384, ed25519, rsa) and
@@ -205,30 +155,15 @@ func importCosignKey(t *testing.T, kind string) cosignKey {
 	if err := os.WriteFile(pemFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	run(t, cosignEnv(t), "cosign", "import-key-pair", "--key", pemFile, "--output-key-prefix", filepath.Join(dir, kind))
-	return cosignKey{key: filepath.Join(dir, kind+".key"), pub: readPublicKey(t, filepath.Join(dir, kind+".pub"))}
-}
-
-func readPublicKey(t *testing.T, path string) crypto.PublicKey {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, err := cryptoutils.UnmarshalPEMToPublicKey(b)
-	if err != nil {
-		t.Fatalf("%s: %v", path, err)
-	}
-	return pub
+	k := testutil.ImportCosignKey(t, pemFile)
+	return cosignKey{CosignKey: k, pub: k.PublicKey(t)}
 }
 
 // cosignSign signs ref (repo@digest) with cosign, offline: no
 // transparency log upload.
-func cosignSign(t *testing.T, k cosignKey, ref string, env []string, extra ...string) {
+func cosignSign(t *testing.T, k cosignKey, ref string, extra ...string) {
 	t.Helper()
-	args := append([]string{"sign", "--key", k.key, "--tlog-upload=false", "--yes",
-		"--allow-insecure-registry", "--allow-http-registry"}, extra...)
-	run(t, append(cosignEnv(t), env...), "cosign", append(args, ref)...)
+	k.Sign(t, ref, append([]string{"--allow-insecure-registry", "--allow-http-registry"}, extra...)...)
 }
 
 // gpgHome is a throw-away GnuPG home with its agent stopped at cleanup.
@@ -238,7 +173,7 @@ type gpgHome struct {
 
 func newGPGHome(t *testing.T) *gpgHome {
 	t.Helper()
-	tool(t, "gpg")
+	testutil.Need(t, "gpg", "gpgconf")
 	// Short path: gpg-agent's socket lives here and unix socket paths are
 	// limited to about 100 bytes, more than t.TempDir can guarantee.
 	dir, err := os.MkdirTemp("", "gpg")
@@ -263,8 +198,8 @@ func (h *gpgHome) env() []string { return []string{"GNUPGHOME=" + h.dir} }
 // fingerprint.
 func (h *gpgHome) newKey(t *testing.T, uid string) string {
 	t.Helper()
-	run(t, h.env(), "gpg", "--batch", "--passphrase", "", "--quick-gen-key", uid, "default", "default", "never")
-	out := run(t, h.env(), "gpg", "--with-colons", "--list-secret-keys", uid)
+	testutil.Output(t, h.env(), "gpg", "--batch", "--passphrase", "", "--quick-gen-key", uid, "default", "default", "never")
+	out := testutil.Output(t, h.env(), "gpg", "--with-colons", "--list-secret-keys", uid)
 	for _, line := range strings.Split(out, "\n") {
 		if f := strings.Split(line, ":"); f[0] == "fpr" {
 			return f[9]
@@ -281,7 +216,7 @@ func (h *gpgHome) export(t *testing.T, fpr string, armored bool) []byte {
 	if armored {
 		args = append(args, "--armor")
 	}
-	return []byte(run(t, h.env(), "gpg", append(args, fpr)...))
+	return []byte(testutil.Output(t, h.env(), "gpg", append(args, fpr)...))
 }
 
 // countingTransport counts the HTTP requests made through it.

@@ -117,7 +117,7 @@ func TestSigstore(t *testing.T) {
 	signedRepo := reg + "/signed"
 	dA := push(t, imgA, signedRepo+":v1")
 	for _, k := range []cosignKey{p256, p384, ed, rsaKey} {
-		cosignSign(t, k, signedRepo+"@"+dA.String(), nil)
+		cosignSign(t, k, signedRepo+"@"+dA.String())
 	}
 
 	unsignedRepo := reg + "/unsigned"
@@ -136,13 +136,12 @@ func TestSigstore(t *testing.T) {
 
 	// OCI 1.1 referrers, through the referrers API and through its tag
 	// schema on a registry without the API.
-	referrersEnv := []string{"COSIGN_EXPERIMENTAL=1"}
 	refRepo := reg + "/referrers"
 	dRef := push(t, imgA, refRepo+":v1")
-	cosignSign(t, p256, refRepo+"@"+dRef.String(), referrersEnv, "--registry-referrers-mode=oci-1-1")
+	cosignSign(t, p256, refRepo+"@"+dRef.String(), "--registry-referrers-mode=oci-1-1")
 	refTagRepo := regNoReferrers + "/referrers"
 	dRefTag := push(t, imgA, refTagRepo+":v1")
-	cosignSign(t, p256, refTagRepo+"@"+dRefTag.String(), referrersEnv, "--registry-referrers-mode=oci-1-1")
+	cosignSign(t, p256, refTagRepo+"@"+dRefTag.String(), "--registry-referrers-mode=oci-1-1")
 	for _, r := range []string{refRepo, refTagRepo} {
 		// The claim must come from the referrer, not from an attachment.
 		if _, err := remote.Head(mustRef(t, fmt.Sprintf("%s:sha256-%s.sig", r, dA.Hex))); !isNotFound(err) {
@@ -168,7 +167,7 @@ func TestSigstore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cosignSign(t, p256, idxRepo+"@"+dIdx.String(), nil)
+	cosignSign(t, p256, idxRepo+"@"+dIdx.String())
 
 	// containers/image's format and hash choice. Debian's skopeo is built
 	// without sigstore signing ("sigstore disabled"), so the signatures
@@ -225,7 +224,7 @@ func TestSigstore(t *testing.T) {
 	// Signed through an honest endpoint, read through one that alters blobs.
 	honest, tampering := startTamperingRegistry(t)
 	dTampered := push(t, imgA, honest+"/signed:v1")
-	cosignSign(t, p256, honest+"/signed@"+dTampered.String(), nil)
+	cosignSign(t, p256, honest+"/signed@"+dTampered.String())
 	tamperedRepo := tampering + "/signed"
 
 	target := func(repo string, digests ...v1.Hash) Target {

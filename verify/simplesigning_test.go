@@ -17,6 +17,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/testutil"
 	"github.com/guest-puller/guest-puller/policy"
 )
 
@@ -70,16 +71,16 @@ func TestSimpleSigning(t *testing.T) {
 
 	// A key that signs with a subkey: the claim names the primary key.
 	fpr4 := gpg.newKey(t, "Subkey Signer <four@example.com>")
-	run(t, gpg.env(), "gpg", "--batch", "--passphrase", "", "--quick-add-key", fpr4, "default", "sign", "never")
+	testutil.Output(t, gpg.env(), "gpg", "--batch", "--passphrase", "", "--quick-add-key", fpr4, "default", "sign", "never")
 	subkeyRepo := reg + "/subkey"
 	dSubkey := skopeoSign(imgB, subkeyRepo+":v1", fpr4)
 	var fprs []string
-	for _, line := range strings.Split(run(t, gpg.env(), "gpg", "--with-colons", "--list-keys", fpr4), "\n") {
+	for _, line := range strings.Split(testutil.Output(t, gpg.env(), "gpg", "--with-colons", "--list-keys", fpr4), "\n") {
 		if f := strings.Split(line, ":"); f[0] == "fpr" {
 			fprs = append(fprs, f[9])
 		}
 	}
-	packets := run(t, gpg.env(), "gpg", "--list-packets", filepath.Join(sigDir, "subkey@sha256="+dSubkey.Hex, "signature-1"))
+	packets := testutil.Output(t, gpg.env(), "gpg", "--list-packets", filepath.Join(sigDir, "subkey@sha256="+dSubkey.Hex, "signature-1"))
 	if len(fprs) != 3 || !strings.Contains(packets, "keyid "+fprs[2][24:]) {
 		t.Fatalf("signature is not by the new signing subkey of %v:\n%s", fprs, packets)
 	}
@@ -119,7 +120,7 @@ func TestSimpleSigning(t *testing.T) {
 	writeFile(t, idxFile, string(rawIdx))
 	idxSig := filepath.Join(sigDir, "index@sha256="+dIdx.Hex, "signature-1")
 	writeFile(t, idxSig, "")
-	run(t, gpg.env(), "skopeo", "standalone-sign", idxFile, idxRepo+":v1", fpr1, "--output", idxSig)
+	testutil.Output(t, gpg.env(), "skopeo", "standalone-sign", idxFile, idxRepo+":v1", fpr1, "--output", idxSig)
 
 	fileRD := lookasideConfig(t, fmt.Sprintf("docker:\n  %s:\n    lookaside: file://%s\n", reg, sigDir))
 	// default-docker, and the old key name "sigstore".

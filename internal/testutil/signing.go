@@ -159,7 +159,7 @@ func NewGPGKey(t testing.TB, uid string) GPGKey {
 	if k.Fingerprint == "" {
 		t.Fatalf("gpg: no fingerprint for %s", uid)
 	}
-	pub := runStdout(t, env, "gpg", "--batch", "--armor", "--export", k.Fingerprint)
+	pub := Output(t, env, "gpg", "--batch", "--armor", "--export", k.Fingerprint)
 	if err := os.WriteFile(k.Pub, []byte(pub), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -186,9 +186,10 @@ func (k GPGKey) SignCopy(t testing.TB, src, dst, staging string, extra ...string
 	RunEnv(t, k.env(), "skopeo", append(args, src, dst)...)
 }
 
-// runStdout runs a command with extra environment variables and returns
-// its standard output alone, failing the test with its stderr if it fails.
-func runStdout(t testing.TB, env []string, name string, args ...string) string {
+// Output runs a command with extra environment variables and returns its
+// standard output alone (what a test parses: gpg's key listings and
+// exports), failing the test with its stderr if it fails.
+func Output(t testing.TB, env []string, name string, args ...string) string {
 	t.Helper()
 	cmd := exec.Command(name, args...)
 	cmd.Env = append(os.Environ(), env...)
