@@ -171,3 +171,75 @@ func TestArchitectureDependencies(t *testing.T) {
 		}
 	}
 }
+
+// TestDocCommands: what the README and docs/ say to type or to read is
+// there. Every flag written after `guest-puller COMMAND` is one of that
+// command's flags (its -h, held in cmd/guest-puller/testdata/help), and
+// every path of this repository they name exists.
+func TestDocCommands(t *testing.T) {
+	pages, err := filepath.Glob(filepath.Join("..", "docs", "*.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pages = append(pages, filepath.Join("..", "README.md"))
+	helpFlag := regexp.MustCompile(`(?m)^\s+--([a-z][a-z0-9-]*)`)
+	flagsOf := map[string]map[string]bool{}
+	commands := []string{"policy check", "cache ls", "cache rm", "cache gc", "attest ak", "pull", "serve", "keyprovider", "version", "encrypt", "cdh"}
+	for _, c := range commands {
+		help, err := os.ReadFile(filepath.Join("..", "cmd", "guest-puller", "testdata", "help", strings.ReplaceAll(c, " ", "-")+".txt"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		flagsOf[c] = map[string]bool{"help": true}
+		for _, m := range helpFlag.FindAllStringSubmatch(string(help), -1) {
+			flagsOf[c][m[1]] = true
+		}
+	}
+	if len(flagsOf["pull"]) < 10 {
+		t.Fatalf("pull's help lists %d flags", len(flagsOf["pull"]))
+	}
+	invocation := regexp.MustCompile(`guest-puller (` + strings.Join(commands, "|") + `)\b([^` + "`" + `|#\n]*)`)
+	flag := regexp.MustCompile(`(?:^|\s)--([a-z][a-z0-9-]*)`)
+	// Paths under the repository's own top-level directories.
+	tops, err := os.ReadDir("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dirs []string
+	for _, e := range tops {
+		if e.IsDir() && !strings.HasPrefix(e.Name(), ".") {
+			dirs = append(dirs, regexp.QuoteMeta(e.Name()))
+		}
+	}
+	repoPath := regexp.MustCompile(`(?:^|[\s(` + "`" + `])((?:` + strings.Join(dirs, "|") + `)/[\w./-]*[\w/])`)
+	checked := 0
+	for _, page := range pages {
+		data, err := os.ReadFile(page)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Shell lines continued with a backslash are one command.
+		text := regexp.MustCompile(`\\\n\s*`).ReplaceAllString(string(data), " ")
+		for _, m := range invocation.FindAllStringSubmatch(text, -1) {
+			for _, f := range flag.FindAllStringSubmatch(m[2], -1) {
+				checked++
+				if !flagsOf[m[1]][f[1]] {
+					t.Errorf("%s: `guest-puller %s` has no flag --%s (%s)", page, m[1], f[1], strings.TrimSpace(m[0]))
+				}
+			}
+		}
+		for _, m := range repoPath.FindAllStringSubmatch(text, -1) {
+			p := m[1]
+			if strings.Contains(p, "COMMAND") { // a placeholder
+				continue
+			}
+			checked++
+			if _, err := os.Stat(filepath.Join("..", p)); err != nil {
+				t.Errorf("%s names %s, which is not in the repository", page, p)
+			}
+		}
+	}
+	if checked < 50 {
+		t.Fatalf("only %d flags and paths checked: the patterns no longer match the pages", checked)
+	}
+}
