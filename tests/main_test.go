@@ -29,7 +29,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	bins, err = testutil.BuildCommands(dir, "./cmd/guest-puller", "./cmd/dev-kbs")
+	bins, err = testutil.BuildCommands(dir, "./cmd/guest-puller", "./cmd/dev-kbs", "./cmd/cdh-client")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.RemoveAll(dir)

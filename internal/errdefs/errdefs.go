@@ -99,6 +99,19 @@ func ExitCode(err error) int {
 	return 1
 }
 
+// FromGRPC is the kind of error a daemon's gRPC status code says, read
+// from the same table as GRPCCode (the first kind with that code), for a
+// client that reports a daemon's answer with the command line's exit
+// codes; nil for a code of no kind of its own.
+func FromGRPC(code codes.Code) error {
+	for _, k := range kinds {
+		if k.code == code {
+			return k.err
+		}
+	}
+	return nil
+}
+
 // GRPCCode maps err to the gRPC status code the daemon answers with, so a
 // caller can tell a refusal from a failure without parsing the message.
 func GRPCCode(err error) codes.Code {

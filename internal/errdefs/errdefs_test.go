@@ -77,3 +77,24 @@ func TestKind(t *testing.T) {
 		})
 	}
 }
+
+// TestFromGRPC: a daemon's status code comes back as the kind that made
+// it, so a client's exit code is the one `pull` would have given.
+func TestFromGRPC(t *testing.T) {
+	for _, tc := range []struct {
+		code codes.Code
+		exit int
+	}{
+		{codes.InvalidArgument, 2}, {codes.PermissionDenied, 3}, {codes.FailedPrecondition, 4},
+		{codes.DataLoss, 5}, {codes.Unauthenticated, 1}, {codes.NotFound, 1}, {codes.AlreadyExists, 2},
+		{codes.Internal, 1}, {codes.Unavailable, 1},
+	} {
+		err := FromGRPC(tc.code)
+		if got := ExitCode(fmt.Errorf("daemon: %w", err)); err != nil && got != tc.exit || err == nil && tc.exit != 1 {
+			t.Errorf("FromGRPC(%v) = %v: exit %d, want %d", tc.code, err, got, tc.exit)
+		}
+		if err != nil && GRPCCode(err) != tc.code {
+			t.Errorf("FromGRPC(%v) = %v, which maps back to %v", tc.code, err, GRPCCode(err))
+		}
+	}
+}
