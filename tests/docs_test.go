@@ -7,6 +7,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/guest-puller/guest-puller/internal/testutil"
 )
 
 // TestDocLinks: every document the README and docs/ send a reader to is
@@ -174,8 +176,9 @@ func TestArchitectureDependencies(t *testing.T) {
 
 // TestDocCommands: what the README and docs/ say to type or to read is
 // there. Every flag written after `guest-puller COMMAND` is one of that
-// command's flags (its -h, held in cmd/guest-puller/testdata/help), and
-// every path of this repository they name exists.
+// command's flags (its -h, held in cmd/guest-puller/testdata/help), every
+// flag written after `dev-kbs` one of dev-kbs's, and every path of this
+// repository they name exists.
 func TestDocCommands(t *testing.T) {
 	pages, err := filepath.Glob(filepath.Join("..", "docs", "*.md"))
 	if err != nil {
@@ -195,10 +198,16 @@ func TestDocCommands(t *testing.T) {
 			flagsOf[c][m[1]] = true
 		}
 	}
-	if len(flagsOf["pull"]) < 10 {
-		t.Fatalf("pull's help lists %d flags", len(flagsOf["pull"]))
+	// dev-kbs has no golden help: its own -h says.
+	devKBSHelp := testutil.Exec(t, nil, bins["dev-kbs"], "-h")
+	flagsOf["dev-kbs"] = map[string]bool{"help": true}
+	for _, m := range regexp.MustCompile(`(?m)^\s+-{1,2}([a-z][a-z0-9-]*)`).FindAllStringSubmatch(devKBSHelp.Stdout+devKBSHelp.Stderr, -1) {
+		flagsOf["dev-kbs"][m[1]] = true
 	}
-	invocation := regexp.MustCompile(`guest-puller (` + strings.Join(commands, "|") + `)\b([^` + "`" + `|#\n]*)`)
+	if len(flagsOf["pull"]) < 10 || len(flagsOf["dev-kbs"]) < 5 {
+		t.Fatalf("pull's help lists %d flags, dev-kbs's %d", len(flagsOf["pull"]), len(flagsOf["dev-kbs"]))
+	}
+	invocation := regexp.MustCompile(`(?:guest-puller (` + strings.Join(commands, "|") + `)|(dev-kbs))\b([^` + "`" + `|#\n]*)`)
 	flag := regexp.MustCompile(`(?:^|\s)--([a-z][a-z0-9-]*)`)
 	// Paths under the repository's own top-level directories.
 	tops, err := os.ReadDir("..")
@@ -221,10 +230,11 @@ func TestDocCommands(t *testing.T) {
 		// Shell lines continued with a backslash are one command.
 		text := regexp.MustCompile(`\\\n\s*`).ReplaceAllString(string(data), " ")
 		for _, m := range invocation.FindAllStringSubmatch(text, -1) {
-			for _, f := range flag.FindAllStringSubmatch(m[2], -1) {
+			cmd := m[1] + m[2]
+			for _, f := range flag.FindAllStringSubmatch(m[3], -1) {
 				checked++
-				if !flagsOf[m[1]][f[1]] {
-					t.Errorf("%s: `guest-puller %s` has no flag --%s (%s)", page, m[1], f[1], strings.TrimSpace(m[0]))
+				if !flagsOf[cmd][f[1]] {
+					t.Errorf("%s: %s has no flag --%s (%s)", page, cmd, f[1], strings.TrimSpace(m[0]))
 				}
 			}
 		}
