@@ -133,3 +133,35 @@ func TestParseMkfsOpts(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParseMkfsOpts holds parseMkfsOpts, a parser of what a SecureMount
+// request says, to never letting through a mke2fs argument outside the few
+// it takes, whatever the input.
+func FuzzParseMkfsOpts(f *testing.F) {
+	for _, s := range []string{"", "-E lazy_journal_init", "-O ^has_journal -m 0 -i 163840 -I 128",
+		"-U 0f5d4e6c-5d9e-4a0b-9d8c-1b2a3c4d5e6f", "-E root_owner=0:0", "-d /etc", "-O ^has_journal,^has_journal"} {
+		f.Add(s)
+	}
+	allowed := map[string]bool{"-m": true, "-i": true, "-I": true, "-U": true}
+	f.Fuzz(func(t *testing.T, s string) {
+		o, err := parseMkfsOpts(s)
+		if err != nil {
+			if !errors.Is(err, errdefs.ErrInvalidConfig) {
+				t.Fatalf("parseMkfsOpts(%q): %v, not a configuration error", s, err)
+			}
+			return
+		}
+		features, args := o.args()
+		if features != "" && features != ",^has_journal" {
+			t.Fatalf("parseMkfsOpts(%q): features %q", s, features)
+		}
+		if len(args)%2 != 0 {
+			t.Fatalf("parseMkfsOpts(%q): args %q", s, args)
+		}
+		for i := 0; i < len(args); i += 2 {
+			if !allowed[args[i]] || strings.HasPrefix(args[i+1], "-") || strings.ContainsAny(args[i+1], " \t\n,=") {
+				t.Fatalf("parseMkfsOpts(%q): mke2fs argument %q %q", s, args[i], args[i+1])
+			}
+		}
+	})
+}

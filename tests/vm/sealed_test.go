@@ -19,6 +19,7 @@ import (
 	mrand "math/rand/v2"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -236,11 +237,17 @@ func TestSealedStore(t *testing.T) {
 		if n < 1<<20 {
 			t.Fatalf("the 4 MiB file's data was not found on the disk: largest changed run %d bytes", n)
 		}
-		tamper(t, diskA, off+n/4, n/2)
+		// The file reads back whole from the disk before the host acts.
 		m.Sh(t, "echo 3 >/proc/sys/vm/drop_caches")
+		if got := strings.Fields(m.Sh(t, `sha256sum "$1"`, target)); len(got) == 0 || got[0] != small[1].bigSHA256 {
+			t.Fatalf("%s reads %v before the host changed it, want %s", target, got, small[1].bigSHA256)
+		}
+		m.Sh(t, "echo 3 >/proc/sys/vm/drop_caches")
+		tamper(t, diskA, off+n/4, n/2)
 
-		if r := m.Run(t, "cat", target); r.Code == 0 {
-			t.Errorf("reading a file whose blocks the host changed succeeded")
+		// dm-integrity's verdict, through ext4: EIO, never other bytes.
+		if r := m.Run(t, "cat", target); r.Code == 0 || !strings.Contains(r.Stderr, "Input/output error") {
+			t.Errorf("reading a file whose blocks the host changed: exit %d, want an I/O error: %s", r.Code, r.Stderr)
 		} else {
 			t.Logf("reading it: %s", strings.TrimSpace(r.Stderr))
 		}
@@ -248,9 +255,13 @@ func TestSealedStore(t *testing.T) {
 		if r.Code != 5 || !strings.Contains(r.Stderr, smallDigests[1]) {
 			t.Errorf("pull over a changed layer: exit %d, want 5 naming layer %s: %s", r.Code, smallDigests[1], r.Stderr)
 		}
+		gets := proxy.FullGets(smallDigests[1]) + proxy.RangeGets(smallDigests[1])
 		again := decode(t, pull(t, 5*time.Minute, smallRef, sealed...))
 		if len(again.Layers) != 2 || !again.Layers[0].Cached || again.Layers[1].Cached {
 			t.Errorf("the pull after it: layers %+v, want the first cached and the changed one fetched again", again.Layers)
+		}
+		if n := proxy.FullGets(smallDigests[1]) + proxy.RangeGets(smallDigests[1]) - gets; n == 0 {
+			t.Errorf("the pull after it did not download layer %s again", smallDigests[1])
 		}
 		if got := strings.Fields(m.Sh(t, `sha256sum "$1"`, again.Rootfs+"/"+small[1].bigName)); len(got) == 0 || got[0] != small[1].bigSHA256 {
 			t.Errorf("after the refetch the file reads %v, want %s", got, small[1].bigSHA256)
@@ -280,8 +291,12 @@ func TestSealedStore(t *testing.T) {
 		m.Sh(t, "sync")
 	})
 	m.PowerOff(t)
-	scanDisk(t, diskB, [][]byte{[]byte(small[0].marker), small[1].sample, storeKey,
-		[]byte(hex.EncodeToString(storeKey)), []byte(base64.StdEncoding.EncodeToString(storeKey))})
+	// Neither the key nor the volume key it unlocks is in the host's file,
+	// in any spelling; nor is the image's plaintext.
+	volumeKey := dumpVolumeKey(t, diskB, storeKey)
+	scanDisk(t, diskB, [][]byte{[]byte(small[0].marker), small[1].sample,
+		storeKey, []byte(hex.EncodeToString(storeKey)), []byte(base64.StdEncoding.EncodeToString(storeKey)),
+		volumeKey[:32], volumeKey[32:64], volumeKey[64:], []byte(hex.EncodeToString(volumeKey[:32]))})
 	m = Boot(t, cfg)
 	t.Run("kbs key after restart", func(t *testing.T) {
 		gets := layerGets()
@@ -336,6 +351,39 @@ func scanDisk(t *testing.T, disk string, needles [][]byte) {
 		// Keep the tail, so a needle across two chunks is found too.
 		carry = copy(buf, data[len(data)-4096:])
 	}
+}
+
+// dumpVolumeKey reads, on the host, the volume key of the LUKS2 store on
+// disk with its key, as only a holder of the key can: cryptsetup decrypts
+// the keyslot in user space (no device-mapper). With dm-integrity the
+// volume key is the AES-XTS-512 key followed by the HMAC-SHA256 key.
+func dumpVolumeKey(t *testing.T, disk string, key []byte) []byte {
+	t.Helper()
+	keyFile := filepath.Join(t.TempDir(), "key")
+	if err := os.WriteFile(keyFile, key, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("cryptsetup", "luksDump", "--dump-volume-key", "--batch-mode", "--key-file", keyFile, disk).CombinedOutput()
+	if err != nil {
+		t.Fatalf("cryptsetup luksDump --dump-volume-key: %v\n%s", err, out)
+	}
+	// "MK dump:" (or "Volume key:") and hex bytes, wrapped over lines.
+	var hexKey strings.Builder
+	in := false
+	for _, line := range strings.Split(string(out), "\n") {
+		if name, rest, ok := strings.Cut(line, ":"); ok && !strings.HasPrefix(line, "\t") && !strings.HasPrefix(line, " ") {
+			in = name == "MK dump" || name == "Volume key"
+			line = rest
+		}
+		if in {
+			hexKey.WriteString(strings.Join(strings.Fields(line), ""))
+		}
+	}
+	vk, err := hex.DecodeString(hexKey.String())
+	if err != nil || len(vk) != 96 {
+		t.Fatalf("volume key of %s: %d bytes (%v), want 96:\n%s", disk, len(vk), err, out)
+	}
+	return vk
 }
 
 // blockHashes hashes a disk file in 4 KiB blocks.

@@ -138,8 +138,12 @@ func run(req wire.Request) wire.Response {
 }
 
 // secureMount calls api.SecureMountService/SecureMount as kata-agent does
-// for its trusted storage.
+// for its trusted storage (rpc.rs cdh_secure_mount: the mount point made
+// first, then the call).
 func secureMount(socket, volumeType, mountPoint string, opts []string) error {
+	if err := os.MkdirAll(mountPoint, 0o755); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	conn, err := (&net.Dialer{}).DialContext(ctx, "unix", strings.TrimPrefix(socket, "unix://"))
@@ -158,8 +162,12 @@ func secureMount(socket, volumeType, mountPoint string, opts []string) error {
 }
 
 // pullImage calls api.ImagePullService/PullImage on the ttrpc socket as
-// kata-agent does, and prints the response as JSON.
+// kata-agent does (confidential_data_hub::pull_image: the bundle directory
+// made first, then the call), and prints the response as JSON.
 func pullImage(socket, image, bundle string) error {
+	if err := os.MkdirAll(bundle, 0o755); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	conn, err := (&net.Dialer{}).DialContext(ctx, "unix", strings.TrimPrefix(socket, "unix://"))
