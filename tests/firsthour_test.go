@@ -85,6 +85,17 @@ func TestFirstHourErrors(t *testing.T) {
 		}
 	})
 
+	t.Run("policy check says a refusal once", func(t *testing.T) {
+		e := newEnv(t)
+		pol := e.write("policy.json", `{"default":[{"type":"reject"}]}`)
+		for _, args := range [][]string{nil, {"--json"}} {
+			r := e.gp(append([]string{"policy", "check", ref, "--policy", pol, "--insecure-registry", reg.Host}, args...)...)
+			if r.Code != 3 || !strings.Contains(r.Stdout, "reject") || r.Stderr != "" {
+				t.Errorf("policy check %v of a refused image: exit %d, stdout %q, stderr %q; want 3, the report on stdout alone", args, r.Code, r.Stdout, r.Stderr)
+			}
+		}
+	})
+
 	t.Run("--json failure is JSON on stdout", func(t *testing.T) {
 		e := newEnv(t)
 		pol := e.write("policy.json", `{"default":[{"type":"reject"}]}`)

@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -49,6 +50,28 @@ func TestMakeFmt(t *testing.T) {
 			t.Errorf("%s: make fmt: %v\n%s", c.name, err, out)
 		case c.fails && (!strings.Contains(string(out), c.name) || strings.Contains(string(out), "ok.go")):
 			t.Errorf("%s: make fmt should name that file alone:\n%s", c.name, out)
+		}
+	}
+}
+
+// TestMakeDemo: `make demo` does what the README's "Try it" says, in the
+// words it prints: the encrypted image decrypted into the cache, the
+// public one fetching its own blobs though the same layers are cached
+// (known only from decryption), the signed one taking both from the
+// cache, the unsigned one refused, and exit 0 with the refusal shown.
+func TestMakeDemo(t *testing.T) {
+	out, err := exec.Command("make", "-s", "-C", "..", "demo").CombinedOutput()
+	if err != nil {
+		t.Fatalf("make demo: %v\n%s", err, out)
+	}
+	for _, want := range []string{
+		`(?m)^pulled +registry\.example\.com/encrypted/hello:1\.0 in \S+ \(0 of 2 layers from the cache\)$`,
+		`(?m)^pulled +registry\.example\.com/public/hello:1\.0 in \S+ \(0 of 2 layers from the cache\)$`,
+		`(?m)^pulled +registry\.example\.com/signed/hello:1\.0 in \S+ \(2 of 2 layers from the cache\)$`,
+		`(?m)^refused +registry\.example\.com/signed/unsigned:1\.0, as policy\.example\.json wants\n +\(exit code 3: `,
+	} {
+		if !regexp.MustCompile(want).Match(out) {
+			t.Errorf("make demo's output does not match %s:\n%s", want, out)
 		}
 	}
 }
