@@ -178,7 +178,7 @@ func TestArchitectureDependencies(t *testing.T) {
 // there. Every flag written after `guest-puller COMMAND` is one of that
 // command's flags (its -h, held in cmd/guest-puller/testdata/help), every
 // flag written after `dev-kbs` one of dev-kbs's, and every path of this
-// repository they name exists.
+// repository and every test, benchmark and fuzz target they name exists.
 func TestDocCommands(t *testing.T) {
 	pages, err := filepath.Glob(filepath.Join("..", "docs", "*.md"))
 	if err != nil {
@@ -221,6 +221,23 @@ func TestDocCommands(t *testing.T) {
 		}
 	}
 	repoPath := regexp.MustCompile(`(?:^|[\s(` + "`" + `])((?:` + strings.Join(dirs, "|") + `)/[\w./-]*[\w/])`)
+	// Every test, benchmark and fuzz target of the repository, by name.
+	testFunc := regexp.MustCompile(`(?m)^func ((?:Test|Benchmark|Fuzz)[A-Z]\w*)\(`)
+	tests := map[string]bool{}
+	err = filepath.WalkDir("..", func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(path, "_test.go") {
+			return err
+		}
+		data, err := os.ReadFile(path)
+		for _, m := range testFunc.FindAllStringSubmatch(string(data), -1) {
+			tests[m[1]] = true
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testName := regexp.MustCompile(`\b((?:Test|Benchmark|Fuzz)[A-Z]\w*)`)
 	checked := 0
 	for _, page := range pages {
 		data, err := os.ReadFile(page)
@@ -236,6 +253,15 @@ func TestDocCommands(t *testing.T) {
 				if !flagsOf[cmd][f[1]] {
 					t.Errorf("%s: %s has no flag --%s (%s)", page, cmd, f[1], strings.TrimSpace(m[0]))
 				}
+			}
+		}
+		for _, m := range testName.FindAllStringSubmatch(text, -1) {
+			if m[1] == "FuzzXxx" { // a placeholder
+				continue
+			}
+			checked++
+			if !tests[m[1]] {
+				t.Errorf("%s names %s, which no _test.go file defines", page, m[1])
 			}
 		}
 		for _, m := range repoPath.FindAllStringSubmatch(text, -1) {
