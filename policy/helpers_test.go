@@ -6,7 +6,6 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
@@ -41,27 +40,7 @@ type testKey struct {
 
 func newKey(t testing.TB, kind string) testKey {
 	t.Helper()
-	var (
-		signer crypto.Signer
-		err    error
-	)
-	switch kind {
-	case "p256":
-		signer, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	case "p384":
-		signer, err = ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
-	case "ed25519":
-		_, signer, err = ed25519.GenerateKey(rand.Reader)
-	case "rsa2048":
-		signer, err = rsa.GenerateKey(rand.Reader, 2048)
-	case "rsa1024":
-		signer, err = rsa.GenerateKey(rand.Reader, 1024)
-	default:
-		t.Fatalf("unknown key kind %q", kind)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	signer := testutil.NewSigner(t, kind)
 	der, err := x509.MarshalPKIXPublicKey(signer.Public())
 	if err != nil {
 		t.Fatal(err)

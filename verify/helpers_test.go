@@ -3,17 +3,11 @@ package verify
 import (
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
 	"io"
 	"log"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -78,14 +72,7 @@ func startTamperingRegistry(t *testing.T) (honest, tampering string) {
 
 // closedAddr returns a loopback host:port nothing listens on.
 func closedAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return addr
+	return fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))
 }
 
 // buildImage makes a one-layer OCI image with umoci whose content (and so
@@ -127,25 +114,11 @@ func generateCosignKey(t *testing.T) cosignKey {
 	return cosignKey{CosignKey: k, pub: k.PublicKey(t)}
 }
 
-// importCosignKey makes a key of the given kind (p384, ed25519, rsa) and
+// importCosignKey makes a key of the given kind (testutil.NewSigner) and
 // converts it to cosign's format with cosign import-key-pair.
 func importCosignKey(t *testing.T, kind string) cosignKey {
 	t.Helper()
-	var priv crypto.Signer
-	var err error
-	switch kind {
-	case "p384":
-		priv, err = ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
-	case "ed25519":
-		_, priv, err = ed25519.GenerateKey(rand.Reader)
-	case "rsa":
-		priv, err = rsa.GenerateKey(rand.Reader, 2048)
-	default:
-		t.Fatalf("unknown key kind %q", kind)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	priv := testutil.NewSigner(t, kind)
 	der, err := x509.MarshalPKCS8PrivateKey(priv)
 	if err != nil {
 		t.Fatal(err)

@@ -107,7 +107,7 @@ func TestSigstore(t *testing.T) {
 	p256 := generateCosignKey(t)
 	p384 := importCosignKey(t, "p384")
 	ed := importCosignKey(t, "ed25519")
-	rsaKey := importCosignKey(t, "rsa")
+	rsaKey := importCosignKey(t, "rsa2048")
 	unused := generateCosignKey(t)
 
 	imgA := buildImage(t, "image A")

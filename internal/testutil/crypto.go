@@ -2,7 +2,11 @@ package testutil
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
@@ -258,4 +262,32 @@ func (r *Registry) do(t testing.TB, method, path, contentType string, body []byt
 		t.Fatal(err)
 	}
 	return resp
+}
+
+// NewSigner makes a signing key of kind: p256, p384, ed25519, rsa2048 or
+// rsa1024 (too short: what a policy must refuse).
+func NewSigner(t testing.TB, kind string) crypto.Signer {
+	t.Helper()
+	var (
+		signer crypto.Signer
+		err    error
+	)
+	switch kind {
+	case "p256":
+		signer, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	case "p384":
+		signer, err = ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	case "ed25519":
+		_, signer, err = ed25519.GenerateKey(rand.Reader)
+	case "rsa2048":
+		signer, err = rsa.GenerateKey(rand.Reader, 2048)
+	case "rsa1024":
+		signer, err = rsa.GenerateKey(rand.Reader, 1024)
+	default:
+		t.Fatalf("unknown key kind %q", kind)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return signer
 }
