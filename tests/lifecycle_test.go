@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +23,7 @@ import (
 
 	"github.com/guest-puller/guest-puller/api/cdhpb"
 	guestpullerv1 "github.com/guest-puller/guest-puller/api/v1"
+	"github.com/guest-puller/guest-puller/internal/devkbs/devkbstest"
 	"github.com/guest-puller/guest-puller/internal/testutil"
 )
 
@@ -583,6 +586,85 @@ func TestDaemonStalledRegistry(t *testing.T) {
 	}
 	if names, _ := os.ReadDir(filepath.Join(e2.cache, "staging")); len(names) != 0 {
 		t.Errorf("the abandoned pull left staging directories: %v", names)
+	}
+	if _, err := guestpullerv1.NewGuestPullerClient(d2.client).Status(ctx, &guestpullerv1.StatusRequest{}); err != nil {
+		t.Errorf("the daemon after the abandoned pull: %v", err)
+	}
+}
+
+// TestDaemonStalledKBS: the same for the KBS, which the daemon asks for
+// a kbs:/// policy before any image: a KBS that answers each exchange
+// (auth, attest, the resource) half-way and then stops sending costs the
+// idle timeout and a retry of that exchange, and the pull succeeds; a KBS
+// that never answers holds a request no longer than its caller's deadline.
+func TestDaemonStalledKBS(t *testing.T) {
+	reg := testutil.StartRegistry(t, testutil.RegistryOptions{})
+	ref := reg.Push(t, testutil.BuildImage(t, smallImage(t, "policy from a stalling KBS")), "stallkbs/app:1")
+	resources := t.TempDir()
+	const policyURI = "kbs:///default/policy/1"
+	testutil.WriteResource(t, resources, "default/policy/1", []byte(acceptAll))
+	kbs := devkbstest.StartDevKBS(t, bins["dev-kbs"], "--resources", resources, "--allow-sample")
+	stalling := testutil.StartKBSProxy(t, kbs.URL, testutil.KBSProxyOptions{StallFirst: true})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	e := newEnv(t)
+	d := startDaemon(t, e, "--policy", policyURI, "--kbs", stalling.URL, "--attester", "sample",
+		"--insecure-registry", reg.Host, "--idle-timeout", "500ms")
+	k := newKata(t, e, d)
+	dir := k.bundle("stalled-kbs")
+	if _, err := k.pull(ctx, ref, dir); err != nil {
+		t.Fatalf("pull through a KBS that stalls mid-answer: %v\n%s", err, d.logs.String())
+	}
+	if got, err := os.ReadFile(filepath.Join(dir, "rootfs", "app", "hello")); err != nil || string(got) != "policy from a stalling KBS" {
+		t.Errorf("rootfs/app/hello = %q, %v", got, err)
+	}
+	for _, req := range []string{"POST /kbs/v0/auth", "POST /kbs/v0/attest", "GET /kbs/v0/resource/default/policy/1"} {
+		if n := stalling.Requests(req); n < 2 {
+			t.Errorf("%s: %d requests, want the stalled one and its retry", req, n)
+		}
+	}
+	stalls := stalling.Stalls()
+	if len(stalls) != 3 {
+		t.Errorf("%d stalled answers given up on, want 3", len(stalls))
+	}
+	for _, s := range stalls {
+		if s > 10*time.Second {
+			t.Errorf("a stalled answer was waited on for %v, with --idle-timeout 500ms", s)
+		}
+	}
+	if err := remove(dir); err != nil {
+		t.Fatal(err)
+	}
+
+	// A KBS that takes every request and never answers, and a daemon with
+	// the default idle timeout (30s): the caller's deadline decides.
+	stop := make(chan struct{})
+	silent := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-stop:
+		}
+	}))
+	t.Cleanup(func() { close(stop); silent.Close() })
+	e2 := newEnv(t)
+	d2 := startDaemon(t, e2, "--policy", policyURI, "--kbs", silent.URL, "--attester", "sample", "--insecure-registry", reg.Host)
+	k2 := newKata(t, e2, d2)
+	short, cancelShort := context.WithTimeout(ctx, 2*time.Second)
+	defer cancelShort()
+	start := time.Now()
+	_, err := k2.pull(short, ref, k2.bundle("silent-kbs"))
+	if !errors.Is(err, context.DeadlineExceeded) && status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("pull with a KBS that never answers, past the caller's deadline: %v, want DeadlineExceeded", err)
+	}
+	if waited := time.Since(start); waited > 10*time.Second {
+		t.Errorf("the request came back after %v, with a 2s deadline", waited)
+	}
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(d2.logs.String(), "pull failed"); {
+		if time.Now().After(deadline) {
+			t.Fatalf("the daemon still holds a request its caller gave up on:\n%s", d2.logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	if _, err := guestpullerv1.NewGuestPullerClient(d2.client).Status(ctx, &guestpullerv1.StatusRequest{}); err != nil {
 		t.Errorf("the daemon after the abandoned pull: %v", err)
