@@ -465,7 +465,7 @@ func TestKBS(t *testing.T) {
 
 	// Each refusal pulls kbs/mixed, whose bottom layer is plain: nothing of
 	// it, not even the layer that needs no key, may land in the cache.
-	refuseWith := func(t *testing.T, kbsArgs []string, want ...string) {
+	refuseWith := func(t *testing.T, kbsArgs []string, want ...string) string {
 		t.Helper()
 		e := newEnv(t)
 		args := append([]string{"--policy", e.write("policy.json", acceptAll), "--auth-file", w.authFile}, kbsArgs...)
@@ -488,10 +488,11 @@ func TestKBS(t *testing.T) {
 				}
 			}
 		}
+		return msg
 	}
-	refuse := func(t *testing.T, url, attester string, want ...string) {
+	refuse := func(t *testing.T, url, attester string, want ...string) string {
 		t.Helper()
-		refuseWith(t, w.kbsArgs(url, attester), want...)
+		return refuseWith(t, w.kbsArgs(url, attester), want...)
 	}
 	// accept pulls kbs/mixed through a KBS that is set up right: the
 	// control for a refusal by the same kind of KBS.
@@ -671,7 +672,15 @@ func TestKBS(t *testing.T) {
 	})
 
 	t.Run("KBS has no such resource", func(t *testing.T) {
-		refuse(t, devkbstest.StartDevKBS(t, bins["dev-kbs"], "--resources", t.TempDir(), "--tpm-ak", w.akFile).URL, "tpm", "resource default/key/1 not found")
+		msg := refuse(t, devkbstest.StartDevKBS(t, bins["dev-kbs"], "--resources", t.TempDir(), "--tpm-ak", w.akFile).URL, "tpm", "resource default/key/1 not found")
+		// The whole line: the image, the layer and the kind once each,
+		// then what each level below adds.
+		want := "guest-puller: " + w.mixedRef + ": layer " + w.mixed.Layers[1].Digest +
+			": cannot decrypt: no key unwraps it (recipients: provider.attestation-agent): attestation-agent: kbs resource kbs:///default/key/1" +
+			": kbs get resource: 404 Not Found: ResourceNotFound: resource default/key/1 not found"
+		if msg != want {
+			t.Errorf("message\n%s\nwant\n%s", msg, want)
+		}
 	})
 }
 
