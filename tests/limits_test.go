@@ -1,6 +1,8 @@
 package tests
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -10,13 +12,16 @@ import (
 	"os/exec"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/specs-go"
 	ispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	guestpullerv1 "github.com/guest-puller/guest-puller/api/v1"
 	"github.com/guest-puller/guest-puller/internal/devkbs/devkbstest"
 	"github.com/guest-puller/guest-puller/internal/testutil"
 )
@@ -209,5 +214,71 @@ func TestKBSAnswersBoundedWhileRead(t *testing.T) {
 			}
 			assertPeakRSS(t, "pull", r)
 		})
+	}
+}
+
+// TestManifestTokensBounded: a manifest within the 4 MiB bound can still
+// hold 400,000 annotations, which decoded took 50 MiB a pull, and 460 MiB
+// in a daemon serving eight such requests at once. A manifest or index of
+// more than 65,536 JSON tokens is refused before it is decoded: by the
+// command line (exit 1) and by the daemon for eight concurrent requests,
+// whose peak RSS stays under daemonBudget.
+func TestManifestTokensBounded(t *testing.T) {
+	reg := testutil.StartRegistry(t, testutil.RegistryOptions{})
+	e := newEnv(t)
+	policy := e.write("policy.json", acceptAll)
+	layer := testutil.Tar(t, testutil.File("f", "x", 0o644))
+	ld := ispec.Descriptor{MediaType: ispec.MediaTypeImageLayer, Digest: digest.Digest(reg.UploadBlob(t, "tokens/app", layer)), Size: int64(len(layer))}
+	cfg := []byte(fmt.Sprintf(`{"architecture":%q,"os":"linux","rootfs":{"type":"layers","diff_ids":[%q]}}`, runtime.GOARCH, digest.FromBytes(layer)))
+	cd := ispec.Descriptor{MediaType: ispec.MediaTypeImageConfig, Digest: digest.Digest(reg.UploadBlob(t, "tokens/app", cfg)), Size: int64(len(cfg))}
+	m, err := json.Marshal(ispec.Manifest{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ispec.MediaTypeImageManifest, Config: cd, Layers: []ispec.Descriptor{ld}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.PutManifest(t, "tokens/app", "plain", ispec.MediaTypeImageManifest, m)
+	var b strings.Builder
+	b.Write(m[:len(m)-1])
+	b.WriteString(`,"annotations":{`)
+	for i := 0; b.Len() < 4<<20-64<<10; i++ {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `"%x":""`, i)
+	}
+	b.WriteString("}}")
+	reg.PutManifest(t, "tokens/app", "annotated", ispec.MediaTypeImageManifest, []byte(b.String()))
+	annotated := reg.Host + "/tokens/app:annotated"
+
+	// The same image without the annotations pulls.
+	e.pull(reg.Host+"/tokens/app:plain", "--policy", policy, "--insecure-registry", reg.Host, "--container-id", "plain")
+	r := e.gpMeasured("pull", annotated, "--quiet", "--policy", policy, "--insecure-registry", reg.Host)
+	if r.Code != 1 || !strings.Contains(r.Stderr, "more than 65536 JSON tokens") {
+		t.Errorf("pull of a manifest of %d KiB of annotations: exit %d, want 1 refusing its tokens: %.300s", b.Len()>>10, r.Code, r.Stderr)
+	}
+	assertPeakRSS(t, "pull", r)
+
+	d := startDaemon(t, e, "--policy", policy, "--insecure-registry", reg.Host)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	native := guestpullerv1.NewGuestPullerClient(d.client)
+	errs := make([]error, 8)
+	var wg sync.WaitGroup
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = native.Pull(ctx, &guestpullerv1.PullRequest{Image: annotated, ContainerId: fmt.Sprint("annotated-", i)})
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err == nil || !strings.Contains(err.Error(), "JSON tokens") {
+			t.Errorf("daemon pull %d: %v, want the manifest refused for its tokens", i, err)
+		}
+	}
+	hwm := vmHWM(t, d.cmd.Process.Pid)
+	t.Logf("daemon peak RSS after 8 concurrent pulls: %s", testutil.MiB(hwm))
+	if hwm > daemonBudget {
+		t.Errorf("daemon peak RSS %s, more than the %s budget", testutil.MiB(hwm), testutil.MiB(daemonBudget))
 	}
 }

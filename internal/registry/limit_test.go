@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -147,4 +148,44 @@ func parseRef(s string) name.Reference {
 		panic(err)
 	}
 	return ref
+}
+
+// TestCheckTokens: a manifest or index is refused at its first JSON token
+// past the bound, before anything decodes it; what is under the bound, or
+// malformed (for the decoder to report), passes.
+func TestCheckTokens(t *testing.T) {
+	annotations := func(n int) string {
+		var b strings.Builder
+		for i := range n {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			fmt.Fprintf(&b, `"%x":""`, i)
+		}
+		return `{"schemaVersion":2,"annotations":{` + b.String() + `}}`
+	}
+	// {"schemaVersion":2,"annotations":{...}} is 7 tokens and 2 per
+	// annotation: 17 for 5.
+	for _, tc := range []struct {
+		name string
+		json string
+		max  int
+		ok   bool
+	}{
+		{"a manifest", `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}`, 16, true},
+		{"at the bound", annotations(5), 17, true},
+		{"one past it", annotations(5), 16, false},
+		{"4 MiB of annotations", annotations(400_000), maxManifestTokens, false},
+		{"malformed", `{"schemaVersion":`, 16, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := checkTokens([]byte(tc.json), tc.max)
+			if tc.ok != (err == nil) {
+				t.Fatalf("checkTokens: %v, want ok %v", err, tc.ok)
+			}
+			if err != nil && !strings.Contains(err.Error(), fmt.Sprintf("more than %d JSON tokens", tc.max)) {
+				t.Errorf("error does not name the bound: %v", err)
+			}
+		})
+	}
 }
