@@ -192,7 +192,9 @@ func openPTY(t *testing.T) (master, slave *os.File) {
 // so the rootfs is a flattened copy, also of layers whose directories and
 // files keep their owner out (a directory 0644, a file 0200, an opaque
 // directory 0644 hiding a lower layer's file); the default auth file of
-// root's home, still HOME, is unreadable and skipped with a note.
+// root's home, still HOME, is unreadable and skipped with a note, while
+// the same file named with --auth-file stops the pull (exit 2); and the
+// default cache, root's, is refused with the flag that gives another.
 func TestNonRootCopyFallback(t *testing.T) {
 	reg := testutil.StartRegistry(t, testutil.RegistryOptions{})
 	ref := reg.Push(t, testutil.BuildImage(t, testutil.ImageSpec{Layers: [][]byte{
@@ -271,6 +273,14 @@ func TestNonRootCopyFallback(t *testing.T) {
 	r := asNobody("pull", ref, "--quiet", "--policy", pol, "--insecure-registry", reg.Host)
 	if r.Code == 0 || !strings.Contains(r.Stderr, "/run/guest-puller") || !strings.Contains(r.Stderr, "give --cache DIR") {
 		t.Errorf("pull as uid %d into the default cache: exit %d, %q; want it refused, naming --cache", nobody, r.Code, r.Stderr)
+	}
+
+	// The same file named with --auth-file was asked for: unreadable, it
+	// stops the pull.
+	unreadable := filepath.Join(home, ".docker", "config.json")
+	r = asNobody("pull", ref, "--quiet", "--policy", pol, "--insecure-registry", reg.Host, "--cache", cache, "--auth-file", unreadable)
+	if r.Code != 2 || !strings.Contains(r.Stderr, "--auth-file "+unreadable) || !strings.Contains(r.Stderr, "permission denied") {
+		t.Errorf("pull as uid %d with an unreadable --auth-file: exit %d, %q; want exit 2 naming it", nobody, r.Code, r.Stderr)
 	}
 
 	r = asNobody("pull", ref, "--json", "--quiet", "--policy", pol, "--insecure-registry", reg.Host, "--cache", cache)
