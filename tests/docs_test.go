@@ -178,7 +178,8 @@ func TestArchitectureDependencies(t *testing.T) {
 // there. Every flag written after `guest-puller COMMAND` is one of that
 // command's flags (its -h, held in cmd/guest-puller/testdata/help), every
 // flag written after `dev-kbs` one of dev-kbs's, and every path of this
-// repository and every test, benchmark and fuzz target they name exists.
+// repository, every test, benchmark and fuzz target and every make target
+// they name exists.
 func TestDocCommands(t *testing.T) {
 	pages, err := filepath.Glob(filepath.Join("..", "docs", "*.md"))
 	if err != nil {
@@ -238,6 +239,17 @@ func TestDocCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	testName := regexp.MustCompile(`\b((?:Test|Benchmark|Fuzz)[A-Z]\w*)`)
+	makefile, err := os.ReadFile(filepath.Join("..", "Makefile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	targets := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?m)^([a-z][a-z-]*):`).FindAllStringSubmatch(string(makefile), -1) {
+		targets[m[1]] = true
+	}
+	// In backticks, as a command line of a code block, or after an
+	// environment assignment (FUZZ_TIME=1m make fuzz).
+	makeTarget := regexp.MustCompile("(?m)(?:`|^|=\\S* )make ([a-z][a-z-]*)(?:`|\\s+#|[ \\t]*$)")
 	checked := 0
 	for _, page := range pages {
 		data, err := os.ReadFile(page)
@@ -253,6 +265,12 @@ func TestDocCommands(t *testing.T) {
 				if !flagsOf[cmd][f[1]] {
 					t.Errorf("%s: %s has no flag --%s (%s)", page, cmd, f[1], strings.TrimSpace(m[0]))
 				}
+			}
+		}
+		for _, m := range makeTarget.FindAllStringSubmatch(text, -1) {
+			checked++
+			if !targets[m[1]] {
+				t.Errorf("%s says make %s, and the Makefile has no such target", page, m[1])
 			}
 		}
 		for _, m := range testName.FindAllStringSubmatch(text, -1) {
