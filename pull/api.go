@@ -19,6 +19,7 @@ import (
 
 	"github.com/guest-puller/guest-puller/internal/registry"
 	"github.com/guest-puller/guest-puller/unpack"
+	"github.com/guest-puller/guest-puller/verify"
 )
 
 // Registry is where images come from.
@@ -79,6 +80,10 @@ type Staging interface {
 func FromClient(c *registry.Client) Registry { return clientRegistry{c} }
 
 type clientRegistry struct{ *registry.Client }
+
+// The Registry a pull passes verify as its Blobs reads signature manifests
+// too, bounded before they are decoded.
+var _ verify.Manifests = clientRegistry{}
 
 func (c clientRegistry) ForRequest(creds string, ref name.Reference) (Registry, error) {
 	rc, err := c.Client.ForRequest(creds, ref)

@@ -20,6 +20,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/specs-go"
 	ispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	guestpullerv1 "github.com/guest-puller/guest-puller/api/v1"
 	"github.com/guest-puller/guest-puller/internal/devkbs/devkbstest"
@@ -218,15 +220,15 @@ func TestKBSAnswersBoundedWhileRead(t *testing.T) {
 }
 
 // TestManifestTokensBounded: a manifest within the 4 MiB bound can still
-// hold 400,000 annotations, which decoded took 50 MiB a pull, and 460 MiB
-// in a daemon serving eight such requests at once. A manifest or index of
-// more than 65,536 JSON tokens is refused before it is decoded: by the
-// command line (exit 1) and by the daemon for eight concurrent requests,
-// whose peak RSS stays under daemonBudget.
+// hold 400,000 annotations, which decoded took 50 MiB a pull, and 358 MiB
+// in a daemon serving eight such requests at once; served as an image's
+// cosign signature manifest, 85 and 521 MiB. A manifest, index or
+// signature manifest of more than 65,536 JSON tokens is refused before it
+// is decoded: by the command line (exit 1, or a policy refusal, exit 3,
+// for a signature) and by the daemon for eight concurrent requests, whose
+// peak RSS stays under daemonBudget.
 func TestManifestTokensBounded(t *testing.T) {
 	reg := testutil.StartRegistry(t, testutil.RegistryOptions{})
-	e := newEnv(t)
-	policy := e.write("policy.json", acceptAll)
 	layer := testutil.Tar(t, testutil.File("f", "x", 0o644))
 	ld := ispec.Descriptor{MediaType: ispec.MediaTypeImageLayer, Digest: digest.Digest(reg.UploadBlob(t, "tokens/app", layer)), Size: int64(len(layer))}
 	cfg := []byte(fmt.Sprintf(`{"architecture":%q,"os":"linux","rootfs":{"type":"layers","diff_ids":[%q]}}`, runtime.GOARCH, digest.FromBytes(layer)))
@@ -236,6 +238,7 @@ func TestManifestTokensBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	reg.PutManifest(t, "tokens/app", "plain", ispec.MediaTypeImageManifest, m)
+	// m with just under 4 MiB of annotations.
 	var b strings.Builder
 	b.Write(m[:len(m)-1])
 	b.WriteString(`,"annotations":{`)
@@ -246,39 +249,86 @@ func TestManifestTokensBounded(t *testing.T) {
 		fmt.Fprintf(&b, `"%x":""`, i)
 	}
 	b.WriteString("}}")
-	reg.PutManifest(t, "tokens/app", "annotated", ispec.MediaTypeImageManifest, []byte(b.String()))
-	annotated := reg.Host + "/tokens/app:annotated"
+	annotated := []byte(b.String())
+	// The registry serves the annotated manifest for the tag "annotated"
+	// and for the plain image's cosign attachment tag (docker-registry
+	// itself takes seconds to store or serve one).
+	sigTag := strings.Replace(digest.FromBytes(m).String(), ":", "-", 1) + ".sig"
+	target, _ := url.Parse("http://" + reg.Host)
+	rp := httputil.NewSingleHostReverseProxy(target)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v2/tokens/app/manifests/annotated" && r.URL.Path != "/v2/tokens/app/manifests/"+sigTag {
+			rp.ServeHTTP(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", ispec.MediaTypeImageManifest)
+		w.Write(annotated)
+	}))
+	t.Cleanup(srv.Close)
+	host := strings.TrimPrefix(srv.URL, "http://")
 
-	// The same image without the annotations pulls.
-	e.pull(reg.Host+"/tokens/app:plain", "--policy", policy, "--insecure-registry", reg.Host, "--container-id", "plain")
-	r := e.gpMeasured("pull", annotated, "--quiet", "--policy", policy, "--insecure-registry", reg.Host)
-	if r.Code != 1 || !strings.Contains(r.Stderr, "more than 65536 JSON tokens") {
-		t.Errorf("pull of a manifest of %d KiB of annotations: exit %d, want 1 refusing its tokens: %.300s", b.Len()>>10, r.Code, r.Stderr)
-	}
-	assertPeakRSS(t, "pull", r)
-
-	d := startDaemon(t, e, "--policy", policy, "--insecure-registry", reg.Host)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	native := guestpullerv1.NewGuestPullerClient(d.client)
-	errs := make([]error, 8)
-	var wg sync.WaitGroup
-	for i := range errs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_, errs[i] = native.Pull(ctx, &guestpullerv1.PullRequest{Image: annotated, ContainerId: fmt.Sprint("annotated-", i)})
-		}()
-	}
-	wg.Wait()
-	for i, err := range errs {
-		if err == nil || !strings.Contains(err.Error(), "JSON tokens") {
-			t.Errorf("daemon pull %d: %v, want the manifest refused for its tokens", i, err)
+	// pullEight pulls image eight times at once from a daemon of e with
+	// policy, checks each error, and returns the daemon's peak RSS.
+	pullEight := func(e *env, policy, image string, check func(error)) {
+		t.Helper()
+		d := startDaemon(t, e, "--policy", policy, "--insecure-registry", host)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		native := guestpullerv1.NewGuestPullerClient(d.client)
+		errs := make([]error, 8)
+		var wg sync.WaitGroup
+		for i := range errs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, errs[i] = native.Pull(ctx, &guestpullerv1.PullRequest{Image: image, ContainerId: fmt.Sprint("eight-", i)})
+			}()
+		}
+		wg.Wait()
+		for _, err := range errs {
+			check(err)
+		}
+		hwm := vmHWM(t, d.cmd.Process.Pid)
+		t.Logf("daemon peak RSS after 8 concurrent pulls: %s", testutil.MiB(hwm))
+		if hwm > daemonBudget {
+			t.Errorf("daemon peak RSS %s, more than the %s budget", testutil.MiB(hwm), testutil.MiB(daemonBudget))
 		}
 	}
-	hwm := vmHWM(t, d.cmd.Process.Pid)
-	t.Logf("daemon peak RSS after 8 concurrent pulls: %s", testutil.MiB(hwm))
-	if hwm > daemonBudget {
-		t.Errorf("daemon peak RSS %s, more than the %s budget", testutil.MiB(hwm), testutil.MiB(daemonBudget))
-	}
+
+	t.Run("image manifest", func(t *testing.T) {
+		image := host + "/tokens/app:annotated"
+		e := newEnv(t)
+		policy := e.write("policy.json", acceptAll)
+		// The same image without the annotations pulls.
+		e.pull(host+"/tokens/app:plain", "--policy", policy, "--insecure-registry", host, "--container-id", "plain")
+		r := e.gpMeasured("pull", image, "--quiet", "--policy", policy, "--insecure-registry", host)
+		if r.Code != 1 || !strings.Contains(r.Stderr, "more than 65536 JSON tokens") {
+			t.Errorf("pull of a manifest of %d KiB of annotations: exit %d, want 1 refusing its tokens: %.300s", len(annotated)>>10, r.Code, r.Stderr)
+		}
+		assertPeakRSS(t, "pull", r)
+		pullEight(e, policy, image, func(err error) {
+			if err == nil || !strings.Contains(err.Error(), "JSON tokens") {
+				t.Errorf("daemon pull: %v, want the manifest refused for its tokens", err)
+			}
+		})
+	})
+
+	t.Run("signature manifest", func(t *testing.T) {
+		// The plain image's cosign attachment tag holds the annotated
+		// manifest: a signature store's answer, for a policy that wants
+		// a signature.
+		e := newEnv(t)
+		policy := e.write("policy.json", `{"default":[{"type":"sigstoreSigned","keyPath":"`+testutil.ECKey(t, t.TempDir(), "cosign").Public+`"}]}`)
+		image := host + "/tokens/app:plain"
+		r := e.gpMeasured("policy", "check", image, "--policy", policy, "--insecure-registry", host)
+		if r.Code != 3 || !strings.Contains(r.Stdout+r.Stderr, "more than 65536 JSON tokens") {
+			t.Errorf("policy check with a signature manifest of %d KiB of annotations: exit %d, want 3 refusing its tokens: %.300s%.300s", len(annotated)>>10, r.Code, r.Stdout, r.Stderr)
+		}
+		assertPeakRSS(t, "policy check", r)
+		pullEight(e, policy, image, func(err error) {
+			if status.Code(err) != codes.PermissionDenied {
+				t.Errorf("daemon pull: %v, want PermissionDenied", err)
+			}
+		})
+	})
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/guest-puller/guest-puller/policy"
 )
@@ -78,6 +79,16 @@ type Options struct {
 // not). The caller checks the digest.
 type Blobs interface {
 	Blob(ctx context.Context, repo name.Repository, desc v1.Descriptor) (io.ReadCloser, error)
+}
+
+// Manifests reads a manifest or index, bounded before it is decoded
+// (registry.Client.Manifest). When the Blobs of Options has this method
+// too, signature manifests are read with it; otherwise with
+// go-containerregistry's remote.Get, which decodes each whole, however
+// many small values 4 MiB of it holds. Errors are remote.Get's (a
+// *transport.Error for what the registry answered).
+type Manifests interface {
+	Manifest(ctx context.Context, ref name.Reference) ([]byte, types.MediaType, error)
 }
 
 // Verifier finds and checks signatures. Safe for concurrent use.

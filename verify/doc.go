@@ -18,7 +18,9 @@
 // lookaside server are untrusted: cosign signatures are read once per image
 // and kept for every key asked about; lookaside signatures are verified as
 // they arrive and dropped, so a store is walked once per keyring; all the
-// signature bytes of one image share one budget (8 MiB); and a lookaside
+// signature bytes of one image share one budget (8 MiB); signature
+// manifests are refused past 65,536 JSON tokens before they are decoded
+// (Manifests, which pull's registry client provides); and a lookaside
 // store may redirect only within its own host, never from https to http.
 //
 // verify produces facts (policy.Claim); it never decides allow or deny:

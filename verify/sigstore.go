@@ -54,15 +54,19 @@ func (e *evidence) fetchSigstore(ctx context.Context) ([]rawSigstore, error) {
 	if blobs == nil {
 		blobs = remoteBlobs{p}
 	}
+	get, ok := blobs.(Manifests)
+	if !ok {
+		get = remoteManifests{p}
+	}
 
 	var out []rawSigstore
 	for _, d := range e.t.Digests {
-		sigs, err := fetchAttachment(ctx, p, blobs, e.t.Repo, d, maxSignatures, e.budget)
+		sigs, err := fetchAttachment(ctx, get, blobs, e.t.Repo, d, maxSignatures, e.budget)
 		if err != nil {
 			return nil, err
 		}
 		out = append(out, sigs...)
-		more, err := fetchReferrers(ctx, p, blobs, opts, e.t.Repo, d, maxSignatures-len(sigs), e.budget)
+		more, err := fetchReferrers(ctx, get, blobs, opts, e.t.Repo, d, maxSignatures-len(sigs), e.budget)
 		if err != nil {
 			return nil, err
 		}
@@ -73,16 +77,16 @@ func (e *evidence) fetchSigstore(ctx context.Context) ([]rawSigstore, error) {
 
 // fetchAttachment reads the signatures of d stored under cosign's
 // attachment tag, at most limit of them. No such tag means no signatures.
-func fetchAttachment(ctx context.Context, p *remote.Puller, blobs Blobs, repo name.Repository, d v1.Hash, limit int, budget *byteBudget) ([]rawSigstore, error) {
+func fetchAttachment(ctx context.Context, get Manifests, blobs Blobs, repo name.Repository, d v1.Hash, limit int, budget *byteBudget) ([]rawSigstore, error) {
 	tag := repo.Tag(fmt.Sprintf("%s-%s.sig", d.Algorithm, d.Hex))
-	desc, err := p.Get(ctx, tag)
+	raw, mt, err := get.Manifest(ctx, tag)
 	if isNotFound(err) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("signature tag %s: %w", tag, err)
 	}
-	sigs, err := readSignatureManifest(ctx, blobs, repo, d, desc, false, limit, budget)
+	sigs, err := readSignatureManifest(ctx, blobs, repo, d, raw, mt, false, limit, budget)
 	if err != nil {
 		return nil, fmt.Errorf("signature tag %s: %w", tag, err)
 	}
@@ -92,7 +96,7 @@ func fetchAttachment(ctx context.Context, p *remote.Puller, blobs Blobs, repo na
 // fetchReferrers reads the signatures of d stored as OCI 1.1 referrers
 // (the referrers API, or its tag schema on registries without it), at most
 // limit of them.
-func fetchReferrers(ctx context.Context, p *remote.Puller, blobs Blobs, opts []remote.Option, repo name.Repository, d v1.Hash, limit int, budget *byteBudget) ([]rawSigstore, error) {
+func fetchReferrers(ctx context.Context, get Manifests, blobs Blobs, opts []remote.Option, repo name.Repository, d v1.Hash, limit int, budget *byteBudget) ([]rawSigstore, error) {
 	subject := repo.Digest(d.String())
 	idx, err := remote.Referrers(subject, opts...)
 	if err != nil {
@@ -114,12 +118,12 @@ func fetchReferrers(ctx context.Context, p *remote.Puller, blobs Blobs, opts []r
 		if desc.Size > maxManifestSize {
 			return nil, fmt.Errorf("referrer %s of %s: manifest of %d bytes exceeds %d", desc.Digest, d, desc.Size, maxManifestSize)
 		}
-		// By digest: go-containerregistry checks the bytes against it.
-		m, err := p.Get(ctx, repo.Digest(desc.Digest.String()))
+		// By digest: the bytes are checked against it.
+		raw, mt, err := get.Manifest(ctx, repo.Digest(desc.Digest.String()))
 		if err != nil {
 			return nil, fmt.Errorf("referrer %s of %s: %w", desc.Digest, d, err)
 		}
-		sigs, err := readSignatureManifest(ctx, blobs, repo, d, m, true, limit-len(out), budget)
+		sigs, err := readSignatureManifest(ctx, blobs, repo, d, raw, mt, true, limit-len(out), budget)
 		if err != nil {
 			return nil, fmt.Errorf("referrer %s of %s: %w", desc.Digest, d, err)
 		}
@@ -131,21 +135,21 @@ func fetchReferrers(ctx context.Context, p *remote.Puller, blobs Blobs, opts []r
 // readSignatureManifest extracts the signatures (at most limit) of a cosign
 // signature manifest and fetches their payloads. Layers of other media
 // types (attestations, bundles) are not ours and are skipped.
-func readSignatureManifest(ctx context.Context, blobs Blobs, repo name.Repository, subject v1.Hash, desc *remote.Descriptor, referrer bool, limit int, budget *byteBudget) ([]rawSigstore, error) {
-	// go-containerregistry has already read the manifest, stopping at its
-	// own 100 MiB bound; a signature manifest is a few KiB.
-	if len(desc.Manifest) > maxManifestSize {
-		return nil, fmt.Errorf("manifest of %d bytes exceeds %d", len(desc.Manifest), maxManifestSize)
+func readSignatureManifest(ctx context.Context, blobs Blobs, repo name.Repository, subject v1.Hash, raw []byte, mt types.MediaType, referrer bool, limit int, budget *byteBudget) ([]rawSigstore, error) {
+	// Manifests bound what they read (remote.Get at its own 100 MiB); a
+	// signature manifest is a few KiB.
+	if len(raw) > maxManifestSize {
+		return nil, fmt.Errorf("manifest of %d bytes exceeds %d", len(raw), maxManifestSize)
 	}
-	if err := budget.take(int64(len(desc.Manifest))); err != nil {
+	if err := budget.take(int64(len(raw))); err != nil {
 		return nil, err
 	}
-	switch desc.MediaType {
+	switch mt {
 	case types.OCIManifestSchema1, types.DockerManifestSchema2:
 	default:
-		return nil, fmt.Errorf("media type %s is not an image manifest", untrusted.Quote(string(desc.MediaType)))
+		return nil, fmt.Errorf("media type %s is not an image manifest", untrusted.Quote(string(mt)))
 	}
-	m, err := v1.ParseManifest(bytes.NewReader(desc.Manifest))
+	m, err := v1.ParseManifest(bytes.NewReader(raw))
 	if err != nil {
 		return nil, err
 	}
@@ -227,6 +231,18 @@ func fetchBlob(ctx context.Context, blobs Blobs, repo name.Repository, desc v1.D
 		return nil, fmt.Errorf("blob %s: content digest is %s", desc.Digest, got)
 	}
 	return b, nil
+}
+
+// remoteManifests reads manifests through go-containerregistry, for a
+// Verifier whose Blobs are not also Manifests.
+type remoteManifests struct{ p *remote.Puller }
+
+func (r remoteManifests) Manifest(ctx context.Context, ref name.Reference) ([]byte, types.MediaType, error) {
+	desc, err := r.p.Get(ctx, ref)
+	if err != nil {
+		return nil, "", err
+	}
+	return desc.Manifest, desc.MediaType, nil
 }
 
 // remoteBlobs reads blobs through go-containerregistry, for a Verifier

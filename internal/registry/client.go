@@ -383,12 +383,37 @@ var manifestTypes = []string{
 	string(types.DockerManifestSchema1), string(types.DockerManifestSchema1Signed),
 }
 
-// manifest fetches the manifest or index ref names, over rt, and checks
-// it against ref's digest when ref has one. It is read here rather than
-// by go-containerregistry's remote.Get, which decodes every manifest it
-// fetches (for its artifact type) before anyone can bound what the
-// decoding costs: checkTokens does, first.
+// manifest fetches the manifest or index ref names, over rt, as
+// fetchManifest does, its errors said for ref.
 func (c *Client) manifest(ctx context.Context, ref name.Reference, rt http.RoundTripper) ([]byte, types.MediaType, v1.Hash, error) {
+	raw, mt, dgst, err := fetchManifest(ctx, ref, rt)
+	if err != nil {
+		return nil, "", v1.Hash{}, describe(ref, err)
+	}
+	return raw, mt, dgst, nil
+}
+
+// Manifest fetches the manifest or index ref names with the bounds of a
+// pull's own (4 MiB, maxManifestTokens before it is decoded), checked
+// against ref's digest when ref has one: for the signature manifests
+// verify reads. Its errors are as go-containerregistry's remote.Get
+// returns them (a *transport.Error for what the registry answered).
+func (c *Client) Manifest(ctx context.Context, ref name.Reference) ([]byte, types.MediaType, error) {
+	rt, err := c.transportFor(ctx, ref.Context())
+	if err != nil {
+		return nil, "", err
+	}
+	raw, mt, _, err := fetchManifest(ctx, ref, rt)
+	return raw, mt, err
+}
+
+// fetchManifest GETs the manifest or index ref names over rt, and checks
+// its size, its JSON tokens and, when ref has one, its digest. It is read
+// here rather than by go-containerregistry's remote.Get, which decodes
+// every manifest it fetches (for its artifact type) before anyone can
+// bound what the decoding costs: checkTokens does, first. Errors do not
+// name ref.
+func fetchManifest(ctx context.Context, ref name.Reference, rt http.RoundTripper) ([]byte, types.MediaType, v1.Hash, error) {
 	repo := ref.Context()
 	u := url.URL{Scheme: repo.Scheme(), Host: repo.RegistryStr(), Path: fmt.Sprintf("/v2/%s/manifests/%s", repo.RepositoryStr(), ref.Identifier())}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
@@ -398,26 +423,29 @@ func (c *Client) manifest(ctx context.Context, ref name.Reference, rt http.Round
 	req.Header.Set("Accept", strings.Join(manifestTypes, ","))
 	resp, err := (&http.Client{Transport: rt}).Do(req)
 	if err != nil {
-		return nil, "", v1.Hash{}, describe(ref, err)
+		return nil, "", v1.Hash{}, err
 	}
 	defer resp.Body.Close()
 	if err := transport.CheckError(resp, http.StatusOK); err != nil {
-		return nil, "", v1.Hash{}, describe(ref, err)
+		return nil, "", v1.Hash{}, err
 	}
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxManifestSize+1))
-	if err != nil {
-		return nil, "", v1.Hash{}, describe(ref, err)
+	var raw []byte
+	if a, ok := resp.Body.(answer); ok {
+		// Read whole by the retry layer already.
+		raw = a.Bytes()
+	} else if raw, err = io.ReadAll(io.LimitReader(resp.Body, maxManifestSize+1)); err != nil {
+		return nil, "", v1.Hash{}, err
 	}
 	if len(raw) > maxManifestSize {
-		return nil, "", v1.Hash{}, fmt.Errorf("%s: manifest is larger than %d bytes", ref, maxManifestSize)
+		return nil, "", v1.Hash{}, fmt.Errorf("manifest is larger than %d bytes", maxManifestSize)
 	}
 	sum := sha256.Sum256(raw)
 	got := v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}
 	if d, ok := ref.(name.Digest); ok && d.DigestStr() != got.String() {
-		return nil, "", v1.Hash{}, fmt.Errorf("%s: %w: manifest digest is %s", ref, errdefs.ErrIntegrity, got)
+		return nil, "", v1.Hash{}, fmt.Errorf("%w: manifest digest is %s", errdefs.ErrIntegrity, got)
 	}
 	if err := checkTokens(raw, maxManifestTokens); err != nil {
-		return nil, "", v1.Hash{}, fmt.Errorf("%s: manifest: %w", ref, err)
+		return nil, "", v1.Hash{}, fmt.Errorf("manifest: %w", err)
 	}
 	mt := types.MediaType(resp.Header.Get("Content-Type"))
 	if mt == "" {
