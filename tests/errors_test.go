@@ -56,7 +56,7 @@ func TestErrorMessages(t *testing.T) {
 		{"config blob missing", noConfigRef, 1, nil,
 			noConfigRef + ": config " + noConfig.Config.Digest + ": not found in the registry"},
 		{"no decryption key", encRef, 4, nil,
-			encRef + ": layer " + enc.Layers[0].Digest + ": cannot decrypt: the layer is encrypted and no decryption key or KBS is configured"},
+			encRef + ": layer " + enc.Layers[0].Digest + ": cannot decrypt: the layer is encrypted and no decryption key or KBS is configured; give --decryption-key, or --kbs for a key a KBS releases after attestation"},
 		{"wrong decryption key", encRef, 4, []string{"--decryption-key", otherPriv},
 			encRef + ": layer " + enc.Layers[0].Digest + ": cannot decrypt: no key unwraps it (recipients: jwe)"},
 		{"signed by another key", signedRef, 3, []string{"--policy", signedPolicy},

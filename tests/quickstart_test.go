@@ -34,7 +34,7 @@ func TestGettingStarted(t *testing.T) {
 	// What the page says the reader will see.
 	for _, want := range []string{
 		"pulled into ",
-		"the layer is encrypted and no decryption key or KBS is configured\nexit code 4\n",
+		"the layer is encrypted and no decryption key or KBS is configured; give --decryption-key, or --kbs for a key a KBS releases after attestation\nexit code 4\n",
 		"decision:  allowed\n  [ok  ] sigstoreSigned: signed by cosign.pub",
 		"no signature by the policy's signers exists\nexit code 3\n",
 		"decision:  refused\n  [FAIL] sigstoreSigned",

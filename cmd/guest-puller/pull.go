@@ -13,6 +13,7 @@ import (
 
 	"github.com/guest-puller/guest-puller/attest"
 	"github.com/guest-puller/guest-puller/internal/config"
+	"github.com/guest-puller/guest-puller/internal/errdefs"
 	"github.com/guest-puller/guest-puller/internal/untrusted"
 	"github.com/guest-puller/guest-puller/policy"
 	"github.com/guest-puller/guest-puller/pull"
@@ -70,6 +71,11 @@ decrypt (no key, attestation refused, KBS error), 5 integrity failure.`)
 			// A first pull that failed (a typo, a refusal) leaves no
 			// empty cache behind. Interrupted or not, clean up.
 			p.Cache().RemoveIfEmpty(context.WithoutCancel(ctx))
+		}
+		if errors.Is(err, errdefs.ErrDecrypt) && len(cfg.DecryptionKeys) == 0 && cfg.KeyDir == "" && cfg.KBS == "" {
+			// An encrypted layer and no key source at all: the packages
+			// below know no flags, so say here which ones give a key.
+			err = fmt.Errorf("%w; give --decryption-key, or --kbs for a key a KBS releases after attestation", err)
 		}
 		return err
 	}
