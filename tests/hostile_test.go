@@ -128,7 +128,13 @@ func TestHostileText(t *testing.T) {
 		if !strings.Contains(st.Message(), `\x1b]0;owned\x07`) || len(st.Message()) > 2048 {
 			t.Errorf("daemon status: the registry's message is not shown escaped and bounded (%d bytes): %.300q", len(st.Message()), st.Message())
 		}
-		logs := strings.TrimSpace(d.logs.String())
+		// The daemon logs a failed pull as its reply goes out.
+		var logs string
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			if logs = strings.TrimSpace(d.logs.String()); strings.Contains(logs, "DENIED") || time.Now().After(deadline) {
+				break
+			}
+		}
 		if !strings.Contains(logs, "DENIED") {
 			t.Errorf("the daemon did not log the failure:\n%s", logs)
 		}

@@ -3,6 +3,7 @@ package registry
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -185,6 +186,71 @@ func TestCheckTokens(t *testing.T) {
 			}
 			if err != nil && !strings.Contains(err.Error(), fmt.Sprintf("more than %d JSON tokens", tc.max)) {
 				t.Errorf("error does not name the bound: %v", err)
+			}
+		})
+	}
+}
+
+// TestAnswersTokensBounded: an answer within 4 MiB but of more JSON tokens
+// than maxManifestTokens (a referrers index, a manifest, an error body of
+// tiny values, which go-containerregistry would decode at twenty times
+// their bytes) is refused by the retry layer as soon as it is read, once,
+// not retried.
+func TestAnswersTokensBounded(t *testing.T) {
+	var b strings.Builder
+	b.WriteString(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[],"annotations":{`)
+	for i := range maxManifestTokens {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `"%x":""`, i)
+	}
+	b.WriteString("}}")
+	body := b.String()
+	for _, tc := range []struct {
+		name   string
+		match  func(*http.Request) bool
+		status int
+		call   func(c *Client, ref string) error
+	}{
+		{"manifest", isManifestGet, 200, resolve},
+		{"manifest error body", isManifestGet, 404, resolve},
+		{"referrers", func(r *http.Request) bool { return strings.Contains(r.URL.Path, "/referrers/") }, 200, referrers},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var mu sync.Mutex
+			requests, armed := 0, false
+			host := testRegistry(t, func(next http.Handler) http.Handler {
+				return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					mu.Lock()
+					hit := armed && tc.match(r)
+					if hit {
+						requests++
+					}
+					mu.Unlock()
+					if !hit {
+						next.ServeHTTP(w, r)
+						return
+					}
+					w.Header().Set("Content-Type", "application/vnd.oci.image.index.v1+json")
+					w.WriteHeader(tc.status)
+					io.WriteString(w, body)
+				})
+			})
+			img, _ := random.Image(100, 1)
+			push(t, host, "tokens/app:1", img)
+			mu.Lock()
+			armed = true
+			mu.Unlock()
+			c := newClient(t, Options{Insecure: []string{host}, Retry: fastRetry})
+			err := tc.call(c, host+"/tokens/app:1")
+			if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("more than %d JSON tokens", maxManifestTokens)) {
+				t.Fatalf("err = %v, want the answer refused for its tokens", err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if requests != 1 {
+				t.Errorf("%d requests, want 1: a refused answer is not asked for again", requests)
 			}
 		})
 	}

@@ -181,6 +181,12 @@ func readAnswer(req *http.Request, resp *http.Response, limit int64) (io.ReadClo
 	if int64(b.Len()) > limit {
 		return nil, &tooLargeError{url: req.URL.Redacted(), limit: limit}
 	}
+	// go-containerregistry decodes what it reads above this layer
+	// (manifests, for their artifact type; referrers; error bodies), at
+	// up to twenty times its bytes for small values: bound that here too.
+	if err := checkTokens(b.Bytes(), maxManifestTokens); err != nil {
+		return nil, &tooLargeError{url: req.URL.Redacted(), tokens: maxManifestTokens}
+	}
 	return answer{bytes.NewReader(b.Bytes()), b.Bytes()}, nil
 }
 
@@ -196,13 +202,18 @@ func (answer) Close() error { return nil }
 // Bytes is the whole body, whatever has been read of it.
 func (a answer) Bytes() []byte { return a.data }
 
-// tooLargeError is an answer longer than the bound: refused, not retried.
+// tooLargeError is an answer longer than the bound, in bytes or in JSON
+// tokens: refused, not retried.
 type tooLargeError struct {
-	url   string
-	limit int64
+	url    string
+	limit  int64
+	tokens int
 }
 
 func (e *tooLargeError) Error() string {
+	if e.tokens > 0 {
+		return fmt.Sprintf("the registry's answer to %s has more than %d JSON tokens (keys, values and brackets), refused before decoding", e.url, e.tokens)
+	}
 	return fmt.Sprintf("the registry's answer to %s is larger than %d MiB", e.url, e.limit>>20)
 }
 
