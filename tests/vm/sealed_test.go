@@ -29,6 +29,10 @@ import (
 	"github.com/guest-puller/guest-puller/internal/testutil"
 )
 
+// bigSize is the size of each of the five files of TestSealedStore's
+// image, one per layer: 625 MiB in all.
+const bigSize = 125 << 20
+
 // testLayer is an uncompressed tar layer with one large file of random
 // (incompressible) bytes and a small file holding a marker string.
 type testLayer struct {
@@ -111,7 +115,7 @@ func TestSealedStore(t *testing.T) {
 	// More than 600 MiB unpacked in five layers, in a guest of 512 MiB.
 	var big []testLayer
 	for i := range 5 {
-		big = append(big, makeLayer(t, i, 125<<20))
+		big = append(big, makeLayer(t, i, bigSize))
 	}
 	pushLayers(t, reg, "vm/big", "1", big)
 	small := []testLayer{makeLayer(t, 10, 64<<10), makeLayer(t, 11, 4<<20)}
@@ -194,6 +198,16 @@ func TestSealedStore(t *testing.T) {
 		for i, l := range big {
 			if got := m.Sh(t, `cat "$1"`, res.Rootfs+fmt.Sprintf("/data/marker-%d.txt", i)); got != l.marker+"\n" {
 				t.Errorf("marker %d reads %q", i, got)
+			}
+			// Every layer's large file: its size, and the 64 bytes at its
+			// middle (the whole of one file is hashed below; all five
+			// would take minutes under TCG).
+			file := res.Rootfs + "/" + l.bigName
+			if got := strings.TrimSpace(m.Sh(t, `wc -c <"$1"`, file)); got != fmt.Sprint(bigSize) {
+				t.Errorf("%s holds %s bytes, want %d", l.bigName, got, bigSize)
+			}
+			if got := m.Sh(t, `dd if="$1" bs=64 skip="$2" count=1 2>/dev/null`, file, fmt.Sprint(bigSize/2/64)); got != string(l.sample) {
+				t.Errorf("%s reads %x at its middle, want %x", l.bigName, got, l.sample)
 			}
 		}
 		top := big[len(big)-1]
