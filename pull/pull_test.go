@@ -218,38 +218,68 @@ func image(t *testing.T, layers ...v1.Layer) v1.Image {
 
 const acceptAll = `{"default":[{"type":"insecureAcceptAnything"}]}`
 
+// TestPullAndCacheHit: a second pull of an image finds its layers cached
+// and fetches none of them again, and a cached image is still judged by
+// the policy. Over the cache in memory (the pipeline's own logic, no
+// root) and over the real one (overlay bundles, root).
 func TestPullAndCacheHit(t *testing.T) {
-	f := newRealFixture(t)
-	ref := f.push("app:1", image(t, tarLayer(t, map[string]string{"a": "A"}), tarLayer(t, map[string]string{"b": "B"})))
-	p := f.puller(acceptAll)
-	ctx := context.Background()
-	res, err := p.Pull(ctx, Request{Image: ref, ContainerID: "one"})
-	if err != nil {
-		t.Fatal(err)
+	for _, tc := range []struct {
+		name    string
+		fixture func(*testing.T) *fixture
+	}{
+		{"in memory", newFixture},
+		{"real cache", newRealFixture},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := tc.fixture(t)
+			ref := f.push("app:1", image(t, tarLayer(t, map[string]string{"a": "A"}), tarLayer(t, map[string]string{"b": "B"})))
+			p := f.puller(acceptAll)
+			ctx := context.Background()
+			res, err := p.Pull(ctx, Request{Image: ref, ContainerID: "one"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, name := range []string{"a", "b"} {
+				if got, err := f.readRootfs(res, "one", name); err != nil || got != strings.ToUpper(name) {
+					t.Errorf("rootfs/%s = %q, %v", name, got, err)
+				}
+			}
+			res2, err := p.Pull(ctx, Request{Image: ref, ContainerID: "two"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(res2.Layers) != 2 {
+				t.Fatalf("%d layers, want 2", len(res2.Layers))
+			}
+			for i, l := range res2.Layers {
+				if !l.Cached || res.Layers[i].Cached {
+					t.Errorf("layer %d: cached %v then %v, want false then true", i, res.Layers[i].Cached, l.Cached)
+				}
+				if n := f.gets.count(l.Digest); n != 1 {
+					t.Errorf("layer %d fetched %d times over two pulls, want 1", i, n)
+				}
+			}
+			// The policy is evaluated again on a cache hit.
+			reject := f.puller(`{"default":[{"type":"reject"}]}`)
+			reject.opts.Cache = f.cache
+			if _, err := reject.Pull(ctx, Request{Image: ref, ContainerID: "three"}); !errors.Is(err, errdefs.ErrRefused) {
+				t.Fatalf("cached image under reject: %v, want ErrRefused", err)
+			}
+		})
 	}
-	for _, name := range []string{"a", "b"} {
-		if got, err := os.ReadFile(filepath.Join(res.Rootfs, name)); err != nil || string(got) != strings.ToUpper(name) {
-			t.Errorf("rootfs/%s = %q, %v", name, got, err)
+}
+
+// readRootfs reads the file name of the bundle id that res made.
+func (f *fixture) readRootfs(res *Result, id, name string) (string, error) {
+	if f.mem != nil {
+		got, ok := f.mem.rootfs(id)[name]
+		if !ok {
+			return "", os.ErrNotExist
 		}
+		return got, nil
 	}
-	res2, err := p.Pull(ctx, Request{Image: ref, ContainerID: "two"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, l := range res2.Layers {
-		if !l.Cached || res.Layers[i].Cached {
-			t.Errorf("layer %d: cached %v then %v, want false then true", i, res.Layers[i].Cached, l.Cached)
-		}
-		if n := f.gets.count(l.Digest); n != 1 {
-			t.Errorf("layer %d fetched %d times over two pulls, want 1", i, n)
-		}
-	}
-	// The policy is evaluated again on a cache hit.
-	reject := f.puller(`{"default":[{"type":"reject"}]}`)
-	reject.opts.Cache = f.cache
-	if _, err := reject.Pull(ctx, Request{Image: ref, ContainerID: "three"}); !errors.Is(err, errdefs.ErrRefused) {
-		t.Fatalf("cached image under reject: %v, want ErrRefused", err)
-	}
+	got, err := os.ReadFile(filepath.Join(res.Rootfs, name))
+	return string(got), err
 }
 
 // TestVerifyCached: with VerifyCached (a cache on a sealed store), a
