@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/untrusted"
 )
 
 // CDHMountRoot is where kata-agent asks for secure mounts (its trusted
@@ -241,7 +242,7 @@ var uuidPattern = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]
 func parseMkfsOpts(s string) (Ext4Options, error) {
 	var o Ext4Options
 	bad := func(format string, args ...any) (Ext4Options, error) {
-		return Ext4Options{}, fmt.Errorf("secure mount: %w: mkfsOpts %q: %s", errdefs.ErrInvalidConfig, s, fmt.Sprintf(format, args...))
+		return Ext4Options{}, fmt.Errorf("secure mount: %w: mkfsOpts %s: %s", errdefs.ErrInvalidConfig, untrusted.Quote(s), fmt.Sprintf(format, args...))
 	}
 	f := strings.Fields(s)
 	if len(f)%2 != 0 {
@@ -250,7 +251,7 @@ func parseMkfsOpts(s string) (Ext4Options, error) {
 	number := func(flag, v string, min, max int) (int, error) {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < min || n > max {
-			return 0, fmt.Errorf("%s %q: want a number from %d to %d", flag, v, min, max)
+			return 0, fmt.Errorf("%s %s: want a number from %d to %d", flag, untrusted.Quote(v), min, max)
 		}
 		return n, nil
 	}
@@ -262,13 +263,13 @@ func parseMkfsOpts(s string) (Ext4Options, error) {
 			for _, e := range strings.Split(v, ",") {
 				name, val, _ := strings.Cut(e, "=")
 				if (name != "lazy_journal_init" && name != "lazy_itable_init") || (val != "" && val != "0" && val != "1") {
-					return bad("-E %s: only lazy_journal_init and lazy_itable_init are taken", e)
+					return bad("-E %s: only lazy_journal_init and lazy_itable_init are taken", untrusted.Quote(e))
 				}
 			}
 		case "-O":
 			for _, feature := range strings.Split(v, ",") {
 				if feature != "^has_journal" {
-					return bad("-O %s: only ^has_journal is taken", feature)
+					return bad("-O %s: only ^has_journal is taken", untrusted.Quote(feature))
 				}
 				o.NoJournal = true
 			}
@@ -281,15 +282,15 @@ func parseMkfsOpts(s string) (Ext4Options, error) {
 			o.BytesPerInode, err = number(flag, v, 1024, 64<<20)
 		case "-I":
 			if o.InodeSize, err = number(flag, v, 128, 1024); err == nil && o.InodeSize&(o.InodeSize-1) != 0 {
-				err = fmt.Errorf("-I %s: want a power of two", v)
+				err = fmt.Errorf("-I %s: want a power of two", untrusted.Quote(v))
 			}
 		case "-U":
 			if !uuidPattern.MatchString(v) {
-				err = fmt.Errorf("-U %q: want a UUID", v)
+				err = fmt.Errorf("-U %s: want a UUID", untrusted.Quote(v))
 			}
 			o.UUID = v
 		default:
-			return bad("%s: only -E lazy_journal_init, -O ^has_journal, -m, -i, -I and -U are taken", flag)
+			return bad("%s: only -E lazy_journal_init, -O ^has_journal, -m, -i, -I and -U are taken", untrusted.Quote(flag))
 		}
 		if err != nil {
 			return bad("%v", err)
