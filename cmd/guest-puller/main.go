@@ -104,6 +104,12 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return code
 	}
 	msg := oneLine(inv.withHint(err))
+	if cause := context.Cause(ctx); cause != nil && cause != context.Canceled && errors.Is(err, context.Canceled) {
+		// A signal ended the command (main's signal.NotifyContext gives
+		// it as the cause): say so first, where the error from below only
+		// knows that its context was cancelled.
+		msg = fmt.Sprintf("interrupted (%v): %s", cause, msg)
+	}
 	fmt.Fprintf(stderr, "guest-puller: %s\n", msg)
 	if inv.json {
 		out := struct {

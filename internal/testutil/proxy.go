@@ -25,6 +25,7 @@ type Proxy struct {
 	blobGets  int            // blob GETs so far, for DropEvery
 	inFlight  int            // blob GETs being served now
 	maxFlight int            // the most ever served at once
+	stalled   int            // answers that stalled mid-blob so far
 	stop      chan struct{}  // closed when the test ends: stalled answers return
 }
 
@@ -44,6 +45,10 @@ type ProxyOptions struct {
 	// itself when a reused connection closes before answering, which
 	// would blur request counts.
 	BlobFaults []Fault
+	// StallBlob, if set, is a blob digest every GET of which (resumes
+	// included) is answered as Fault.StallMidBlob: the first half, then
+	// nothing, for as long as the client waits. Other blobs pass.
+	StallBlob string
 }
 
 // Fault is one misbehaving answer to a blob GET.
@@ -103,7 +108,7 @@ func StartProxy(t testing.TB, host string, opts ProxyOptions) *Proxy {
 				conn.Close()
 			}
 			return
-		case fault != nil && fault.StallMidBlob:
+		case fault != nil && fault.StallMidBlob, p.opts.StallBlob == dgst:
 			p.serveBlob(w, r, target, stallHalf)
 			return
 		case fault != nil:
@@ -186,6 +191,9 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, target *url.UR
 			conn.Close()
 		}
 	case stallHalf:
+		p.mu.Lock()
+		p.stalled++
+		p.mu.Unlock()
 		select {
 		case <-r.Context().Done():
 		case <-p.stop:
@@ -212,6 +220,14 @@ func (p *Proxy) MaxConcurrentBlobGets() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.maxFlight
+}
+
+// Stalled is how many blob answers have stalled mid-blob so far (their
+// first half sent and flushed to the client).
+func (p *Proxy) Stalled() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stalled
 }
 
 // BlobGets is the total number of GETs of any blob.
