@@ -169,37 +169,52 @@ func TestCancelledPull(t *testing.T) {
 
 	t.Run("daemon caller gives up", func(t *testing.T) {
 		e := newEnv(t)
-		d := startDaemon(t, e, append([]string{"--policy", e.write("policy.json", acceptAll)}, insecure...)...)
-		// kata-agent's own connection, which it drops when it gives up
-		// on the request: ttrpc has no cancel message, so a server learns
-		// of a caller's cancellation only from its deadline (see
-		// TestDaemonStalledRegistry) or its connection's end.
-		conn, err := net.Dial("unix", d.socket)
-		if err != nil {
-			t.Fatal(err)
-		}
-		client := ttrpc.NewClient(conn)
-		defer client.Close()
-		ctx, cancel := context.WithCancel(context.Background())
-		defer cancel()
-		before := proxy.Stalled()
-		errc := make(chan error, 1)
-		go func() {
-			_, err := cdhpb.NewImagePullServiceClient(client).PullImage(ctx, &cdhpb.ImagePullRequest{ImageUrl: stalling, BundlePath: filepath.Join(e.dir, "kata")})
-			errc <- err
-		}()
-		stall(t, e, before, ended(errc))
-		cancel()
-		client.Close()
-		if err := <-errc; !errors.Is(err, context.Canceled) {
-			t.Errorf("the caller's PullImage: %v, want context.Canceled", err)
-		}
-		for deadline := time.Now().Add(10 * time.Second); !strings.Contains(d.logs.String(), "pull failed"); {
-			if time.Now().After(deadline) {
-				t.Fatalf("the daemon still works on a pull its caller gave up on, 10s later:\n%s", d.logs.String())
+		plain := testutil.StartProxy(t, reg.Host, testutil.ProxyOptions{})
+		d := startDaemon(t, e, append([]string{"--policy", e.write("policy.json", acceptAll), "--insecure-registry", plain.Host}, insecure...)...)
+		// giveUp starts a PullImage of the stalling image on a connection
+		// of its own, and once the big layer is half-way, cancels it and
+		// drops the connection, as kata-agent does when it gives up on a
+		// request: ttrpc has no cancel message, so a server learns of a
+		// caller's cancellation only from its deadline (see
+		// TestDaemonStalledRegistry) or its connection's end. meanwhile
+		// runs while the pull is stalled. giveUp returns when the daemon
+		// has logged the pull's failure.
+		giveUp := func(id string, meanwhile func()) {
+			t.Helper()
+			conn, err := net.Dial("unix", d.socket)
+			if err != nil {
+				t.Fatal(err)
 			}
-			time.Sleep(20 * time.Millisecond)
+			client := ttrpc.NewClient(conn)
+			defer client.Close()
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			failed := strings.Count(d.logs.String(), "pull failed")
+			before := proxy.Stalled()
+			errc := make(chan error, 1)
+			go func() {
+				_, err := cdhpb.NewImagePullServiceClient(client).PullImage(ctx, &cdhpb.ImagePullRequest{ImageUrl: stalling, BundlePath: filepath.Join(e.dir, id)})
+				errc <- err
+			}()
+			stall(t, e, before, ended(errc))
+			meanwhile()
+			cancel()
+			client.Close()
+			if err := <-errc; !errors.Is(err, context.Canceled) {
+				t.Errorf("the caller's PullImage: %v, want context.Canceled", err)
+			}
+			for deadline := time.Now().Add(10 * time.Second); strings.Count(d.logs.String(), "pull failed") == failed; {
+				if time.Now().After(deadline) {
+					t.Fatalf("the daemon still works on a pull its caller gave up on, 10s later:\n%s", d.logs.String())
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if _, err := os.Lstat(filepath.Join(e.dir, id)); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("the cancelled pull left its bundle directory: %v", err)
+			}
 		}
+
+		giveUp("gave-up", func() {})
 		if !strings.Contains(d.logs.String(), "canceled") {
 			t.Errorf("the daemon's log does not say the pull was cancelled:\n%s", d.logs.String())
 		}
@@ -207,13 +222,42 @@ func TestCancelledPull(t *testing.T) {
 			t.Errorf("files under the cache the daemon still holds open after the cancelled pull: %v", open)
 		}
 		after(t, e)
-		// The daemon goes on serving: the same image through it.
-		bundle := newKata(t, e, d).bundle("after")
-		if _, err := cdhpb.NewImagePullServiceClient(d.client).PullImage(context.Background(), &cdhpb.ImagePullRequest{ImageUrl: direct, BundlePath: bundle}); err != nil {
-			t.Fatalf("a pull after the cancelled one: %v\n%s", err, d.logs.String())
+
+		// The daemon goes on serving, also a caller that waits for the
+		// layer the cancelled pull was writing: a pod's second container
+		// asks for the same image (from a registry that answers) while
+		// the first one's pull holds the big layer; the first gives up,
+		// and the second pulls the layer itself.
+		second := newKata(t, e, d).bundle("second")
+		errc := make(chan error, 1)
+		giveUp("gave-up-again", func() {
+			go func() {
+				_, err := cdhpb.NewImagePullServiceClient(d.client).PullImage(context.Background(), &cdhpb.ImagePullRequest{ImageUrl: strings.Replace(direct, reg.Host, plain.Host, 1), BundlePath: second})
+				errc <- err
+			}()
+			// Resolved (its config fetched), the second pull goes on to
+			// the layers, and waits for the big one's lock.
+			for deadline := time.Now().Add(10 * time.Second); plain.FullGets(m.Config.Digest) == 0; {
+				if time.Now().After(deadline) {
+					t.Fatalf("the second pull never fetched the image's config:\n%s", d.logs.String())
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		})
+		if err := <-errc; err != nil {
+			t.Fatalf("a pull of the same image that waited for the cancelled one: %v\n%s", err, d.logs.String())
 		}
-		if got, err := os.ReadFile(filepath.Join(bundle, "rootfs", "hello")); err != nil || string(got) != "after the cancel" {
+		if n := plain.FullGets(m.Layers[0].Digest); n != 1 {
+			t.Errorf("the second pull fetched the big layer %d times, want 1", n)
+		}
+		if got, err := os.ReadFile(filepath.Join(second, "rootfs", "hello")); err != nil || string(got) != "after the cancel" {
 			t.Errorf("rootfs/hello = %q, %v", got, err)
+		}
+		if fi, err := os.Stat(filepath.Join(second, "rootfs", "big")); err != nil || fi.Size() != 4<<20 {
+			t.Errorf("rootfs/big: %v %v", fi, err)
+		}
+		if d := debris(t, e.cache); len(d) != 0 {
+			t.Errorf("the second cancelled pull left %v", d)
 		}
 	})
 }
