@@ -31,11 +31,12 @@ import (
 // half is being written into staging, the pull is cancelled: in process
 // (Puller.Pull's ctx), by SIGINT or SIGTERM to `guest-puller pull`, and by
 // a daemon caller that gives up on PullImage. Each time the pull ends
-// promptly with a cancellation, holds no file of the cache open, leaves no
-// staging directory, lock, trash or partial layer, and records no image;
-// the same image then pulls, and once removed, GC reclaims every layer and
-// lock. SIGKILL leaves the staging directory, which the next start
-// (`cache ls`) removes.
+// promptly with a cancellation, hangs up on the registry, holds no file of
+// the cache open, leaves no staging directory, lock, trash or partial
+// layer, and records no image; the same image then pulls, and once
+// removed, GC reclaims every layer and lock. SIGKILL leaves the staging
+// directory, which the next start (`cache ls`) removes. The daemon goes on
+// serving, also a caller waiting for the layer the cancelled pull held.
 func TestCancelledPull(t *testing.T) {
 	reg := testutil.StartRegistry(t, testutil.RegistryOptions{})
 	big := testutil.Tar(t, testutil.Entry{Name: "big", Size: 4 << 20, Mode: 0o644})
@@ -69,6 +70,14 @@ func TestCancelledPull(t *testing.T) {
 	// pulls and that GC reclaims everything once it is removed.
 	after := func(t *testing.T, e *env) {
 		t.Helper()
+		// The pull hung up on the registry: a stalled answer ends when its
+		// client closes the connection.
+		for deadline := time.Now().Add(10 * time.Second); proxy.BlobGetsInFlight() != 0; {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d blob downloads still open 10s after the pull was cancelled", proxy.BlobGetsInFlight())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 		if d := debris(t, e.cache); len(d) != 0 {
 			t.Errorf("the cancelled pull left %v", d)
 		}

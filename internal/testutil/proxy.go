@@ -230,6 +230,14 @@ func (p *Proxy) Stalled() int {
 	return p.stalled
 }
 
+// BlobGetsInFlight is how many blob downloads are being served now: a
+// stalled answer counts until its client closes the connection.
+func (p *Proxy) BlobGetsInFlight() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.inFlight
+}
+
 // BlobGets is the total number of GETs of any blob.
 func (p *Proxy) BlobGets() int {
 	p.mu.Lock()
