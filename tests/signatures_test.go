@@ -25,6 +25,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/guest-puller/guest-puller/internal/errdefs"
 	"github.com/guest-puller/guest-puller/internal/testutil"
 )
 
@@ -1308,6 +1309,9 @@ func TestSigBrokenKeys(t *testing.T) {
 			e := sigEnv(e, t)
 			msg := e.pullFails(3, signed[tc.repo], args...)
 			sigWant(t, msg, tc.want...)
+			if strings.Contains(msg, errdefs.ErrInvalidConfig.Error()) {
+				t.Errorf("a refusal (exit 3) that calls itself %q: %s", errdefs.ErrInvalidConfig, msg)
+			}
 			r := e.gp(append([]string{"policy", "check", signed[tc.repo]}, args...)...)
 			if r.Code != 3 {
 				t.Errorf("policy check: exit %d, want 3: %s", r.Code, r.Stderr)

@@ -81,7 +81,12 @@ func (r *resources) read(ctx context.Context, path string) ([]byte, error) {
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", errdefs.ErrInvalidConfig, err)
+		// A missing or unreadable local file is a configuration problem
+		// (exit 2) where it is the policy itself; a key file the policy
+		// names refuses only the scopes that use it (exit 3), and its
+		// refusal must not also call itself "invalid configuration". So
+		// the kind is attached without its words.
+		return nil, errdefs.Kind(errdefs.ErrInvalidConfig, err)
 	}
 	return data, nil
 }
