@@ -132,18 +132,28 @@ func (e *evidence) keyClaims(sigs []rawSigstore, trust policy.SigstoreTrust) ([]
 				continue
 			}
 		}
-		p, err := parsePayload(s.payload, cosignPayloadType)
-		if err != nil || p.manifestDigest.String() != s.digest {
-			// Validly signed, but not a claim about this image.
-			continue
+		if c, ok := sigstoreClaim(s, keyID, nil); ok {
+			claims = appendClaim(claims, c)
 		}
-		claims = appendClaim(claims, policy.Claim{
-			DockerReference: p.dockerReference,
-			ManifestDigest:  p.manifestDigest,
-			KeyID:           keyID,
-		})
 	}
 	return claims, rejections, nil
+}
+
+// sigstoreClaim is what a verified signature s claims, made with the key
+// keyID (and, keyless, by signer). ok is false for a signature that is
+// valid but no claim about this image: its payload is not cosign's or
+// names another manifest.
+func sigstoreClaim(s rawSigstore, keyID string, signer *policy.Signer) (c policy.Claim, ok bool) {
+	p, err := parsePayload(s.payload, cosignPayloadType)
+	if err != nil || p.manifestDigest.String() != s.digest {
+		return policy.Claim{}, false
+	}
+	return policy.Claim{
+		DockerReference: p.dockerReference,
+		ManifestDigest:  p.manifestDigest,
+		KeyID:           keyID,
+		Signer:          signer,
+	}, true
 }
 
 // keylessClaims returns the claims of the signatures made under trust's
@@ -158,16 +168,9 @@ func (e *evidence) keylessClaims(sigs []rawSigstore, trust policy.SigstoreTrust)
 			rejections = append(rejections, *rej)
 			continue
 		}
-		p, err := parsePayload(s.payload, cosignPayloadType)
-		if err != nil || p.manifestDigest.String() != s.digest {
-			continue
+		if c, ok := sigstoreClaim(s, keyID, signer); ok {
+			claims = appendClaim(claims, c)
 		}
-		claims = appendClaim(claims, policy.Claim{
-			DockerReference: p.dockerReference,
-			ManifestDigest:  p.manifestDigest,
-			KeyID:           keyID,
-			Signer:          signer,
-		})
 	}
 	return claims, rejections
 }

@@ -137,6 +137,15 @@ func run(req wire.Request) wire.Response {
 	return resp
 }
 
+// dial connects to the daemon's ttrpc socket, a path or a unix:// URI.
+func dial(ctx context.Context, socket string) (*ttrpc.Client, error) {
+	conn, err := (&net.Dialer{}).DialContext(ctx, "unix", strings.TrimPrefix(socket, "unix://"))
+	if err != nil {
+		return nil, err
+	}
+	return ttrpc.NewClient(conn), nil
+}
+
 // secureMount calls api.SecureMountService/SecureMount as kata-agent does
 // for its trusted storage (rpc.rs cdh_secure_mount: the mount point made
 // first, then the call).
@@ -146,11 +155,10 @@ func secureMount(socket, volumeType, mountPoint string, opts []string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	conn, err := (&net.Dialer{}).DialContext(ctx, "unix", strings.TrimPrefix(socket, "unix://"))
+	client, err := dial(ctx, socket)
 	if err != nil {
 		return err
 	}
-	client := ttrpc.NewClient(conn)
 	defer client.Close()
 	req := &cdhpb.SecureMountRequest{VolumeType: volumeType, MountPoint: mountPoint, Options: map[string]string{}}
 	for _, kv := range opts {
@@ -170,11 +178,10 @@ func pullImage(socket, image, bundle string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	conn, err := (&net.Dialer{}).DialContext(ctx, "unix", strings.TrimPrefix(socket, "unix://"))
+	client, err := dial(ctx, socket)
 	if err != nil {
 		return err
 	}
-	client := ttrpc.NewClient(conn)
 	defer client.Close()
 	resp, err := cdhpb.NewImagePullServiceClient(client).PullImage(ctx, &cdhpb.ImagePullRequest{ImageUrl: image, BundlePath: bundle})
 	if err != nil {
