@@ -31,6 +31,7 @@ import (
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
 	"github.com/guest-puller/guest-puller/internal/registry"
+	"github.com/guest-puller/guest-puller/internal/testutil"
 	"github.com/guest-puller/guest-puller/policy"
 	"github.com/guest-puller/guest-puller/unpack"
 )
@@ -204,16 +205,7 @@ func image(t *testing.T, layers ...v1.Layer) v1.Image {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", "amd64"
-	if img, err = mutate.ConfigFile(img, cf); err != nil {
-		t.Fatal(err)
-	}
-	return img
+	return testutil.LinuxAMD64(t, img)
 }
 
 const acceptAll = `{"default":[{"type":"insecureAcceptAnything"}]}`

@@ -34,13 +34,9 @@ func TestFailedPullLeavesNoPins(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	img = testutil.LinuxAMD64(t, img)
 	cf, err := img.ConfigFile()
 	if err != nil {
-		t.Fatal(err)
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", "amd64"
-	if img, err = mutate.ConfigFile(img, cf); err != nil {
 		t.Fatal(err)
 	}
 	bad := cf.DeepCopy()

@@ -17,13 +17,13 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"golang.org/x/sys/unix"
 
 	"github.com/guest-puller/guest-puller/internal/cdhconfig"
 	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/testutil"
 	"github.com/guest-puller/guest-puller/pull"
 	"github.com/guest-puller/guest-puller/securemount"
 )
@@ -69,15 +69,7 @@ func (r *stallRegistry) push(t *testing.T, repo string) (string, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", "amd64"
-	if img, err = mutate.ConfigFile(img, cf); err != nil {
-		t.Fatal(err)
-	}
+	img = testutil.LinuxAMD64(t, img)
 	ref := r.host + "/" + repo + ":1"
 	nref, err := name.ParseReference(ref, name.Insecure)
 	if err != nil {

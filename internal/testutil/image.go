@@ -13,6 +13,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 )
 
 // Entry is one tar entry of a test layer. Type defaults to a regular file
@@ -231,4 +234,21 @@ func ParseManifest(t testing.TB, raw []byte) (Manifest, string) {
 		t.Fatalf("manifest: %v\n%s", err, raw)
 	}
 	return m, fmt.Sprintf("sha256:%x", sha256.Sum256(raw))
+}
+
+// LinuxAMD64 returns img with its config naming linux/amd64, which
+// go-containerregistry's random and empty images leave out and a pull
+// refuses as another platform's.
+func LinuxAMD64(t testing.TB, img v1.Image) v1.Image {
+	t.Helper()
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", "amd64"
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
+		t.Fatal(err)
+	}
+	return img
 }
