@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/fspath"
 )
 
 // Bundle states in a bundle record.
@@ -259,7 +260,7 @@ func (c *Cache) tryLockDir(dir string) (func(), error) {
 }
 
 func (c *Cache) dirLock(dir string) string {
-	sum := sha256.Sum256([]byte(resolveExisting(dir)))
+	sum := sha256.Sum256([]byte(fspath.ResolveExisting(dir)))
 	return c.path(dirLocks, "dir-"+hex.EncodeToString(sum[:16])+".lock")
 }
 
@@ -372,26 +373,11 @@ func (c *Cache) bundleDir(spec BundleSpec) (string, error) {
 		return "", fmt.Errorf("bundle %s: dir: %w", spec.ID, err)
 	}
 	// Compare real paths: a symlink must not lead a bundle into the cache.
-	real := resolveExisting(dir)
-	if dir != def && (within(real, c.root) || within(c.root, real)) {
+	real := fspath.ResolveExisting(dir)
+	if dir != def && (fspath.Within(real, c.root) || fspath.Within(c.root, real)) {
 		return "", fmt.Errorf("bundle %s: %w: bundle dir %s overlaps the cache %s", spec.ID, errdefs.ErrInvalidConfig, dir, c.root)
 	}
 	return dir, nil
-}
-
-// resolveExisting resolves the symlinks of the longest existing prefix of
-// path, which need not exist yet.
-func resolveExisting(path string) string {
-	rest := ""
-	for p := path; ; p = filepath.Dir(p) {
-		if r, err := filepath.EvalSymlinks(p); err == nil {
-			return filepath.Join(r, rest)
-		}
-		if p == filepath.Dir(p) {
-			return path
-		}
-		rest = filepath.Join(filepath.Base(p), rest)
-	}
 }
 
 func (c *Cache) makeBundle(ctx context.Context, rec *bundleState, layers []string, spec BundleSpec) error {

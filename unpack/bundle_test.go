@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/fspath"
 )
 
 func testImageConfig() ispec.Image {
@@ -155,7 +156,7 @@ func openFilesUnder(t *testing.T, dir string) []string {
 	var open []string
 	for _, fd := range fds {
 		target, err := os.Readlink(filepath.Join("/proc/self/fd", fd.Name()))
-		if err == nil && within(target, dir) {
+		if err == nil && fspath.Within(target, dir) {
 			open = append(open, fd.Name()+" -> "+target)
 		}
 	}

@@ -96,10 +96,4 @@ func ValidateBundleID(id string) error {
 	return nil
 }
 
-// within reports whether path is dir or inside it (both clean, absolute).
-func within(path, dir string) bool {
-	rel, err := filepath.Rel(dir, path)
-	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
-}
-
 func isNotExist(err error) bool { return errors.Is(err, fs.ErrNotExist) }

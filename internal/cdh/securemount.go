@@ -9,6 +9,7 @@ import (
 
 	"github.com/guest-puller/guest-puller/api/cdhpb"
 	"github.com/guest-puller/guest-puller/internal/errdefs"
+	"github.com/guest-puller/guest-puller/internal/fspath"
 	"github.com/guest-puller/guest-puller/securemount"
 )
 
@@ -98,38 +99,18 @@ func overlap(mp, root string) relation {
 		return apart // refused by securemount
 	}
 	mp = filepath.Clean(mp)
-	forms := [][2]string{{mp, root}, {resolveExisting(mp), resolveExisting(root)}}
+	forms := [][2]string{{mp, root}, {fspath.ResolveExisting(mp), fspath.ResolveExisting(root)}}
 	for _, f := range forms {
-		if within(f[1], f[0]) {
+		if fspath.Within(f[1], f[0]) {
 			return covers
 		}
 	}
 	for _, f := range forms {
-		if within(f[0], f[1]) {
+		if fspath.Within(f[0], f[1]) {
 			return inside
 		}
 	}
 	return apart
-}
-
-// within reports whether path is dir or below it.
-func within(path, dir string) bool {
-	return path == dir || strings.HasPrefix(path, strings.TrimSuffix(dir, "/")+"/")
-}
-
-// resolveExisting resolves the symlinks of the longest existing prefix of
-// path.
-func resolveExisting(path string) string {
-	rest := ""
-	for p := path; ; p = filepath.Dir(p) {
-		if r, err := filepath.EvalSymlinks(p); err == nil {
-			return filepath.Join(r, rest)
-		}
-		if p == filepath.Dir(p) {
-			return path
-		}
-		rest = filepath.Join(filepath.Base(p), rest)
-	}
 }
 
 // key resolves a request's key as CDH does: a sealed secret, a KBS
