@@ -265,7 +265,13 @@ func parsePrivateKey(data, pw []byte) (crypto.PrivateKey, error) {
 	}
 	if err != nil {
 		block, _ := pem.Decode(data)
+		// Legacy PEM encryption's padding check passes about one wrong
+		// password in 256; what it then "decrypts" parses as no key.
+		encrypted := block != nil && x509.IsEncryptedPEMBlock(block) //nolint:staticcheck // as below
 		if block == nil || block.Type != "EC PRIVATE KEY" {
+			if encrypted {
+				return nil, errWrongPassword
+			}
 			return nil, err
 		}
 		der := block.Bytes
@@ -275,6 +281,9 @@ func parsePrivateKey(data, pw []byte) (crypto.PrivateKey, error) {
 			}
 		}
 		if key, err = x509.ParseECPrivateKey(der); err != nil {
+			if encrypted {
+				return nil, errWrongPassword
+			}
 			return nil, err
 		}
 	}

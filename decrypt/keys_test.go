@@ -7,6 +7,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -79,12 +80,30 @@ func TestNewKeyringRefusals(t *testing.T) {
 	// attest.Client's errors wrap ErrDecrypt.
 	kbsErr := &mapGetter{err: fmt.Errorf("kbs: %w: attestation refused (401)", errdefs.ErrDecrypt)}
 
+	// A wrong password that legacy PEM encryption's padding check lets
+	// through (about one in 256): the "decrypted" bytes are no key.
+	pemData, err := os.ReadFile(k.rsaProtected)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(pemData)
+	lucky := ""
+	for i := 0; lucky == "" && i < 100000; i++ {
+		if _, err := x509.DecryptPEMBlock(block, []byte(fmt.Sprint("not-it-", i))); err == nil { //nolint:staticcheck // the legacy encryption under test
+			lucky = fmt.Sprint("not-it-", i)
+		}
+	}
+	if lucky == "" {
+		t.Fatal("no wrong password passes the PEM padding check")
+	}
+
 	tests := []struct {
 		name    string
 		opts    Options
 		want    error
 		wantMsg string
 	}{
+		{"protected key, wrong password past the padding check", Options{Keys: []string{k.rsaProtected + ":" + lucky}}, errdefs.ErrInvalidConfig, "wrong password"},
 		{"missing file", Options{Keys: []string{filepath.Join(dir, "nope.pem")}}, errdefs.ErrInvalidConfig, "no such file"},
 		{"not a key", Options{Keys: []string{garbage}}, errdefs.ErrInvalidConfig, "not a private key"},
 		{"public key", Options{Keys: []string{k.rsaPub}}, errdefs.ErrInvalidConfig, "not a private key"},
